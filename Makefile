@@ -1,0 +1,79 @@
+# Real-time recommender: common tasks. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TOOLS_VENV ?= .venv-tools
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+DATA ?= synthetic
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): setup.py requirements/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c requirements/constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtual environment (.venv) with the pinned stack
+
+$(TOOLS_VENV)/.installed: requirements/tools.txt
+	test -x $(TOOLS_VENV)/bin/python || python3 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q -r requirements/tools.txt
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed ## Separate venv for checkov (its pins clash with the stack)
+
+test: venv tools lint terraform-check ## Run every check and test (starts the emulators itself)
+	$(PY) -m pytest tests
+
+test-unit: venv ## Unit tests only (no emulators)
+	$(PY) -m pytest tests/unit
+
+test-integration: venv ## Integration tests on the real emulators
+	$(PY) -m pytest tests/integration
+
+lint: venv ## ruff over the code
+	$(VENV)/bin/ruff check .
+
+format: venv ## ruff format + autofix
+	$(VENV)/bin/ruff check --fix . ; $(VENV)/bin/ruff format .
+
+terraform-check: tools ## terraform fmt -check and checkov over terraform/
+	terraform fmt -check -recursive terraform
+	$(TOOLS_VENV)/bin/checkov -d terraform --quiet --compact --framework terraform
+
+stack-start: venv ## Start the Pub/Sub and Firestore emulators and create topics
+	$(PY) -m scripts.local_stack start
+
+stack-stop: venv ## Stop the emulators started by stack-start
+	$(PY) -m scripts.local_stack stop
+
+stack-status: venv ## Show the local stack
+	$(PY) -m scripts.local_stack status
+
+demo: venv ## The main job end to end on the emulators (see README)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
+
+bench-publish: venv ## Publish 20,000 synthetic events through the emulator
+	$(PY) -m scripts.bench_publish
+
+bench-quality: venv ## Offline quality vs baselines: make bench-quality DATA=synthetic|ml-latest-small|gowalla|ml-100k|PATH
+	$(PY) -m scripts.bench_quality --data $(DATA)
+
+bench-stream: venv ## Streaming freshness and throughput on DirectRunner + emulators
+	$(PY) -m scripts.bench_stream
+
+bench-serving: venv ## Recommend function latency/throughput vs bare read and find_nearest
+	$(PY) -m scripts.bench_serving
+
+clean: ## Remove caches and local state (not the venvs)
+	rm -rf .pytest_cache .ruff_cache .local build *.egg-info
+
+.PHONY: help venv tools test test-unit test-integration lint format terraform-check stack-start \
+	stack-stop stack-status demo bench-publish bench-quality bench-stream bench-serving clean

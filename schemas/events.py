@@ -1,0 +1,107 @@
+"""The product event contract (``product_event.avsc``): parse, validate, encode.
+
+On Pub/Sub an event travels as Avro's JSON encoding (unions wrapped, e.g.
+``{"session_id": {"string": "s1"}}``), which is what a topic bound to the
+Avro schema accepts. Producers that are not Avro-aware (the ingest function's
+HTTP callers) may send plain JSON; :func:`parse_event` accepts both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from schemas._avro import (MAX_ID_CHARS, MAX_STRING_CHARS, decode_json_payload, load_schema,
+                           schema_text, to_avro_json, unwrap_unions, validate_record)
+from schemas.errors import InvalidRecord
+
+SCHEMA_FILE = "product_event.avsc"
+EVENT_TYPES = ("view", "add_to_cart", "purchase")
+MAX_CONTEXT_ENTRIES = 32
+# Events are accepted from 2000-01-01 up to one day in the future (clock skew).
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class ProductEvent:
+    """A validated product event."""
+
+    event_id: str
+    event_type: str
+    user_id: str
+    item_id: str
+    timestamp: int
+    session_id: str | None = None
+    context: dict[str, str] | None = field(default=None, compare=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (unions not wrapped)."""
+        return asdict(self)
+
+    def to_pubsub_data(self) -> bytes:
+        """The Pub/Sub message body: Avro JSON encoding."""
+        return to_avro_json(self.to_dict(), event_schema())
+
+    def pubsub_attributes(self) -> dict[str, str]:
+        """Message attributes: let subscribers filter without parsing the body."""
+        return {"event_id": self.event_id, "event_type": self.event_type, "user_id": self.user_id}
+
+
+def event_schema() -> dict[str, Any]:
+    """The parsed Avro schema of a product event."""
+    return load_schema(SCHEMA_FILE)
+
+
+def event_schema_text() -> str:
+    """The Avro schema file's text, as Terraform and Pub/Sub read it."""
+    return schema_text(SCHEMA_FILE)
+
+
+def validate_event(record: Mapping[str, Any]) -> ProductEvent:
+    """Validate a decoded JSON object; return the event or raise ``InvalidRecord``."""
+    if not isinstance(record, Mapping):
+        raise InvalidRecord("payload", f"expected a JSON object, got {type(record).__name__}")
+    schema = event_schema()
+    rec = unwrap_unions(dict(record), schema)
+    validate_record(rec, schema)
+    for name in ("event_id", "user_id", "item_id"):
+        _check_id(name, rec[name])
+    ts = rec["timestamp"]
+    if isinstance(ts, bool):
+        raise InvalidRecord("timestamp", "wrong type: got bool, expected epoch milliseconds")
+    now_ms = int(time.time() * 1000)
+    if ts < MIN_TIMESTAMP_MS:
+        raise InvalidRecord("timestamp", f"{ts} is before 2000-01-01 (epoch milliseconds expected)")
+    if ts > now_ms + MAX_FUTURE_SKEW_MS:
+        raise InvalidRecord("timestamp", f"{ts} is more than a day in the future")
+    session_id = rec.get("session_id")
+    if session_id is not None and len(session_id) > MAX_ID_CHARS:
+        raise InvalidRecord("session_id", f"longer than {MAX_ID_CHARS} characters")
+    context = rec.get("context")
+    if context is not None:
+        if len(context) > MAX_CONTEXT_ENTRIES:
+            raise InvalidRecord("context", f"more than {MAX_CONTEXT_ENTRIES} entries")
+        for key, value in context.items():
+            if len(key) > MAX_ID_CHARS or len(value) > MAX_STRING_CHARS:
+                raise InvalidRecord("context", "key or value too long")
+    return ProductEvent(
+        event_id=rec["event_id"], event_type=rec["event_type"], user_id=rec["user_id"],
+        item_id=rec["item_id"], timestamp=int(ts), session_id=session_id,
+        context=dict(context) if context is not None else None)
+
+
+def parse_event(data: bytes | str) -> ProductEvent:
+    """Parse a Pub/Sub message body (Avro JSON or plain JSON); raise ``InvalidRecord``."""
+    return validate_event(decode_json_payload(data))
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value.strip():
+        raise InvalidRecord(name, "must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidRecord(name, f"longer than {MAX_ID_CHARS} characters")
+    if "/" in value or value in (".", "..") or value.startswith("__"):
+        raise InvalidRecord(name, "must not contain '/', be '.' or '..', or start with '__' "
+                                  "(it is used as a Firestore document id)")

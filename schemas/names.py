@@ -1,0 +1,27 @@
+"""Default resource names, used locally and as Terraform defaults.
+
+Every component reads the actual names from flags or environment variables;
+these are the defaults so that the local stack, the tests and the cloud agree.
+"""
+
+EVENTS_TOPIC = "product-events"
+EVENTS_SUBSCRIPTION = "product-events-pipeline"
+DEAD_LETTER_TOPIC = "product-events-dead-letter"
+DEAD_LETTER_SUBSCRIPTION = "product-events-dead-letter-sub"
+CATALOG_TOPIC = "catalog-updates"
+CATALOG_SUBSCRIPTION = "catalog-updates-pipeline"
+
+USERS = "users"
+ITEMS = "items"
+MODELS = "models"
+STATS = "stats"
+
+CURRENT_MODEL_DOC = "current"  # models/current points at the serving version
+TRENDING_DOC = "trending"  # stats/trending holds the ranked trending list
+
+DEFAULT_PROJECT = "demo-project"
+
+# Attributes set on dead-lettered messages.
+DLQ_REASON_ATTR = "dlq_reason"
+DLQ_FIELD_ATTR = "dlq_field"
+DLQ_SOURCE_ATTR = "dlq_source"
