@@ -109,6 +109,7 @@ class ItemDoc:
     content_vector: tuple[float, ...] | None = None
     model_version: str | None = None
     popularity: float = 0.0
+    indexed_at: int = 0  # epoch ms when this document was (re)written; serving polls items newer than its snapshot
 
     @property
     def item_id(self) -> str:
@@ -121,6 +122,7 @@ class ItemDoc:
             "content_vector": list(self.content_vector) if self.content_vector is not None else None,
             "model_version": self.model_version,
             "popularity": float(self.popularity),
+            "indexed_at": int(self.indexed_at),
         })
         return doc
 
@@ -136,7 +138,8 @@ class ItemDoc:
         return cls(item=item, embedding=tuple(emb) if emb is not None else None,
                    content_vector=tuple(float(v) for v in content) if content is not None else None,
                    model_version=doc.get("model_version"),
-                   popularity=float(doc.get("popularity") or 0.0))
+                   popularity=float(doc.get("popularity") or 0.0),
+                   indexed_at=int(doc.get("indexed_at") or 0))
 
 
 @dataclass(frozen=True)
