@@ -1,0 +1,346 @@
+"""The ingest function without Pub/Sub: direct calls with a fake request and publisher, and
+through the functions-framework test client."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from functions.ingest import main as ingest_main
+from schemas.events import parse_event
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = str(ROOT / "functions" / "ingest" / "main.py")
+NOW_MS = int(time.time() * 1000)
+SETTINGS = ingest_main.Settings(project="demo-project", topic="product-events",
+                                max_body_bytes=64 * 1024, max_events=5, publish_timeout_s=1.0)
+
+
+def event(i: int = 0, **overrides: Any) -> dict[str, Any]:
+    rec = {"event_id": f"e{i}", "event_type": "view", "user_id": f"u{i % 3}",
+           "item_id": f"i{i % 7}", "timestamp": NOW_MS - 1000 * i}
+    rec.update(overrides)
+    return rec
+
+
+class ExplodingStream:
+    """A body stream that must not be read."""
+
+    def read(self, *args: Any) -> bytes:
+        raise AssertionError("the body was read although its declared length is too large")
+
+
+@dataclass
+class FakeRequest:
+    method: str = "POST"
+    path: str = "/"
+    body: bytes = b""
+    content_length: int | None = None
+    stream: Any = None
+
+    def __post_init__(self) -> None:
+        if self.stream is None:
+            self.stream = io.BytesIO(self.body)
+
+
+@dataclass
+class FakePublisher:
+    """Records publishes; ``fail_ids`` fail, ``hang_ids`` never complete."""
+
+    fail_ids: set[str] = field(default_factory=set)
+    hang_ids: set[str] = field(default_factory=set)
+    published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+
+    def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        event_id = attrs["event_id"]
+        if event_id in self.fail_ids:
+            from google.api_core.exceptions import ServiceUnavailable
+            future.set_exception(ServiceUnavailable("backend down"))
+        elif event_id not in self.hang_ids:
+            self.published.append((topic, data, attrs))
+            future.set_result("msg-id")
+        return future
+
+
+def call(request: FakeRequest, publisher: FakePublisher | None = None,
+         settings: ingest_main.Settings = SETTINGS) -> tuple[int, dict[str, Any], Any]:
+    publisher = publisher or FakePublisher()
+    resp = ingest_main.handle(request, settings, lambda: publisher)
+    assert resp.mimetype == "application/json"
+    text = resp.get_data(as_text=True)
+    assert "Traceback" not in text
+    return resp.status_code, (json.loads(text) if text else {}), resp
+
+
+def post(body: Any, publisher: FakePublisher | None = None, **kw: Any):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return call(FakeRequest(body=data, content_length=len(data)), publisher, **kw)
+
+
+# ---------------------------------------------------------------------------- direct calls
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_are_405_with_allow(method):
+    status, body, resp = call(FakeRequest(method=method))
+    assert status == 405
+    assert resp.headers["Allow"] == "POST"
+    assert method in body["error"]
+
+
+def test_healthz():
+    status, body, _ = call(FakeRequest(method="GET", path="/healthz"))
+    assert (status, body["status"]) == (200, "ok")
+    assert body["topic"] == "projects/demo-project/topics/product-events"
+    status, _, resp = call(FakeRequest(method="POST", path="/healthz"))
+    assert status == 405 and "GET" in resp.headers["Allow"]
+
+
+def test_declared_oversized_body_is_413_without_reading_it():
+    req = FakeRequest(content_length=SETTINGS.max_body_bytes + 1, stream=ExplodingStream())
+    status, body, _ = call(req)
+    assert status == 413
+    assert "too large" in body["error"] and body["max_bytes"] == SETTINGS.max_body_bytes
+
+
+def test_undeclared_oversized_body_is_413():
+    data = b"[" + b" " * SETTINGS.max_body_bytes + b"]"
+    status, body, _ = call(FakeRequest(body=data, content_length=None))
+    assert status == 413 and "more than" in body["error"]
+
+
+def test_too_many_events_is_413():
+    pub = FakePublisher()
+    status, body, _ = post([event(i) for i in range(SETTINGS.max_events + 1)], pub)
+    assert status == 413
+    assert body["max_events"] == SETTINGS.max_events and "too many events: 6 > 5" in body["error"]
+    assert pub.published == []
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty body"),
+    (b"   \n", "empty body"),
+    (b"{not json", "not JSON"),
+    (b'{"event_id": "e1"', "not JSON"),
+    (b"\xff\xfe{}", "not valid UTF-8"),
+    (b'{"timestamp": NaN}', "NaN is not valid JSON"),
+    (b"[Infinity]", "Infinity is not valid JSON"),
+    (b'"just a string"', "got a string"),
+    (b"42", "got a number"),
+    (b"null", "got null"),
+    (b"true", "got a boolean"),
+    (b"[]", "empty event list"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"timestamp": 1' + b"0" * 5000 + b"}", "not usable JSON"),
+])
+def test_unusable_bodies_are_400_naming_the_problem(data, reason):
+    pub = FakePublisher()
+    status, body, _ = post(data, pub, settings=ingest_main.Settings(
+        project="p", topic="t", max_body_bytes=1024 * 1024))
+    assert status == 400, body
+    assert reason in body["error"]
+    assert pub.published == []
+
+
+def test_one_valid_event_is_published_as_avro_json():
+    pub = FakePublisher()
+    rec = event(1, session_id="s1", context={"page": "home"})
+    status, body, _ = post(rec, pub)
+    assert status == 202
+    assert body == {"accepted": 1, "rejected": 0, "errors": [], "event_ids": ["e1"]}
+    [(topic, data, attrs)] = pub.published
+    assert topic == "projects/demo-project/topics/product-events"
+    expected = parse_event(json.dumps(rec))
+    assert data == expected.to_pubsub_data()
+    assert json.loads(data)["session_id"] == {"string": "s1"}  # Avro JSON union encoding
+    assert attrs == {"event_id": "e1", "event_type": "view", "user_id": "u1"}
+    assert parse_event(data) == expected
+
+
+def test_avro_json_input_is_accepted():
+    pub = FakePublisher()
+    status, body, _ = post(event(2, session_id={"string": "s2"}, context={"map": {"a": "b"}}), pub)
+    assert status == 202 and body["accepted"] == 1
+    assert parse_event(pub.published[0][1]).session_id == "s2"
+    assert parse_event(pub.published[0][1]).context == {"a": "b"}
+
+
+def test_mixed_batch_publishes_valid_and_reports_each_invalid():
+    pub = FakePublisher()
+    batch = [event(0), event(1, event_type="click"), "not an object", event(3, user_id=""),
+             event(4, extra=1)]
+    status, body, _ = post(batch, pub)
+    assert status == 202
+    assert body["accepted"] == 1 and body["rejected"] == 4
+    assert body["event_ids"] == ["e0"]
+    errors = {e["index"]: e for e in body["errors"]}
+    assert errors[1]["field"] == "event_type" and "view, add_to_cart, purchase" in errors[1]["reason"]
+    assert errors[1]["event_id"] == "e1"
+    assert errors[2]["field"] == "payload" and "expected a JSON object" in errors[2]["reason"]
+    assert errors[3]["field"] == "user_id" and "empty" in errors[3]["reason"]
+    assert errors[4]["field"] == "extra" and errors[4]["reason"] == "unknown field"
+    assert [attrs["event_id"] for _, _, attrs in pub.published] == ["e0"]
+
+
+def test_nothing_valid_is_400_with_per_record_errors():
+    pub = FakePublisher()
+    status, body, _ = post([event(0, timestamp="yesterday"), {}], pub)
+    assert status == 400
+    assert body["accepted"] == 0 and body["rejected"] == 2
+    assert [e["field"] for e in body["errors"]] == ["timestamp", "event_id"]
+    assert pub.published == []
+
+
+def test_publish_failure_is_503_naming_the_unpublished_events():
+    pub = FakePublisher(fail_ids={"e1"})
+    status, body, resp = post([event(0), event(1), event(2, item_id="a/b")], pub)
+    assert status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert body["not_published"] == ["e1"]
+    assert body["event_ids"] == ["e0"] and body["accepted"] == 1
+    assert body["rejected"] == 1 and body["errors"][0]["field"] == "item_id"
+    assert "retry" in body["error"]
+
+
+def test_unconfirmed_publish_times_out_as_503():
+    pub = FakePublisher(hang_ids={"e0"})
+    fast = ingest_main.Settings(project="p", topic="t", publish_timeout_s=0.2)
+    start = time.monotonic()
+    status, body, _ = post([event(0), event(1)], pub, settings=fast)
+    assert time.monotonic() - start < 2
+    assert status == 503 and body["not_published"] == ["e0"] and body["event_ids"] == ["e1"]
+
+
+def test_full_topic_path_setting():
+    s = ingest_main.Settings(project="ignored", topic="projects/other/topics/t")
+    assert s.topic_path == "projects/other/topics/t"
+
+
+def test_cors_preflight_only_when_configured():
+    cors = ingest_main.Settings(project="p", topic="t", cors_allow_origin="https://shop.example")
+    status, _, resp = call(FakeRequest(method="OPTIONS"), settings=cors)
+    assert status == 204 and resp.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    status, _, resp = post(event(0), settings=cors)
+    assert status == 202 and resp.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=300),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                              | st.text(max_size=20),
+                              lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
+                                                                                 max_size=4),
+                              max_leaves=20).map(lambda v: json.dumps(v).encode())))
+def test_any_body_gets_a_json_4xx_or_202_never_a_crash(data):
+    status, body, _ = post(data)
+    assert status in (202, 400, 413)
+    if status == 202:
+        assert body["accepted"] >= 1
+    else:
+        assert isinstance(body["error"], str) and body["error"]
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_settings_from_env():
+    s = ingest_main.Settings.from_env({"GOOGLE_CLOUD_PROJECT": "p1", "EVENTS_TOPIC": "ev",
+                                       "MAX_EVENTS": "10", "PUBLISH_TIMEOUT_S": "2.5"})
+    assert (s.topic_path, s.max_events, s.publish_timeout_s) == ("projects/p1/topics/ev", 10, 2.5)
+    emulator = ingest_main.Settings.from_env({"PUBSUB_EMULATOR_HOST": "localhost:1"})
+    assert emulator.topic_path == "projects/demo-project/topics/product-events"
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"GOOGLE_CLOUD_PROJECT": "p", "MAX_EVENTS": "many"}, "bad numeric"),
+    ({"GOOGLE_CLOUD_PROJECT": "p", "MAX_BODY_BYTES": "0"}, "must be positive"),
+])
+def test_bad_settings_are_explained(env, match):
+    with pytest.raises(ingest_main.ConfigError, match=match):
+        ingest_main.Settings.from_env(env)
+
+
+def test_missing_project_is_explained(monkeypatch):
+    import google.auth
+    import google.auth.exceptions
+
+    def no_credentials():
+        raise google.auth.exceptions.DefaultCredentialsError("none")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    with pytest.raises(ingest_main.ConfigError, match="GOOGLE_CLOUD_PROJECT"):
+        ingest_main.Settings.from_env({})
+
+
+def test_misconfigured_function_answers_json_500(monkeypatch):
+    def broken() -> ingest_main.Settings:
+        raise ingest_main.ConfigError("set GOOGLE_CLOUD_PROJECT")
+
+    monkeypatch.setattr(ingest_main, "get_settings", broken)
+    resp = ingest_main.ingest(FakeRequest(body=b"{}", content_length=2))
+    assert resp.status_code == 500
+    assert json.loads(resp.get_data()) == {"error": "function misconfigured: set GOOGLE_CLOUD_PROJECT"}
+
+
+# ---------------------------------------------------------------------------- test client
+
+
+@pytest.fixture
+def client_and_publisher(monkeypatch):
+    """The function loaded by functions-framework from its source file, with a fake publisher."""
+    import functions_framework
+
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-project")
+    monkeypatch.setenv("EVENTS_TOPIC", "product-events")
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    app = functions_framework.create_app(target="ingest", source=SOURCE)
+    module = sys.modules["main"]
+    publisher = FakePublisher()
+    monkeypatch.setattr(module, "get_publisher", lambda: publisher)
+    return app.test_client(), publisher
+
+
+def test_client_accepts_valid_events(client_and_publisher):
+    client, pub = client_and_publisher
+    resp = client.post("/", json=[event(0), event(1, event_type="purchase")])
+    assert resp.status_code == 202
+    assert resp.get_json() == {"accepted": 2, "rejected": 0, "errors": [], "event_ids": ["e0", "e1"]}
+    assert [parse_event(d).event_type for _, d, _ in pub.published] == ["view", "purchase"]
+
+
+@pytest.mark.parametrize("kwargs, status, fragment", [
+    ({"data": b"x" * 3000, "content_type": "application/json"}, 413, "too large"),
+    ({"data": b"not json", "content_type": "application/json"}, 400, "not JSON"),
+    ({"data": b"\xc3\x28", "content_type": "text/plain"}, 400, "UTF-8"),
+    ({"json": {"event_id": "e1"}}, 400, "no valid event"),
+])
+def test_client_rejects_bad_bodies(client_and_publisher, kwargs, status, fragment):
+    client, pub = client_and_publisher
+    resp = client.post("/", **kwargs)
+    assert resp.status_code == status
+    assert resp.is_json and fragment in resp.get_json()["error"]
+    assert pub.published == []
+
+
+@pytest.mark.parametrize("method", ["get", "put", "delete"])
+def test_client_405(client_and_publisher, method):
+    client, _ = client_and_publisher
+    resp = getattr(client, method)("/")
+    assert resp.status_code == 405 and resp.is_json and resp.headers["Allow"] == "POST"
+
+
+def test_client_healthz(client_and_publisher):
+    client, _ = client_and_publisher
+    resp = client.get("/healthz")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "ok"
