@@ -87,6 +87,24 @@ def validate_record(record: dict[str, Any], schema: dict[str, Any]) -> None:
                                           f"expected {_type_name(field['type'])}") from e
             except (TypeError, ValueError, AttributeError) as e:
                 raise InvalidRecord(name, f"wrong type: got {_describe(record[name])}") from e
+            _check_unicode(name, record[name])
+
+
+def _check_unicode(name: str, value: Any) -> None:
+    """Strings must be encodable as UTF-8: a lone surrogate (JSON ``"\\ud800"``) is not,
+    and would fail later as a Pub/Sub attribute or a Firestore document id."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRecord(name, f"not valid Unicode: lone surrogate at character {e.start}") from e
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(name, key)
+            _check_unicode(name, item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_unicode(name, item)
 
 
 def to_avro_json(record: dict[str, Any], schema: dict[str, Any]) -> bytes:
