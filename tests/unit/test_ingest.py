@@ -344,3 +344,13 @@ def test_client_healthz(client_and_publisher):
     client, _ = client_and_publisher
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.get_json()["status"] == "ok"
+
+
+def test_lone_surrogate_is_the_callers_error_not_a_publish_failure():
+    pub = FakePublisher()
+    body = ('[%s, {"event_id": "e\\ud800", "event_type": "view", "user_id": "u", "item_id": "i", '
+            '"timestamp": %d}]' % (json.dumps(event(0)), NOW_MS)).encode()
+    status, out, _ = post(body, pub)
+    assert status == 202 and out["event_ids"] == ["e0"]
+    assert out["errors"] == [{"index": 1, "field": "event_id",
+                              "reason": "not valid Unicode: lone surrogate at character 1"}]
