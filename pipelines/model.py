@@ -1,0 +1,311 @@
+"""The TFRS two-tower retrieval model: a history-aware query tower and a content-aware candidate tower.
+
+The towers work on integer indices (fast training); :mod:`pipelines.artifact` wraps them in
+string-keyed serving signatures. Index conventions shared by training and serving, for every
+vocabulary (users, items, categories, brands, tags): ``0`` is the padding / empty string, ``1`` the
+out-of-vocabulary bucket and ``vocab[i]`` maps to ``i + 2``. Price is bucketised with the content
+encoder's quantile edges (``np.searchsorted(edges, price, side="right")``).
+
+* Query tower: ``user_emb(user) + W · pool(item_emb(history))``; the pool is a (recency-weighted)
+  mean over the non-padding history items, so a user outside the vocabulary (OOV bucket) with a
+  history still gets a personalised embedding.
+* Candidate tower: ``item_emb(item) + Dense([category, brand, price bucket, mean(tags)])``; an item
+  outside the vocabulary maps to the OOV row, so its embedding comes from its content. Training drops
+  item ids to the OOV row with probability ``item_id_dropout`` so the content path learns to stand alone.
+* Losses: ``softmax`` (TFRS in-batch sampled softmax, optional popularity log-Q correction,
+  temperature) or ``bpr`` (pairwise with uniformly sampled negatives).
+
+Run ``python -m pipelines.train --help`` to train one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+from pipelines.features import OOV_INDEX, PAD_INDEX, RESERVED  # noqa: E402
+
+__all__ = ["OOV_INDEX", "PAD_INDEX", "RESERVED", "ModelConfig", "TowerSizes", "TwoTowerModel",
+           "build_model", "build_towers", "bpr_loss"]
+
+LOSSES = ("softmax", "bpr")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+HISTORY_POOLING = ("mean", "recency")
+
+
+@dataclass
+class ModelConfig:
+    """Every hyper-parameter of the model and its training (stored in the artefact's metadata)."""
+
+    dim: int = 64
+    history_length: int = 50
+    max_tags: int = 8
+    loss: str = "softmax"
+    optimizer: str = "adam"
+    learning_rate: float = 5e-3
+    temperature: float = 0.1
+    normalize: bool = True
+    logq: bool = True
+    bpr_negatives: int = 16
+    item_id_dropout: float = 0.1
+    user_id_dropout: float = 0.1
+    history_pooling: str = "mean"
+    recency_decay: float = 0.9
+    share_item_embeddings: bool = True
+    batch_size: int = 1024
+    epochs: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.history_pooling not in HISTORY_POOLING:
+            raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, "
+                             f"got {self.history_pooling!r}")
+        for name in ("dim", "history_length", "max_tags", "batch_size", "bpr_negatives"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if not (self.learning_rate > 0 and self.temperature > 0):
+            raise ValueError("learning_rate and temperature must be > 0")
+        for name in ("item_id_dropout", "user_id_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TowerSizes:
+    """Vocabulary sizes including the two reserved rows (padding, OOV)."""
+
+    users: int
+    items: int
+    categories: int
+    brands: int
+    price_buckets: int
+    tags: int
+
+
+def make_optimizer(config: ModelConfig) -> tf.keras.optimizers.Optimizer:
+    """The optimiser named in the config (legacy Keras optimisers: sparse-friendly on CPU)."""
+    lr = config.learning_rate
+    if config.optimizer == "adam":
+        return tf.keras.optimizers.Adam(learning_rate=lr)
+    if config.optimizer == "adagrad":
+        return tf.keras.optimizers.Adagrad(learning_rate=lr)
+    return tf.keras.optimizers.SGD(learning_rate=lr)
+
+
+def _embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
+    return tf.keras.layers.Embedding(
+        rows, dim, name=name,
+        embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+
+
+class HistoryPooling(tf.keras.layers.Layer):
+    """(Recency-weighted) mean of the history's item embeddings, ignoring padding (index 0).
+
+    The history is oldest first; with ``recency`` the most recent item has weight 1 and each
+    older one ``decay`` times the next.
+    """
+
+    def __init__(self, pooling: str = "mean", decay: float = 0.9, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pooling = pooling
+        self.decay = decay
+
+    def call(self, history: tf.Tensor, embedded: tf.Tensor) -> tf.Tensor:
+        weights = tf.cast(history > PAD_INDEX, tf.float32)
+        if self.pooling == "recency":
+            length = tf.shape(history)[1]
+            age = tf.cast(tf.range(length - 1, -1, -1), tf.float32)
+            weights = weights * tf.pow(tf.constant(self.decay, tf.float32), age)[tf.newaxis, :]
+        total = tf.reduce_sum(weights, axis=1, keepdims=True)
+        pooled = tf.reduce_sum(embedded * weights[..., tf.newaxis], axis=1)
+        return tf.math.divide_no_nan(pooled, total)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pooling": self.pooling, "decay": self.decay}
+
+
+def build_item_embedding(sizes: TowerSizes, config: ModelConfig) -> tf.keras.layers.Embedding:
+    """The item-id embedding table (shared by both towers when ``share_item_embeddings``)."""
+    return _embedding(sizes.items, config.dim, "item_embedding")
+
+
+def build_query_tower(sizes: TowerSizes, config: ModelConfig,
+                      item_embedding: tf.keras.layers.Embedding | None = None) -> tf.keras.Model:
+    """Query tower on indices: ``user [B] int32, history [B, N] int32 -> [B, D]``."""
+    user = tf.keras.Input(shape=(), dtype=tf.int32, name="user")
+    history = tf.keras.Input(shape=(None,), dtype=tf.int32, name="history")
+    if item_embedding is None:
+        item_embedding = _embedding(sizes.items, config.dim, "history_item_embedding")
+    user_vec = _embedding(sizes.users, config.dim, "user_embedding")(user)
+    pooled = HistoryPooling(config.history_pooling, config.recency_decay,
+                            name="history_pooling")(history, item_embedding(history))
+    hist_vec = tf.keras.layers.Dense(config.dim, use_bias=False, name="history_projection",
+                                     kernel_initializer="identity")(pooled)
+    out = tf.keras.layers.Add(name="query_sum")([user_vec, hist_vec])
+    if config.normalize:
+        out = tf.keras.layers.UnitNormalization(name="query_norm")(out)
+    return tf.keras.Model(inputs={"user": user, "history": history}, outputs=out, name="query_tower")
+
+
+def build_candidate_tower(sizes: TowerSizes, config: ModelConfig,
+                          item_embedding: tf.keras.layers.Embedding | None = None) -> tf.keras.Model:
+    """Candidate tower on indices: item, category, brand, price bucket [B], tags [B, T] -> [B, D]."""
+    item = tf.keras.Input(shape=(), dtype=tf.int32, name="item")
+    category = tf.keras.Input(shape=(), dtype=tf.int32, name="category")
+    brand = tf.keras.Input(shape=(), dtype=tf.int32, name="brand")
+    price = tf.keras.Input(shape=(), dtype=tf.int32, name="price")
+    tags = tf.keras.Input(shape=(None,), dtype=tf.int32, name="tags")
+    if item_embedding is None:
+        item_embedding = build_item_embedding(sizes, config)
+    content = tf.keras.layers.Concatenate(name="content_concat")([
+        _embedding(sizes.categories, config.dim, "category_embedding")(category),
+        _embedding(sizes.brands, config.dim, "brand_embedding")(brand),
+        _embedding(sizes.price_buckets, config.dim, "price_embedding")(price),
+        HistoryPooling("mean", name="tag_pooling")(
+            tags, _embedding(sizes.tags, config.dim, "tag_embedding")(tags)),
+    ])
+    content_vec = tf.keras.layers.Dense(config.dim, name="content_projection")(content)
+    out = tf.keras.layers.Add(name="candidate_sum")([item_embedding(item), content_vec])
+    if config.normalize:
+        out = tf.keras.layers.UnitNormalization(name="candidate_norm")(out)
+    inputs = {"item": item, "category": category, "brand": brand, "price": price, "tags": tags}
+    return tf.keras.Model(inputs=inputs, outputs=out, name="candidate_tower")
+
+
+def build_towers(sizes: TowerSizes, config: ModelConfig) -> tuple[tf.keras.Model, tf.keras.Model]:
+    """Both towers, sharing the item-id table when the config says so."""
+    shared = build_item_embedding(sizes, config) if config.share_item_embeddings else None
+    return (build_query_tower(sizes, config, shared),
+            build_candidate_tower(sizes, config, shared))
+
+
+def bpr_loss(positive_scores: tf.Tensor, negative_scores: tf.Tensor) -> tf.Tensor:
+    """Mean of ``-log sigmoid(s+ - s-)`` over every (example, negative) pair.
+
+    Args:
+      positive_scores: ``[B]`` scores of the observed items.
+      negative_scores: ``[B, K]`` scores of sampled negatives.
+    """
+    diff = positive_scores[:, tf.newaxis] - negative_scores
+    return tf.reduce_mean(tf.nn.softplus(-diff))
+
+
+class BPRTask(tf.keras.layers.Layer):
+    """Pairwise BPR task: the observed item should outscore each sampled negative."""
+
+    def __init__(self, temperature: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.temperature = temperature
+
+    def call(self, query: tf.Tensor, positive: tf.Tensor, negatives: tf.Tensor) -> tf.Tensor:
+        pos = tf.reduce_sum(query * positive, axis=-1) / self.temperature
+        neg = tf.einsum("bd,bkd->bk", query, negatives) / self.temperature
+        return bpr_loss(pos, neg)
+
+
+CANDIDATE_KEYS = ("item", "category", "brand", "price", "tags")
+
+
+class TwoTowerModel(tfrs.Model):
+    """The retrieval model. Features (all int32 indices, see the module docstring):
+
+    ``user [B]``, ``history [B, N]``, ``item``/``category``/``brand``/``price [B]``, ``tags [B, T]``,
+    ``sampling_probability [B]`` (float32, for log-Q), and for BPR ``neg_*`` with an extra ``K`` axis.
+    """
+
+    def __init__(self, query_tower: tf.keras.Model, candidate_tower: tf.keras.Model,
+                 config: ModelConfig) -> None:
+        super().__init__()
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self.config = config
+        if config.loss == "softmax":
+            self.task = tfrs.tasks.Retrieval(
+                temperature=config.temperature if config.normalize else None,
+                remove_accidental_hits=True)
+        else:
+            self.task = BPRTask(temperature=config.temperature if config.normalize else 1.0)
+
+    def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        query = self.query_tower({"user": features["user"], "history": features["history"]})
+        candidate = self.candidate_tower({k: features[k] for k in CANDIDATE_KEYS})
+        if self.config.loss == "bpr":
+            return self.task(query, candidate, self._embed_negatives(features))
+        return self.task(
+            query, candidate,
+            candidate_sampling_probability=(features["sampling_probability"]
+                                            if self.config.logq else None),
+            candidate_ids=features["item_key"],
+            compute_metrics=False, compute_batch_metrics=False)
+
+    def _embed_negatives(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        neg_items = features["neg_item"]
+        batch, k = tf.shape(neg_items)[0], tf.shape(neg_items)[1]
+        flat = {key: tf.reshape(features[f"neg_{key}"], [batch * k]) for key in CANDIDATE_KEYS
+                if key != "tags"}
+        flat["tags"] = tf.reshape(features["neg_tags"], [batch * k, -1])
+        emb = self.candidate_tower(flat)
+        return tf.reshape(emb, [batch, k, -1])
+
+
+def build_model(sizes: TowerSizes, config: ModelConfig) -> TwoTowerModel:
+    """A compiled two-tower model with freshly initialised weights."""
+    tf.keras.utils.set_random_seed(config.seed)
+    query, candidate = build_towers(sizes, config)
+    model = TwoTowerModel(query, candidate, config)
+    model.compile(optimizer=make_optimizer(config))
+    return model
+
+
+def tower_weights(tower: tf.keras.Model) -> dict[str, np.ndarray]:
+    """A tower's variables as ``{variable path: array}`` (for warm start)."""
+    return {v.name: v.numpy() for v in tower.weights}
+
+
+def assign_weights(tower: tf.keras.Model, weights: dict[str, np.ndarray],
+                   new_row_init: dict[str, int] | None = None) -> list[str]:
+    """Copy saved variables into ``tower``, growing embedding tables when the vocabulary grew.
+
+    Rows ``[0, old_rows)`` keep their learned values; each new row is initialised from row
+    ``new_row_init[layer name]`` of the old table (e.g. the OOV row), so a new id starts where an
+    unknown id was. Returns the names of the variables that were not found.
+    """
+    new_row_init = new_row_init or {}
+    missing = []
+    for var in tower.weights:
+        old = weights.get(var.name)
+        if old is None:
+            missing.append(var.name)
+            continue
+        target = var.shape.as_list()
+        if list(old.shape) == target:
+            var.assign(old)
+            continue
+        if len(old.shape) != 2 or old.shape[1] != target[1] or old.shape[0] > target[0]:
+            raise ValueError(f"cannot grow {var.name} from {old.shape} to {target}")
+        init_row = next((row for name, row in new_row_init.items() if name in var.name), OOV_INDEX)
+        grown = np.repeat(old[init_row:init_row + 1], target[0], axis=0)
+        grown[: old.shape[0]] = old
+        var.assign(grown)
+    return missing
