@@ -35,7 +35,7 @@ from pipelines.data.eventio import open_text as _open_text
 from pipelines.data.synthetic import generate_synthetic
 from schemas.catalog import CatalogItem, validate_item
 from schemas.errors import InvalidRecord
-from schemas.events import MIN_TIMESTAMP_MS, ProductEvent, validate_event
+from schemas.events import MIN_TIMESTAMP_MS, ProductEvent, _check_id, validate_event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -60,8 +60,8 @@ def load_dataset(name_or_path: str, data_dir: str | None = None) -> Dataset:
         name_or_path: ``synthetic``, ``ml-latest-small``, ``ml-100k``, ``gowalla``, or a path to a
             directory (format detected from its files) or to an events/lines file.
         data_dir: where named data sets live: either the parent directory holding ``<name>/``
-            or that directory itself. Defaults to ``$DATA_DIR``, then ``../shared/data``
-            (relative to the repository root).
+            or that directory itself (if it is called ``<name>``). Defaults to ``$DATA_DIR``,
+            then ``../shared/data`` (relative to the repository root).
 
     Raises:
         DataError: unknown name, missing directory or unrecognised files.
@@ -102,7 +102,7 @@ def load_directory(directory: str | Path, name: str | None = None) -> Dataset:
 def _named_directory(name: str, data_dir: str | None) -> Path:
     root = data_dir or os.environ.get("DATA_DIR") or str(DEFAULT_DATA_ROOT)
     for candidate in (Path(root) / name, Path(root)):
-        if candidate.is_dir() and any(candidate.iterdir()) and _has_known_files(candidate):
+        if candidate.name == name and candidate.is_dir() and _has_known_files(candidate):
             return candidate
     raise DataError(f"data set {name!r} not found under {root!r} (looked for {Path(root) / name}); "
                     f"set DATA_DIR or pass data_dir")
@@ -315,7 +315,7 @@ def _events_from_jsonl(path: Path, strict: bool, rejected: list[dict[str, object
     if strict:
         return list(iter_events_jsonl(path))
     out = []
-    with _open_text(path) as f:
+    with _open_text(path, "r") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -350,6 +350,8 @@ def _csv_event(row: dict[str, str | None], name: str, extra: list[str]) -> Produ
         raise InvalidRecord("payload", "more fields than the header has")
     ts = _parse_timestamp(row.get("timestamp") or "")
     user, item = row.get("user_id") or "", row.get("item_id") or ""
+    _check_id("user_id", user)  # before the ids go into a generated event id
+    _check_id("item_id", item)
     record: dict[str, object] = {
         "event_id": row.get("event_id") or f"{name}-{user}-{item}-{ts}",
         "event_type": row.get("event_type") or "view",

@@ -5,7 +5,7 @@ What is planted, so that a correct personalised model measurably beats popularit
 * Items have a category, a brand (brands belong to one or two categories), a price drawn around a
   per-category level, tags (some specific to the category, some generic) and a title.
 * Item popularity is Zipf-like (weight ``1 / rank**0.8`` over a random ranking).
-* Each user has 1-3 favourite categories and 2-4 favourite brands (from those categories). A user's
+* Each user has 1-3 favourite categories and 1-3 favourite brands (from those categories). A user's
   views come, with probability ``taste_strength`` (0.8), from their favourite categories (favourite
   brands 5x more likely, within-category popularity flattened) and otherwise from the global
   popularity distribution (noise). A user does not view the same item twice.
@@ -162,7 +162,7 @@ def _user_tastes(rng: np.random.Generator, cat: _Catalogue,
     brands, counts = np.unique(cat.brand[in_favs], return_counts=True)
     if len(brands) == 0:
         return fav_cats, []
-    n_brands = min(len(brands), int(rng.integers(2, 5)))
+    n_brands = min(len(brands), int(rng.integers(1, 4)))
     fav_brands = rng.choice(brands, size=n_brands, replace=False, p=counts / counts.sum())
     return fav_cats, sorted(int(b) for b in fav_brands)
 
