@@ -6,6 +6,8 @@
     python -m scripts.publish_events --file events.jsonl --rate 200 --rejects rejects.jsonl
     # catalogue items to the catalogue-updates topic
     python -m scripts.publish_events --catalog --synthetic --items 200
+    # a real data set's interactions as events (see pipelines.data.load_dataset)
+    python -m scripts.publish_events --dataset ml-latest-small --limit 10000
 
 Every record is validated with :mod:`schemas` before it is published; an invalid
 record is counted as rejected with its line number, field and reason. Bodies are
@@ -19,15 +21,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from google.api_core.exceptions import GoogleAPICallError, RetryError
 from google.cloud import pubsub_v1
@@ -45,8 +48,7 @@ from schemas.catalog import CatalogItem, parse_item, validate_item
 from schemas.errors import InvalidRecord
 from schemas.events import ProductEvent, parse_event, validate_event
 
-CSV_COLUMNS = ("event_id", "event_type", "user_id", "item_id", "timestamp", "session_id", "context")
-CSV_REQUIRED = CSV_COLUMNS[:5]
+CSV_REQUIRED = ("user_id", "item_id", "timestamp")
 MAX_RAW_CHARS = 2000  # of an invalid line kept in the rejects file
 MAX_REPORTED_FAILURES = 1000  # individual failures kept in the summary (all are counted)
 
@@ -291,9 +293,13 @@ def _truncate(text: str) -> str:
     return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + "..."
 
 
+def _open_binary(path: str | Path) -> BinaryIO:
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+
+
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines of a file as bytes (so one bad byte sequence only spoils its own line)."""
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip(b"\r\n")
             if line.strip():
@@ -309,62 +315,45 @@ def read_jsonl(path: str | Path, parse: Callable[[bytes], Any] = parse_event) ->
             yield Rejected(line_no, e.field, e.reason, _truncate(line.decode("utf-8", "replace")))
 
 
-def _csv_record(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row (all strings) as a JSON-like event record."""
-    rec: dict[str, Any] = {k: v for k, v in row.items() if k in CSV_REQUIRED}
-    try:
-        rec["timestamp"] = int(row["timestamp"])
-    except ValueError as e:
-        raise InvalidRecord("timestamp", f"not an integer: {row['timestamp'][:40]!r}") from e
-    if row.get("session_id"):
-        rec["session_id"] = row["session_id"]
-    if row.get("context"):
-        try:
-            rec["context"] = json.loads(row["context"])
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise InvalidRecord("context", f"not a JSON object: {e}") from e
-    return rec
-
-
 def read_events_csv(path: str | Path) -> Iterator[ProductEvent | Rejected]:
-    """Events from a CSV file with a header (``event_id,event_type,user_id,item_id,timestamp``
-    plus optional ``session_id`` and ``context`` as a JSON object); one record per line.
+    """Events from a CSV file with a header, one record per line, in the format of
+    :func:`pipelines.data.load_events_file`: ``user_id``, ``item_id``, ``timestamp`` required;
+    ``event_id``, ``event_type``, ``session_id`` optional; other columns go into ``context``.
 
     Raises:
-        ValueError: the header lacks a required column or names an unknown one.
+        ValueError: the header lacks a required column.
     """
-    lines = _raw_lines(Path(path))
+    from pipelines.data.loaders import _CSV_EVENT_FIELDS, _csv_event
+
+    path = Path(path)
+    name = path.resolve().parent.name  # event ids default to f"{name}-{user}-{item}-{ts}", as the loader
+    lines = _raw_lines(path)
     first = next(lines, None)
     if first is None:
         return
-    header = next(csv.reader([first[1].decode("utf-8", "replace")]))
-    header = [h.strip() for h in header]
+    header = [h.strip() for h in next(csv.reader([first[1].decode("utf-8", "replace")]))]
     missing = [c for c in CSV_REQUIRED if c not in header]
-    unknown = [c for c in header if c not in CSV_COLUMNS]
-    if missing or unknown:
-        raise ValueError(f"{path}: CSV header must have columns {', '.join(CSV_REQUIRED)} "
-                         f"(optional: session_id, context); missing {missing}, unknown {unknown}")
+    if missing:
+        raise ValueError(f"{path}: CSV header lacks column(s) {', '.join(missing)} "
+                         f"(required: {', '.join(CSV_REQUIRED)})")
+    extra = [c for c in header if c not in _CSV_EVENT_FIELDS]
     for line_no, line in lines:
         raw = line.decode("utf-8", "replace")
         try:
-            text = line.decode("utf-8")
+            values = next(csv.reader([line.decode("utf-8")]))
+            if len(values) != len(header):
+                raise InvalidRecord("payload", f"expected {len(header)} columns, got {len(values)}")
+            yield _csv_event(dict(zip(header, values)), name, extra)
         except UnicodeDecodeError as e:
             yield Rejected(line_no, "payload", f"not valid UTF-8 at byte {e.start}", _truncate(raw))
-            continue
-        values = next(csv.reader([text]))
-        if len(values) != len(header):
-            yield Rejected(line_no, "payload", f"expected {len(header)} columns, got {len(values)}",
-                           _truncate(raw))
-            continue
-        try:
-            yield validate_event(_csv_record(dict(zip(header, values))))
         except InvalidRecord as e:
             yield Rejected(line_no, e.field, e.reason, _truncate(raw))
 
 
 def read_file(path: str | Path, catalog: bool = False) -> Iterator[Any]:
-    """Events (or catalogue items) from ``.jsonl``/``.json``/``.ndjson`` or ``.csv`` (events only)."""
-    suffix = Path(path).suffix.lower()
+    """Events (or catalogue items) from ``.jsonl``/``.json``/``.ndjson`` (optionally ``.gz``)
+    or ``.csv`` (events only)."""
+    suffix = Path(str(path).removesuffix(".gz")).suffix.lower()
     if suffix == ".csv":
         if catalog:
             raise ValueError("catalogue items are read from JSON lines, not CSV")
@@ -375,7 +364,7 @@ def read_file(path: str | Path, catalog: bool = False) -> Iterator[Any]:
 
 
 def count_lines(path: str | Path) -> int:
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         return sum(1 for line in f if line.strip())
 
 
@@ -404,18 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true", help="use pipelines.data.generate_synthetic")
-    src.add_argument("--file", type=Path, help="events.jsonl or events.csv (items: .jsonl)")
+    src.add_argument("--file", type=Path, help="events .jsonl[.gz] or .csv (items: .jsonl)")
+    src.add_argument("--dataset", help="a data set name or path for pipelines.data.load_dataset "
+                                       "(e.g. ml-latest-small; $DATA_DIR or ../shared/data)")
     p.add_argument("--catalog", action="store_true",
                    help="publish catalogue items to the catalogue-updates topic instead of events")
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--items", type=int, default=1000)
-    p.add_argument("--events-per-user", type=float, default=40.0)
+    p.add_argument("--events-per-user", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="publish at most this many records (0: all)")
     p.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT", names.DEFAULT_PROJECT))
     p.add_argument("--topic", default=None,
-                   help=f"topic name or path (default: $EVENTS_TOPIC or {names.EVENTS_TOPIC}; "
-                        f"with --catalog $CATALOG_TOPIC or {names.CATALOG_TOPIC})")
+                   help=f"topic name or path [unset: $EVENTS_TOPIC or {names.EVENTS_TOPIC}; "
+                        f"with --catalog $CATALOG_TOPIC or {names.CATALOG_TOPIC}]")
     p.add_argument("--rate", type=float, default=0.0, help="messages per second; 0 = as fast as possible")
     p.add_argument("--max-messages", type=int, default=BatchSettings().max_messages)
     p.add_argument("--max-bytes", type=int, default=BatchSettings().max_bytes)
@@ -447,13 +438,16 @@ def config_from_args(args: argparse.Namespace) -> PublishConfig:
         progress=not args.no_progress)
 
 
-def synthetic_records(args: argparse.Namespace) -> list[Any]:
-    """Items or events from the seeded synthetic generator."""
-    from pipelines.data import generate_synthetic
+def dataset_records(args: argparse.Namespace) -> Sequence[Any]:
+    """Items or events from the seeded synthetic generator or a named/loaded data set."""
+    from pipelines.data import generate_synthetic, load_dataset
 
-    data = generate_synthetic(n_users=args.users, n_items=args.items,
-                              mean_events_per_user=args.events_per_user, seed=args.seed)
-    return list(data.items if args.catalog else data.events)
+    if args.synthetic:
+        data = generate_synthetic(n_users=args.users, n_items=args.items,
+                                  mean_events_per_user=args.events_per_user, seed=args.seed)
+    else:
+        data = load_dataset(args.dataset)
+    return data.items if args.catalog else data.events
 
 
 def _limited(records: Iterable[Any], limit: int) -> Iterator[Any]:
@@ -472,8 +466,8 @@ def _reject_writer(out: TextIO | None) -> Callable[[Rejected], None] | None:
 def run(args: argparse.Namespace) -> PublishSummary:
     """Publish what the flags ask for and return the summary."""
     config = config_from_args(args)
-    if args.synthetic:
-        records: Iterable[Any] = synthetic_records(args)
+    if args.synthetic or args.dataset:
+        records: Iterable[Any] = dataset_records(args)
         total = len(records)  # type: ignore[arg-type]
     else:
         records = read_file(args.file, catalog=args.catalog)
