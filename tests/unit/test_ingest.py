@@ -348,8 +348,8 @@ def test_client_healthz(client_and_publisher):
 
 def test_lone_surrogate_is_the_callers_error_not_a_publish_failure():
     pub = FakePublisher()
-    body = ('[%s, {"event_id": "e\\ud800", "event_type": "view", "user_id": "u", "item_id": "i", '
-            '"timestamp": %d}]' % (json.dumps(event(0)), NOW_MS)).encode()
+    bad = json.dumps(event(1, event_id="e\ud800"))  # json.dumps writes the escape "\ud800"
+    body = f"[{json.dumps(event(0))}, {bad}]".encode()
     status, out, _ = post(body, pub)
     assert status == 202 and out["event_ids"] == ["e0"]
     assert out["errors"] == [{"index": 1, "field": "event_id",
