@@ -1,0 +1,149 @@
+"""Ranking math of the recommend function against hand-computed values (no Firestore)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "recommend"
+if str(FUNCTION_DIR) not in sys.path:
+    sys.path.insert(0, str(FUNCTION_DIR))
+
+from recommender import ranking  # noqa: E402
+from recommender.config import ConfigError, Settings  # noqa: E402
+from recommender.errors import InvalidParameter  # noqa: E402
+from recommender.index import ItemIndex  # noqa: E402
+from recommender.params import recommend_params  # noqa: E402
+
+from schemas.catalog import CatalogItem  # noqa: E402
+from schemas.firestore import ItemDoc  # noqa: E402
+
+
+def test_cosine_hand_computed():
+    assert ranking.cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(1 / math.sqrt(2))
+    assert ranking.cosine(np.array([3.0, 4.0]), np.array([-3.0, -4.0])) == pytest.approx(-1.0)
+    assert ranking.cosine(np.zeros(2), np.array([1.0, 1.0])) == 0.0
+
+
+def test_l2_normalize_keeps_zero_rows():
+    out = ranking.l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_minmax_scales_to_unit_interval_and_constant_to_zero():
+    np.testing.assert_allclose(ranking.minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(ranking.minmax(np.array([5.0, 5.0])), [0.0, 0.0])
+    assert ranking.minmax(np.array([])).size == 0
+
+
+def test_hybrid_weights_alpha_and_beta():
+    final, cf, cb = ranking.hybrid_scores(np.array([10.0, 6.0, 2.0]), np.array([0.2, 1.0, 0.6]), 0.25)
+    np.testing.assert_allclose(cf, [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(cb, [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(final, [0.25, 0.25 * 0.5 + 0.75, 0.75 * 0.5])
+
+
+def test_top_k_orders_best_first_and_drops_blocked():
+    scores = np.array([0.3, -np.inf, 0.9, 0.1, 0.5], dtype=np.float32)
+    assert ranking.top_k(scores, 3).tolist() == [2, 4, 0]
+    assert ranking.top_k(scores, 10).tolist() == [2, 4, 0, 3]  # the -inf row never comes back
+    assert ranking.top_k(scores, 0).size == 0
+
+
+def test_pool_size():
+    assert ranking.pool_size(10, 200, 4) == 200
+    assert ranking.pool_size(100, 200, 4) == 400
+
+
+def test_blocked_mask_combines_stock_category_and_exclusions():
+    out_of_stock = np.array([False, True, False, False])
+    codes = np.array([0, 0, 1, 2], dtype=np.int32)
+    blocked = ranking.blocked_mask(4, out_of_stock, codes, np.array([0, 1]), np.array([2]))
+    assert blocked.tolist() == [False, True, True, True]
+    assert ranking.blocked_mask(4, None, codes, None, None) is None
+    assert not out_of_stock[0]  # the index's own array is not modified
+
+
+def _rank_example(alpha: float, blocked=None, k: int = 3):
+    emb = np.array([[1.0, 0.0], [0.8, 0.2], [0.2, 0.8], [0.0, 1.0]], dtype=np.float32)
+    content = ranking.l2_normalize(np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.6, 0.8]]))
+    query = np.array([1.0, 0.0], dtype=np.float32)
+    profile = np.array([1.0, 0.0], dtype=np.float32)
+    return ranking.rank_hybrid(query, emb, content, profile, k, alpha, blocked, pool=4)
+
+
+def test_rank_hybrid_hand_computed():
+    # CF dots: 1.0, 0.8, 0.2, 0.0 -> minmax 1, .8, .2, 0. CB cosines: 0, 1, 1, .6 -> 0, 1, 1, .6
+    r = _rank_example(alpha=0.5)
+    # finals: .5, .9, .6, .3
+    assert r.rows.tolist() == [1, 2, 0]
+    np.testing.assert_allclose(r.score, [0.9, 0.6, 0.5], atol=1e-6)
+    np.testing.assert_allclose(r.cf, [0.8, 0.2, 1.0], atol=1e-6)
+    np.testing.assert_allclose(r.cb, [1.0, 1.0, 0.0], atol=1e-6)
+    assert _rank_example(alpha=1.0).rows.tolist() == [0, 1, 2]
+    # alpha=0: CB ties between rows 1 and 2 are broken by the raw CF score
+    assert _rank_example(alpha=0.0).rows.tolist() == [1, 2, 3]
+
+
+def test_rank_hybrid_filters_still_return_k():
+    blocked = np.array([True, True, False, False])
+    r = _rank_example(alpha=1.0, blocked=blocked, k=2)
+    assert r.rows.tolist() == [2, 3]
+    # normalisation is over the allowed candidates only: row 2 (0.2) is best -> 1, row 3 -> 0
+    np.testing.assert_allclose(r.cf, [1.0, 0.0])
+
+
+def test_rank_cosine_skips_zero_vectors():
+    m = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    rows, cos = ranking.rank_cosine(np.array([2.0, 0.0]), m, np.linalg.norm(m, axis=1), 3, None)
+    assert rows.tolist() == [0, 2]
+    np.testing.assert_allclose(cos, [1.0, 1 / math.sqrt(2)], rtol=1e-6)
+
+
+def _index() -> ItemIndex:
+    return ItemIndex.build("v1", 1000, np.array(["a", "b"]), np.array([[1, 0], [0, 1]]),
+                           np.array([[1, 0, 0], [0, 1, 0]]), np.array(["x", "y"]),
+                           np.array([True, False]), np.array([2.0, 1.0]), updated_through=1000)
+
+
+def _doc(item_id: str, emb, version: str = "v1", in_stock: bool = True, category: str = "x"):
+    item = CatalogItem(item_id=item_id, title="t", category=category, brand="b", price=1.0, tags=(),
+                       in_stock=in_stock, updated_at=0)
+    return ItemDoc(item=item, embedding=emb, content_vector=(0.0, 0.0, 2.0), model_version=version,
+                   indexed_at=2000)
+
+
+def test_index_with_items_updates_and_appends_copy_on_write():
+    idx = _index()
+    new = idx.with_items([_doc("b", (0.0, 3.0), in_stock=True, category="z"),
+                          _doc("c", (5.0, 5.0)), _doc("d", (1.0, 1.0), version="v0")])
+    assert idx.size == 2 and not idx.in_stock[1]  # the old index is untouched
+    assert new.item_ids.tolist() == ["a", "b", "c", "d"] and new.added == 2
+    assert new.in_stock.tolist() == [True, True, True, True]
+    assert new.categories.tolist() == ["x", "z", "x", "x"]
+    np.testing.assert_allclose(new.embeddings[1], [0.0, 3.0])
+    np.testing.assert_allclose(new.norms, [1.0, 3.0, math.sqrt(50), 0.0])  # d: other version
+    np.testing.assert_allclose(new.content[2], [0.0, 0.0, 1.0])  # content re-normalised
+    assert new.updated_through == 2000 and new.row_of["d"] == 3
+
+
+def test_params_defaults_and_errors():
+    s = Settings(default_alpha=0.7)
+    p = recommend_params({"user_id": ["u"], "session_items": ["a, b,a"]}, s, from_query=True)
+    assert (p.k, p.alpha, p.exclude_seen, p.in_stock_only, p.session_items) == (
+        10, 0.7, True, True, ("a", "b"))
+    with pytest.raises(InvalidParameter) as e:
+        recommend_params({"alpha": ["NaN"]}, s, from_query=True)
+    assert e.value.parameter == "alpha"
+
+
+def test_settings_reject_bad_environment(monkeypatch):
+    monkeypatch.setenv("DEFAULT_ALPHA", "1.5")
+    with pytest.raises(ConfigError, match="DEFAULT_ALPHA"):
+        Settings.from_env()
+    monkeypatch.setenv("DEFAULT_ALPHA", "0.4")
+    assert Settings.from_env().default_alpha == 0.4
