@@ -1,0 +1,90 @@
+"""Settings of the recommend function, read once from environment variables."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from schemas import names
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the function cannot run with."""
+
+
+def _env_float(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r} is not a number") from e
+    if math.isnan(value) or not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from e
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything tunable about serving; defaults suit the local stack and the cloud alike."""
+
+    project: str = names.DEFAULT_PROJECT
+    database: str = "(default)"
+    users_collection: str = names.USERS
+    items_collection: str = names.ITEMS
+    models_collection: str = names.MODELS
+    stats_collection: str = names.STATS
+    current_model_doc: str = names.CURRENT_MODEL_DOC
+    trending_doc: str = names.TRENDING_DOC
+    index_uri: str = ""  # used only when models/current cannot be read at cold start
+    default_alpha: float = 0.7
+    default_k: int = 10
+    max_k: int = 100
+    min_pool: int = 200  # candidate pool for hybrid ranking: max(min_pool, pool_factor * k)
+    pool_factor: int = 4
+    max_session_items: int = 50
+    max_categories: int = 20
+    max_id_length: int = 128
+    refresh_seconds: float = 5.0
+    trending_ttl_seconds: float = 30.0
+    firestore_timeout_seconds: float = 1.0
+    items_poll_limit: int = 500
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read and validate the settings; raise ``ConfigError`` naming a bad variable."""
+        return cls(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT")
+            or names.DEFAULT_PROJECT,
+            database=os.environ.get("FIRESTORE_DATABASE", "(default)"),
+            users_collection=os.environ.get("USERS_COLLECTION", names.USERS),
+            items_collection=os.environ.get("ITEMS_COLLECTION", names.ITEMS),
+            models_collection=os.environ.get("MODELS_COLLECTION", names.MODELS),
+            stats_collection=os.environ.get("STATS_COLLECTION", names.STATS),
+            index_uri=os.environ.get("INDEX_URI", ""),
+            default_alpha=_env_float("DEFAULT_ALPHA", 0.7, 0.0, 1.0),
+            default_k=_env_int("DEFAULT_K", 10, 1, 100),
+            min_pool=_env_int("MIN_POOL", 200, 1, 100_000),
+            pool_factor=_env_int("POOL_FACTOR", 4, 1, 100),
+            max_session_items=_env_int("MAX_SESSION_ITEMS", 50, 1, 1000),
+            max_categories=_env_int("MAX_CATEGORIES", 20, 1, 1000),
+            refresh_seconds=_env_float("REFRESH_SECONDS", 5.0, 0.0, 86_400.0),
+            trending_ttl_seconds=_env_float("TRENDING_TTL_SECONDS", 30.0, 0.0, 86_400.0),
+            firestore_timeout_seconds=_env_float("FIRESTORE_TIMEOUT_SECONDS", 1.0, 0.05, 60.0),
+            items_poll_limit=_env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
+        )

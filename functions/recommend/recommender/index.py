@@ -1,0 +1,188 @@
+"""The in-memory item index: a model version's snapshot plus items added since.
+
+An :class:`ItemIndex` is immutable once built; updates build a new one (copy on write)
+and the service swaps the reference, so a request always sees one consistent index.
+Embeddings are C-contiguous float32 with precomputed norms; categories are int codes so
+a category filter is one ``np.isin`` over ints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from schemas.firestore import ItemDoc
+from schemas.index_snapshot import IndexSnapshot
+
+from .ranking import l2_normalize
+
+
+class SnapshotLoadError(RuntimeError):
+    """The item-index snapshot could not be read."""
+
+
+def read_snapshot(uri: str) -> IndexSnapshot:
+    """Load an ``item_index.npz`` from a local path, ``file://`` or ``gs://`` URI."""
+    try:
+        if uri.startswith("gs://"):
+            from google.api_core.exceptions import GoogleAPIError
+            from google.cloud import storage  # imported only when needed: keeps cold start short
+
+            bucket, _, blob = uri[len("gs://"):].partition("/")
+            try:
+                data = storage.Client().bucket(bucket).blob(blob).download_as_bytes(timeout=60)
+            except GoogleAPIError as e:
+                raise SnapshotLoadError(f"cannot download {uri}: {e}") from e
+            return IndexSnapshot.from_bytes(data)
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return IndexSnapshot.load(Path(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise SnapshotLoadError(f"cannot read the index snapshot {uri}: {e}") from e
+
+
+def _category_codes(categories: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
+    lookup: dict[str, int] = {}
+    codes = np.fromiter((lookup.setdefault(str(c), len(lookup)) for c in categories),
+                        dtype=np.int32, count=len(categories))
+    return lookup, codes
+
+
+@dataclass(frozen=True)
+class ItemIndex:
+    """Row ``i`` of every array describes ``item_ids[i]``."""
+
+    version: str
+    created_at: int  # snapshot creation, epoch ms
+    item_ids: np.ndarray
+    embeddings: np.ndarray  # float32 [N, D], C-contiguous
+    norms: np.ndarray  # float32 [N]
+    content: np.ndarray  # float32 [N, C], L2-normalised rows
+    content_norms: np.ndarray  # float32 [N] (1 or 0)
+    categories: np.ndarray
+    category_codes: np.ndarray  # int32 [N]
+    category_lookup: dict[str, int]
+    in_stock: np.ndarray
+    out_of_stock: np.ndarray
+    popularity: np.ndarray
+    popular_order: np.ndarray  # rows by popularity, best first
+    row_of: dict[str, int]
+    loaded_at: float = field(default_factory=time.time)
+    updated_through: int = 0  # largest items.indexed_at applied, epoch ms
+    added: int = 0  # items appended after the snapshot
+
+    @property
+    def size(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def content_dim(self) -> int:
+        return int(self.content.shape[1])
+
+    @classmethod
+    def build(cls, version: str, created_at: int, item_ids: np.ndarray, embeddings: np.ndarray,
+              content: np.ndarray, categories: np.ndarray, in_stock: np.ndarray,
+              popularity: np.ndarray, updated_through: int, added: int = 0) -> ItemIndex:
+        """Derive the lookup structures from the raw arrays."""
+        item_ids = np.asarray(item_ids).astype(str)
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        content = np.ascontiguousarray(l2_normalize(content), dtype=np.float32)
+        in_stock = np.asarray(in_stock, dtype=bool)
+        popularity = np.asarray(popularity, dtype=np.float32)
+        lookup, codes = _category_codes(categories)
+        return cls(version=version, created_at=int(created_at), item_ids=item_ids, embeddings=emb,
+                   norms=np.linalg.norm(emb, axis=1).astype(np.float32), content=content,
+                   content_norms=np.linalg.norm(content, axis=1).astype(np.float32),
+                   categories=np.asarray(categories).astype(str), category_codes=codes,
+                   category_lookup=lookup, in_stock=in_stock, out_of_stock=~in_stock,
+                   popularity=popularity,
+                   popular_order=np.argsort(-popularity, kind="stable"),
+                   row_of={str(i): r for r, i in enumerate(item_ids.tolist())},
+                   updated_through=int(updated_through), added=added)
+
+    @classmethod
+    def from_snapshot(cls, snap: IndexSnapshot) -> ItemIndex:
+        return cls.build(snap.version, snap.created_at, snap.item_ids, snap.embeddings,
+                         snap.content, snap.categories, snap.in_stock, snap.popularity,
+                         updated_through=snap.created_at)
+
+    def rows(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""
+        seen: dict[int, None] = {}
+        for i in item_ids:
+            r = self.row_of.get(i)
+            if r is not None:
+                seen.setdefault(r, None)
+        return np.fromiter(seen, dtype=np.int64, count=len(seen))
+
+    def category_codes_for(self, categories: Sequence[str]) -> np.ndarray:
+        """Codes of the requested categories; unknown names match nothing."""
+        return np.array([self.category_lookup[c] for c in categories if c in self.category_lookup],
+                        dtype=np.int32)
+
+    def with_items(self, docs: Sequence[ItemDoc]) -> ItemIndex:
+        """A new index with ``docs`` applied: known ids updated, new ids appended.
+
+        An embedding is taken only when the document's ``model_version`` is this index's
+        version and its length matches (otherwise it lives in another space): a known item
+        keeps its embedding, a new one gets zeros and is reachable by content only.
+        """
+        if not docs:
+            return self
+        emb, content = self.embeddings.copy(), self.content.copy()
+        cats, stock, pop = self.categories.tolist(), self.in_stock.copy(), self.popularity.copy()
+        ids = self.item_ids.tolist()
+        new_rows: dict[str, int] = {}
+        new_emb, new_content, new_stock, new_pop = [], [], [], []
+        through = self.updated_through
+        for doc in docs:
+            through = max(through, doc.indexed_at)
+            vec = (np.asarray(doc.embedding, dtype=np.float32)
+                   if doc.embedding is not None and doc.model_version == self.version
+                   and len(doc.embedding) == self.dim else None)
+            cvec = (np.asarray(doc.content_vector, dtype=np.float32)
+                    if doc.content_vector is not None and len(doc.content_vector) == self.content_dim
+                    else None)
+            row = self.row_of.get(doc.item_id, new_rows.get(doc.item_id))
+            if row is not None and row < self.size:
+                if vec is not None:
+                    emb[row] = vec
+                if cvec is not None:
+                    content[row] = cvec
+                cats[row] = doc.item.category
+                stock[row] = doc.item.in_stock
+                pop[row] = doc.popularity
+                continue
+            if row is not None:  # appended earlier in this same batch
+                j = row - self.size
+            else:
+                j = len(new_emb)
+                new_rows[doc.item_id] = self.size + j
+                ids.append(doc.item_id)
+                cats.append(doc.item.category)
+                new_emb.append(np.zeros(self.dim, dtype=np.float32))
+                new_content.append(np.zeros(self.content_dim, dtype=np.float32))
+                new_stock.append(True)
+                new_pop.append(0.0)
+            if vec is not None:
+                new_emb[j] = vec
+            if cvec is not None:
+                new_content[j] = cvec
+            cats[self.size + j] = doc.item.category
+            new_stock[j] = doc.item.in_stock
+            new_pop[j] = doc.popularity
+        if new_emb:
+            emb = np.vstack([emb, np.stack(new_emb)])
+            content = np.vstack([content, np.stack(new_content)])
+            stock = np.concatenate([stock, np.array(new_stock, dtype=bool)])
+            pop = np.concatenate([pop, np.array(new_pop, dtype=np.float32)])
+        return ItemIndex.build(self.version, self.created_at, np.array(ids), emb, content,
+                               np.array(cats), stock, pop, updated_through=through,
+                               added=self.added + len(new_emb))

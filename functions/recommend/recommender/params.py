@@ -1,0 +1,179 @@
+"""Request parameters: parsed from a query string or a JSON body, validated, typed.
+
+Every invalid value raises :class:`InvalidParameter` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .errors import InvalidParameter
+
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0"}
+
+
+@dataclass(frozen=True)
+class RecommendParams:
+    """A validated ``/recommendations`` request."""
+
+    user_id: str | None
+    k: int
+    alpha: float
+    categories: tuple[str, ...] = ()
+    exclude_seen: bool = True
+    in_stock_only: bool = True
+    session_items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SimilarParams:
+    """A validated ``/similar-items`` request."""
+
+    item_id: str
+    k: int
+    in_stock_only: bool = True
+
+
+def check_id(name: str, value: Any, max_len: int) -> str:
+    """A Firestore-safe document id: non-empty string, no '/', not '.'/'..', not ``__x__``."""
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{name} must be a string", name)
+    if not value or not value.strip():
+        raise InvalidParameter(f"{name} must not be empty", name)
+    if len(value) > max_len:
+        raise InvalidParameter(f"{name} is longer than {max_len} characters", name)
+    if "/" in value or value in (".", "..") or (value.startswith("__") and value.endswith("__")):
+        raise InvalidParameter(f"{name} must not contain '/' or be '.', '..' or '__...__'", name)
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidParameter(f"{name} must not contain control characters", name)
+    return value
+
+
+def check_text(name: str, value: str, max_len: int) -> str:
+    """A free-text value such as a category name: non-empty, bounded, no control characters."""
+    if not value or len(value) > max_len:
+        raise InvalidParameter(f"{name} values must have 1 to {max_len} characters", name)
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidParameter(f"{name} must not contain control characters", name)
+    return value
+
+
+def parse_k(value: Any, max_k: int) -> int:
+    if isinstance(value, bool):
+        raise InvalidParameter(f"k must be an integer between 1 and {max_k}", "k")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 10)
+        except ValueError as e:
+            raise InvalidParameter(f"k must be an integer between 1 and {max_k}", "k") from e
+    if not isinstance(value, int) or not 1 <= value <= max_k:
+        raise InvalidParameter(f"k must be an integer between 1 and {max_k}", "k")
+    return value
+
+
+def parse_alpha(value: Any) -> float:
+    msg = "alpha must be a number between 0 and 1"
+    if isinstance(value, bool):
+        raise InvalidParameter(msg, "alpha")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError as e:
+            raise InvalidParameter(msg, "alpha") from e
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise InvalidParameter(msg, "alpha")
+    return float(value)
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+    raise InvalidParameter(f"{name} must be true, false, 1 or 0", name)
+
+
+def parse_list(name: str, value: Any, max_items: int, max_len: int, comma_separated: bool,
+               check: Callable[[str, str, int], str]) -> tuple[str, ...]:
+    """A de-duplicated list of strings from a JSON array or from query values, each ``check``-ed.
+
+    With ``comma_separated`` every string is split on commas first (``a,b`` -> ``a``, ``b``).
+    """
+    if isinstance(value, str):
+        raw = [value]
+    elif isinstance(value, (list, tuple)):
+        raw = list(value)
+    else:
+        raise InvalidParameter(f"{name} must be a string or a list of strings", name)
+    items: list[str] = []
+    for v in raw:
+        if not isinstance(v, str):
+            raise InvalidParameter(f"{name} must contain only strings", name)
+        parts = v.split(",") if comma_separated else [v]
+        items.extend(p.strip() for p in parts if p.strip())
+    if len(items) > max_items:
+        raise InvalidParameter(f"{name} has {len(items)} values; at most {max_items} allowed", name)
+    for v in items:
+        check(name, v, max_len)
+    return tuple(dict.fromkeys(items))
+
+
+def _single(args: Mapping[str, list[str]], name: str) -> str | None:
+    values = args.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidParameter(f"{name} is given more than once", name)
+    return values[0]
+
+
+def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: bool
+                     ) -> RecommendParams:
+    """Validate ``/recommendations`` input: query-string lists (``from_query``) or a JSON object."""
+    get = (lambda n: _single(values, n)) if from_query else values.get
+    user_id = get("user_id")
+    if user_id is not None:
+        user_id = check_id("user_id", user_id, settings.max_id_length)
+    k = get("k")
+    alpha = get("alpha")
+    exclude_seen, in_stock_only = get("exclude_seen"), get("in_stock_only")
+    categories = values.get("category")
+    session = values.get("session_items")
+    return RecommendParams(
+        user_id=user_id,
+        k=settings.default_k if k is None else parse_k(k, settings.max_k),
+        alpha=settings.default_alpha if alpha is None else parse_alpha(alpha),
+        categories=() if categories is None else parse_list(
+            "category", categories, settings.max_categories, settings.max_id_length,
+            comma_separated=False, check=check_text),
+        exclude_seen=True if exclude_seen is None else parse_bool("exclude_seen", exclude_seen),
+        in_stock_only=True if in_stock_only is None else parse_bool("in_stock_only", in_stock_only),
+        session_items=() if session is None else parse_list(
+            "session_items", session, settings.max_session_items, settings.max_id_length,
+            comma_separated=True, check=check_id),
+    )
+
+
+def similar_params(values: Mapping[str, list[str]], settings: Settings) -> SimilarParams:
+    """Validate ``/similar-items`` query-string input."""
+    item_id = _single(values, "item_id")
+    if item_id is None:
+        raise InvalidParameter("item_id is required", "item_id")
+    k = _single(values, "k")
+    in_stock_only = _single(values, "in_stock_only")
+    return SimilarParams(
+        item_id=check_id("item_id", item_id, settings.max_id_length),
+        k=settings.default_k if k is None else parse_k(k, settings.max_k),
+        in_stock_only=True if in_stock_only is None else parse_bool("in_stock_only", in_stock_only),
+    )

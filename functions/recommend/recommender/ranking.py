@@ -1,0 +1,139 @@
+"""Ranking math on numpy arrays: exact top-k, normalisation and the hybrid score.
+
+Scales: the CF score is the two-tower dot product and the CB score the cosine between
+the user's content profile and an item's content vector. Over a candidate set both are
+min-max normalised to [0, 1] (best candidate 1, worst 0; a constant column becomes 0),
+so ``final = alpha * cf + (1 - alpha) * cb`` weighs two signals on the same scale and
+alpha means what it says: alpha=1 ranks purely by CF, alpha=0 purely by content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NEG_INF = np.float32(-np.inf)
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows (or the vector) scaled to unit L2 norm; all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=axis, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors; 0.0 when either is all zeros."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] over the given values; a constant (or empty) array maps to zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest finite scores, best first (argpartition, then a small sort)."""
+    n = scores.shape[0]
+    if k <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    if k < n:
+        idx = np.argpartition(scores, n - k)[n - k:]
+    else:
+        idx = np.arange(n)
+    idx = idx[np.isfinite(scores[idx])]
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+def pool_size(k: int, min_pool: int, factor: int) -> int:
+    """How many CF candidates the hybrid ranking re-scores for a request of ``k`` items."""
+    return max(min_pool, factor * k, k)
+
+
+def blocked_mask(n: int, out_of_stock: np.ndarray | None, category_codes: np.ndarray | None,
+                 wanted_codes: np.ndarray | None, excluded_rows: np.ndarray | None) -> np.ndarray | None:
+    """Rows a request must not return (out of stock, outside the categories, excluded), or None."""
+    blocked = None
+    if out_of_stock is not None:
+        blocked = out_of_stock.copy()
+    if wanted_codes is not None and category_codes is not None:
+        outside = ~np.isin(category_codes, wanted_codes)
+        blocked = outside if blocked is None else (blocked | outside)
+    if excluded_rows is not None and excluded_rows.size:
+        if blocked is None:
+            blocked = np.zeros(n, dtype=bool)
+        blocked[excluded_rows] = True
+    return blocked
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The ranked items of one request: rows into the index and their scores."""
+
+    rows: np.ndarray
+    score: np.ndarray
+    cf: np.ndarray
+    cb: np.ndarray
+
+
+def hybrid_scores(cf_raw: np.ndarray, cb_raw: np.ndarray, alpha: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(final, cf, cb)`` with cf and cb min-max normalised over the candidates."""
+    cf = minmax(cf_raw)
+    cb = minmax(cb_raw)
+    return alpha * cf + (1.0 - alpha) * cb, cf, cb
+
+
+def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
+                profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | None,
+                pool: int) -> Ranked:
+    """Exact CF retrieval of ``pool`` candidates by dot product, then hybrid re-ranking to ``k``.
+
+    Args:
+        query: the user's query vector [D].
+        embeddings: item embeddings [N, D], C-contiguous float32.
+        content: item content vectors [N, C], L2-normalised rows.
+        profile: the user's L2-normalised content profile [C], or None (then CB is 0).
+        k: how many items to return.
+        alpha: weight of CF in the final score; 1 - alpha weighs CB.
+        blocked: rows that must not be returned, or None.
+        pool: candidate pool size (>= k).
+    """
+    scores = embeddings @ query.astype(np.float32, copy=False)
+    if blocked is not None:
+        np.putmask(scores, blocked, NEG_INF)
+    cand = top_k(scores, pool)
+    cf_raw = scores[cand]
+    if profile is not None and cand.size:
+        cb_raw = content[cand] @ profile
+    else:
+        cb_raw = np.zeros(cand.size, dtype=np.float32)
+    final, cf, cb = hybrid_scores(cf_raw, cb_raw, alpha)
+    # Ties on the final score are broken by the raw CF score, then by row, so results are stable.
+    order = np.lexsort((cand, -cf_raw, -final))[:k]
+    return Ranked(rows=cand[order], score=final[order], cf=cf[order], cb=cb[order])
+
+
+def rank_cosine(vector: np.ndarray, matrix: np.ndarray, norms: np.ndarray, k: int,
+                blocked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` rows of ``matrix`` by cosine with ``vector``: ``(rows, cosines)``."""
+    vnorm = float(np.linalg.norm(vector))
+    if vnorm == 0.0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    dots = matrix @ vector.astype(np.float32, copy=False)
+    denom = norms * vnorm
+    cos = np.divide(dots, denom, out=np.full_like(dots, NEG_INF), where=denom > 0)
+    if blocked is not None:
+        np.putmask(cos, blocked, NEG_INF)
+    rows = top_k(cos, k)
+    return rows, cos[rows]
