@@ -10,6 +10,7 @@ Layout (docs/architecture.md, "Model artefact")::
       metadata.json                   version, created_at, parent_version, data_fingerprint,
                                       params, metrics, dim, history_length
       weights/query.npz weights/candidate.npz   training variables (warm start)
+      catalogue.jsonl                 the indexed catalogue items (publish writes them as ItemDocs)
 
 ``load_towers(uri)`` accepts a local directory or ``gs://bucket/path`` (downloaded once to a
 local cache directory, ``$MODEL_CACHE_DIR`` or ``~/.cache/recsys-models``).
@@ -43,6 +44,7 @@ CANDIDATE_DIR = "candidate_tower"
 VOCAB_DIR = "vocab"
 WEIGHTS_DIR = "weights"
 CONTENT_FILE = "content_encoder.json"
+CATALOGUE_FILE = "catalogue.jsonl"  # the items indexed (full attributes, for publish and warm start)
 METADATA_FILE = "metadata.json"
 SIGNATURE = "serving_default"
 
@@ -184,6 +186,9 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
     (out / VOCAB_DIR / "users.txt").write_text("\n".join(space.users), encoding="utf-8")
     (out / VOCAB_DIR / "items.txt").write_text("\n".join(space.items), encoding="utf-8")
     space.encoder.save(out / CONTENT_FILE)
+    with (out / CATALOGUE_FILE).open("w", encoding="utf-8") as f:
+        for item in contents.catalogue:
+            f.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
     (out / WEIGHTS_DIR).mkdir()
     _save_weights(query_tower, out / WEIGHTS_DIR / "query.npz")
     _save_weights(candidate_tower, out / WEIGHTS_DIR / "candidate.npz")

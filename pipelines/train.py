@@ -286,18 +286,12 @@ def warm_start(parent: Parent, data: TrainingInput, config: ModelConfig, since: 
 
 
 def _merge_catalogue(parent: Parent, catalogue: list[CatalogItem]) -> list[CatalogItem]:
-    """The new catalogue plus parent-indexed items it does not mention (kept from the parent's index)."""
+    """The new catalogue plus the parent's indexed items it does not mention."""
+    from pipelines.publish import read_catalogue
+
     by_id = {i.item_id: i for i in catalogue}
-    index = artifact.IndexSnapshot.load(parent.path / artifact.INDEX_FILE)
-    missing = [str(i) for i in index.item_ids if str(i) not in by_id]
-    if missing:
-        log.info("%d items of the parent index are not in the new catalogue; kept with id only",
-                 len(missing))
-    cats = dict(zip(index.item_ids.tolist(), index.categories.tolist()))
-    stock = dict(zip(index.item_ids.tolist(), index.in_stock.tolist()))
-    extra = [CatalogItem(item_id=i, title="", category=str(cats.get(i, "")), brand="", price=0.0,
-                         tags=(), in_stock=bool(stock.get(i, True)), updated_at=0) for i in missing]
-    return list(catalogue) + extra
+    kept = [item for item_id, item in read_catalogue(parent.path).items() if item_id not in by_id]
+    return list(catalogue) + kept
 
 
 def save(trained: TrainedModel, model_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:

@@ -1,0 +1,178 @@
+"""Model artefact: layout, save/load round trip, truncation, warm start."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from pipelines import artifact  # noqa: E402
+from pipelines.data import generate_synthetic  # noqa: E402
+from pipelines.features import OOV_INDEX  # noqa: E402
+from pipelines.model import ModelConfig  # noqa: E402
+from pipelines.train import Parent, TrainingInput, run, save, train, warm_start  # noqa: E402
+from schemas.catalog import CatalogItem  # noqa: E402
+from schemas.content import ContentEncoder  # noqa: E402
+from schemas.index_snapshot import IndexSnapshot  # noqa: E402
+
+CFG = ModelConfig(dim=16, history_length=5, epochs=1, batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainingInput:
+    return TrainingInput.from_dataset(generate_synthetic(n_users=60, n_items=50,
+                                                         mean_events_per_user=12, seed=1))
+
+
+@pytest.fixture(scope="module")
+def trained_and_saved(data, tmp_path_factory):
+    trained = train(data, CFG)
+    path = save(trained, tmp_path_factory.mktemp("models"))
+    return trained, path
+
+
+def test_layout_and_metadata(trained_and_saved, data):
+    trained, path = trained_and_saved
+    assert re.fullmatch(r"v\d{8}-\d{6}-[0-9a-f]{6}", path.name)
+    for rel in ("query_tower/saved_model.pb", "candidate_tower/saved_model.pb", "vocab/users.txt",
+                "vocab/items.txt", "content_encoder.json", "item_index.npz", "metadata.json"):
+        assert (path / rel).is_file(), rel
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["version"] == path.name and path.name.endswith(meta["data_fingerprint"][:6])
+    assert meta["dim"] == 16 and meta["history_length"] == 5 and meta["parent_version"] is None
+    assert meta["params"]["loss"] == "softmax" and meta["metrics"]["n_examples"] == len(data)
+    assert (path / "vocab/users.txt").read_text().split("\n") == trained.space.users
+    enc = ContentEncoder.load(path / "content_encoder.json")
+    index = IndexSnapshot.load(path / "item_index.npz")
+    assert index.version == path.name and index.embeddings.shape == (len(data.catalogue), 16)
+    np.testing.assert_allclose(index.content, enc.encode_many(data.catalogue), rtol=1e-6)
+    assert index.popularity.sum() == pytest.approx(len(data))
+
+
+def test_signatures_are_explicit(trained_and_saved):
+    _, path = trained_and_saved
+    q = tf.saved_model.load(str(path / "query_tower")).signatures["serving_default"]
+    c = tf.saved_model.load(str(path / "candidate_tower")).signatures["serving_default"]
+    assert set(q.structured_input_signature[1]) == {"user_id", "history"}
+    assert set(c.structured_input_signature[1]) == {"item_id", "category", "brand", "price", "tags"}
+    assert set(q.structured_outputs) == {"embedding"}
+    assert c.structured_input_signature[1]["price"].dtype == tf.float32
+
+
+def test_round_trip_matches_in_memory_model(trained_and_saved):
+    trained, path = trained_and_saved
+    towers = artifact.load_towers(str(path))
+    assert towers.version == path.name and towers.dim == 16 and towers.history_length == 5
+    users = trained.space.users[:6]
+    u_idx = trained.space.encode_users(users)
+    hist_idx = trained.seqs.last(u_idx, 5)
+    items_by_row = {v: k for k, v in trained.space.item_index.items()}
+    histories = [[items_by_row[i] for i in row if i] for row in hist_idx]
+    np.testing.assert_allclose(towers.embed_users(users, histories),
+                               trained.user_embeddings(u_idx, hist_idx), rtol=1e-5, atol=1e-6)
+    catalogue = trained.catalogue[:7]
+    rows = trained.space.encode_items([i.item_id for i in catalogue])
+    np.testing.assert_allclose(towers.embed_items(catalogue), trained.item_embeddings()[rows],
+                               rtol=1e-5, atol=1e-6)
+    index = towers.item_index()
+    np.testing.assert_allclose(index.embeddings[:7], towers.embed_items(catalogue), rtol=1e-5, atol=1e-6)
+
+
+def test_history_is_truncated_to_most_recent(trained_and_saved):
+    trained, path = trained_and_saved
+    towers = artifact.load_towers(path)
+    items = trained.space.items[:12]
+    long = towers.embed_users(["u-x"], [items])
+    short = towers.embed_users(["u-x"], [items[-5:]])
+    np.testing.assert_allclose(long, short, rtol=1e-6)
+    other = towers.embed_users(["u-x"], [items[:5]])
+    assert not np.allclose(other, short, atol=1e-4)
+    assert towers.embed_users([], []).shape == (0, 16)
+
+
+def test_new_item_gets_content_embedding(trained_and_saved):
+    trained, path = trained_and_saved
+    towers = artifact.load_towers(path)
+    base = trained.catalogue[0]
+    other = next(i for i in trained.catalogue if i.category != base.category and i.brand != base.brand)
+    new_a = CatalogItem("brand-new-1", "x", base.category, base.brand, base.price, base.tags, True, 0)
+    new_b = CatalogItem("brand-new-2", "y", other.category, other.brand, other.price, other.tags, True, 0)
+    new_a2 = CatalogItem("brand-new-3", "z", base.category, base.brand, base.price, base.tags, True, 0)
+    emb = towers.embed_items([new_a, new_b, new_a2])
+    assert not np.allclose(emb[0], emb[1], atol=1e-3)
+    np.testing.assert_allclose(emb[0], emb[2], rtol=1e-5)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(artifact.ArtifactError, match="not a model artefact"):
+        artifact.load_towers(tmp_path)
+
+
+def _later_events(data: TrainingInput, n_new_users: int = 5) -> TrainingInput:
+    """A 'day' of new events after the training data: new users, a new item, old users too."""
+    t0 = int(data.timestamps.max()) + 1000
+    rng = np.random.default_rng(7)
+    old_users = np.unique(data.user_ids.astype(str))[:10]
+    old_items = np.unique(data.item_ids.astype(str))
+    new_item = CatalogItem("item-new-1", "new", data.catalogue[0].category, data.catalogue[0].brand,
+                           10.0, data.catalogue[0].tags, True, t0)
+    users, items = [], []
+    for u in list(old_users) + [f"new-user-{k}" for k in range(n_new_users)]:
+        for it in rng.choice(old_items, size=4, replace=False).tolist() + ["item-new-1"]:
+            users.append(u)
+            items.append(it)
+    return TrainingInput(user_ids=np.array(users, dtype=object), item_ids=np.array(items, dtype=object),
+                         timestamps=t0 + np.arange(len(users), dtype=np.int64),
+                         catalogue=data.catalogue + [new_item])
+
+
+@pytest.mark.slow
+def test_warm_start_extends_vocab_and_keeps_old_embeddings(trained_and_saved, data, tmp_path):
+    trained, path = trained_and_saved
+    parent = Parent.load(path)
+    new = _later_events(data)
+    combined = TrainingInput(np.concatenate([data.user_ids, new.user_ids]),
+                             np.concatenate([data.item_ids, new.item_ids]),
+                             np.concatenate([data.timestamps, new.timestamps]), new.catalogue)
+    child = warm_start(parent, combined, parent.config(epochs=1, learning_rate=1e-3))
+    assert child.parent_version == parent.version
+    assert child.n_examples == len(new)  # only events after the parent's data are targets
+    assert child.space.users[:len(parent.users)] == parent.users
+    assert child.space.items[:len(parent.items)] == parent.items
+    assert "new-user-0" in child.space.user_index and "item-new-1" in child.space.item_index
+    old = trained.item_embeddings()
+    fresh = child.item_embeddings()
+    n_old = old.shape[0]
+    cos = np.sum(old[2:] * fresh[2:n_old], axis=1)  # both unit-normalised
+    assert cos.min() > 0.9, cos.min()
+    new_row = child.space.item_index["item-new-1"]
+    assert new_row >= n_old and not np.allclose(fresh[new_row], fresh[OOV_INDEX], atol=1e-4)
+    out = save(child, tmp_path / "models")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["parent_version"] == parent.version
+    towers = artifact.load_towers(out)
+    assert towers.embed_users(["new-user-0"], [["item-new-1"]]).shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_cli_trains_and_warm_starts(tmp_path, monkeypatch, data):
+    events = tmp_path / "events.jsonl"
+    from pipelines.data import write_events_jsonl
+
+    ds = generate_synthetic(n_users=30, n_items=30, mean_events_per_user=8, seed=2)
+    write_events_jsonl(ds.events, events)
+    items_file = tmp_path / "items.jsonl"
+    items_file.write_text("\n".join(json.dumps(i.to_dict()) for i in ds.items))
+    models = tmp_path / "models"
+    first = run(["--data", str(events), "--epochs", "1", "--model-dir", str(models), "--dim", "8"])
+    assert (first / "metadata.json").exists()
+    second = run(["--data", str(events), "--init-from", first.name, "--model-dir", str(models),
+                  "--since", "0", "--epochs", "1"])
+    meta = json.loads((second / "metadata.json").read_text())
+    assert meta["parent_version"] == first.name and meta["dim"] == 8
+    assert Path(models / second.name).is_dir()
