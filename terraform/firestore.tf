@@ -1,0 +1,39 @@
+# Firestore in native mode: users/, items/, models/, stats/ (schemas/firestore.py).
+# The recommend function's "items where indexed_at > X" is a single-field query served
+# by Firestore's automatic indexes; find_nearest over items.embedding needs a vector index.
+
+resource "google_firestore_database" "main" {
+  project                           = var.project
+  name                              = "(default)"
+  location_id                       = local.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  concurrency_mode                  = "OPTIMISTIC"
+  app_engine_integration_mode       = "DISABLED"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = var.firestore_delete_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  deletion_policy                   = "DELETE"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_firestore_index" "items_embedding" {
+  count = var.create_vector_index ? 1 : 0
+
+  project     = var.project
+  database    = google_firestore_database.main.name
+  collection  = "items"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "__name__"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "embedding"
+    vector_config {
+      dimension = var.embedding_dimension
+      flat {}
+    }
+  }
+}

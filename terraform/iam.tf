@@ -1,0 +1,215 @@
+# One service account per component, each with only what it needs. Grants are on the
+# bucket / topic / subscription / repository / job wherever the API allows it; Firestore
+# and Dataflow only offer project-level roles.
+
+resource "google_service_account" "pipeline" {
+  project      = var.project
+  account_id   = "${var.name_prefix}-pipeline"
+  display_name = "Recommender streaming pipeline (Dataflow launcher and workers)"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "recommend" {
+  project      = var.project
+  account_id   = "${var.name_prefix}-recommend"
+  display_name = "Recommender recommend function"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "ingest" {
+  project      = var.project
+  account_id   = "${var.name_prefix}-ingest"
+  display_name = "Recommender ingest function"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "training" {
+  project      = var.project
+  account_id   = "${var.name_prefix}-training"
+  display_name = "Recommender training job (Cloud Run job)"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "scheduler" {
+  project      = var.project
+  account_id   = "${var.name_prefix}-scheduler"
+  display_name = "Cloud Scheduler: starts the training job"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "build" {
+  project      = var.project
+  account_id   = "${var.name_prefix}-build"
+  display_name = "Cloud Build: function builds and the pipeline/training image"
+
+  depends_on = [google_project_service.enabled]
+}
+
+# --- Project-level roles (no narrower resource exists for these APIs).
+
+resource "google_project_iam_member" "pipeline" {
+  for_each = toset([
+    "roles/dataflow.worker",         # run Dataflow work items
+    "roles/datastore.user",          # users/, items/, stats/ (Firestore has no per-collection IAM)
+    "roles/monitoring.metricWriter", # pipeline counters
+  ])
+
+  project = var.project
+  role    = each.value
+  member  = google_service_account.pipeline.member
+}
+
+resource "google_project_iam_member" "recommend" {
+  for_each = toset([
+    "roles/datastore.viewer", # reads users/, items/, models/, stats/; writes nothing
+  ])
+
+  project = var.project
+  role    = each.value
+  member  = google_service_account.recommend.member
+}
+
+resource "google_project_iam_member" "training" {
+  for_each = toset([
+    "roles/datastore.user", # publishes items/ and models/
+  ])
+
+  project = var.project
+  role    = each.value
+  member  = google_service_account.training.member
+}
+
+resource "google_project_iam_member" "build" {
+  for_each = toset([
+    "roles/logging.logWriter", # build logs (CLOUD_LOGGING_ONLY)
+  ])
+
+  project = var.project
+  role    = each.value
+  member  = google_service_account.build.member
+}
+
+# --- Buckets.
+
+locals {
+  bucket_grants = {
+    pipeline_staging = { bucket = google_storage_bucket.staging.name, role = "roles/storage.objectAdmin", member = google_service_account.pipeline.member }
+    pipeline_archive = { bucket = google_storage_bucket.archive.name, role = "roles/storage.objectAdmin", member = google_service_account.pipeline.member }
+    pipeline_models  = { bucket = google_storage_bucket.models.name, role = "roles/storage.objectViewer", member = google_service_account.pipeline.member }
+    recommend_models = { bucket = google_storage_bucket.models.name, role = "roles/storage.objectViewer", member = google_service_account.recommend.member }
+    training_models  = { bucket = google_storage_bucket.models.name, role = "roles/storage.objectAdmin", member = google_service_account.training.member }
+    training_archive = { bucket = google_storage_bucket.archive.name, role = "roles/storage.objectViewer", member = google_service_account.training.member }
+    build_staging    = { bucket = google_storage_bucket.staging.name, role = "roles/storage.objectAdmin", member = google_service_account.build.member }
+    build_sources    = { bucket = google_storage_bucket.function_source.name, role = "roles/storage.objectViewer", member = google_service_account.build.member }
+  }
+}
+
+resource "google_storage_bucket_iam_member" "grants" {
+  for_each = local.bucket_grants
+
+  bucket = each.value.bucket
+  role   = each.value.role
+  member = each.value.member
+}
+
+# --- Pub/Sub: each component touches only its own topics and subscriptions.
+
+resource "google_pubsub_topic_iam_member" "ingest_publisher" {
+  project = var.project
+  topic   = google_pubsub_topic.events.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.ingest.member
+}
+
+resource "google_pubsub_topic_iam_member" "pipeline_dead_letter_publisher" {
+  project = var.project
+  topic   = google_pubsub_topic.dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.pipeline.member
+}
+
+resource "google_pubsub_subscription_iam_member" "pipeline" {
+  for_each = {
+    events_subscriber  = { subscription = google_pubsub_subscription.events_pipeline.name, role = "roles/pubsub.subscriber" }
+    events_viewer      = { subscription = google_pubsub_subscription.events_pipeline.name, role = "roles/pubsub.viewer" }
+    catalog_subscriber = { subscription = google_pubsub_subscription.catalog_pipeline.name, role = "roles/pubsub.subscriber" }
+    catalog_viewer     = { subscription = google_pubsub_subscription.catalog_pipeline.name, role = "roles/pubsub.viewer" }
+  }
+
+  project      = var.project
+  subscription = each.value.subscription
+  role         = each.value.role
+  member       = google_service_account.pipeline.member
+}
+
+# --- Artifact Registry: the build pushes, the pipeline and training pull.
+
+resource "google_artifact_registry_repository_iam_member" "build_writer" {
+  project    = var.project
+  location   = google_artifact_registry_repository.images.location
+  repository = google_artifact_registry_repository.images.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.build.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "readers" {
+  for_each = {
+    pipeline = google_service_account.pipeline.member
+    training = google_service_account.training.member
+  }
+
+  project    = var.project
+  location   = google_artifact_registry_repository.images.location
+  repository = google_artifact_registry_repository.images.name
+  role       = "roles/artifactregistry.reader"
+  member     = each.value
+}
+
+# --- Cloud Scheduler may start the training job and nothing else.
+
+resource "google_cloud_run_v2_job_iam_member" "scheduler_runs_training" {
+  project  = var.project
+  location = google_cloud_run_v2_job.training.location
+  name     = google_cloud_run_v2_job.training.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.scheduler.member
+}
+
+# --- Function callers: public only when var.allow_unauthenticated says so.
+
+locals {
+  function_services = {
+    recommend = google_cloudfunctions2_function.recommend.name
+    ingest    = google_cloudfunctions2_function.ingest.name
+  }
+  function_invokers = {
+    for pair in setproduct(keys(local.function_services), var.invoker_members) :
+    "${pair[0]}/${pair[1]}" => { function = pair[0], member = pair[1] }
+  }
+}
+
+resource "google_cloud_run_v2_service_iam_member" "public_invoker" {
+  #checkov:skip=CKV_GCP_102:allUsers is granted only when var.allow_unauthenticated is true (default false), for a public demo.
+  for_each = var.allow_unauthenticated ? local.function_services : {}
+
+  project  = var.project
+  location = var.region
+  name     = each.value
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invokers" {
+  for_each = local.function_invokers
+
+  project  = var.project
+  location = var.region
+  name     = local.function_services[each.value.function]
+  role     = "roles/run.invoker"
+  member   = each.value.member
+}

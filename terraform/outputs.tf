@@ -1,0 +1,102 @@
+output "recommend_url" {
+  description = "HTTPS URL of the recommend function (send an identity token unless allow_unauthenticated)."
+  value       = google_cloudfunctions2_function.recommend.service_config[0].uri
+}
+
+output "ingest_url" {
+  description = "HTTPS URL of the ingest function (POST product events as JSON)."
+  value       = google_cloudfunctions2_function.ingest.service_config[0].uri
+}
+
+output "events_topic" {
+  description = "Full name of the product events topic (bound to schemas/product_event.avsc, JSON encoding)."
+  value       = google_pubsub_topic.events.id
+}
+
+output "events_subscription" {
+  description = "Full name of the streaming pipeline's events subscription."
+  value       = google_pubsub_subscription.events_pipeline.id
+}
+
+output "dead_letter_topic" {
+  description = "Full name of the dead-letter topic."
+  value       = google_pubsub_topic.dead_letter.id
+}
+
+output "dead_letter_subscription" {
+  description = "Full name of the subscription to inspect dead letters (gcloud pubsub subscriptions pull)."
+  value       = google_pubsub_subscription.dead_letter.id
+}
+
+output "catalog_topic" {
+  description = "Full name of the catalogue updates topic (bound to schemas/catalog_item.avsc)."
+  value       = google_pubsub_topic.catalog.id
+}
+
+output "catalog_subscription" {
+  description = "Full name of the streaming pipeline's catalogue subscription."
+  value       = google_pubsub_subscription.catalog_pipeline.id
+}
+
+output "buckets" {
+  description = "Bucket names by purpose: models, archive (events), staging (Dataflow, templates, builds), function_source, access_logs."
+  value = {
+    models          = google_storage_bucket.models.name
+    archive         = google_storage_bucket.archive.name
+    staging         = google_storage_bucket.staging.name
+    function_source = google_storage_bucket.function_source.name
+    access_logs     = google_storage_bucket.access_logs.name
+  }
+}
+
+output "model_dir" {
+  description = "Where the training job writes model versions (--model-dir)."
+  value       = local.model_dir
+}
+
+output "archive_dir" {
+  description = "Where the streaming pipeline archives events and training reads them (--events)."
+  value       = local.archive_dir
+}
+
+output "service_accounts" {
+  description = "Service account e-mail of each component."
+  value = {
+    pipeline  = google_service_account.pipeline.email
+    recommend = google_service_account.recommend.email
+    ingest    = google_service_account.ingest.email
+    training  = google_service_account.training.email
+    scheduler = google_service_account.scheduler.email
+    build     = google_service_account.build.email
+  }
+}
+
+output "image" {
+  description = "Container image of the Flex Template launcher, the Dataflow workers and the training job."
+  value       = local.image_uri
+}
+
+output "flex_template_path" {
+  description = "GCS path of the streaming pipeline's Flex Template spec."
+  value       = local.flex_template_path
+}
+
+output "dataflow_job_id" {
+  description = "Id of the streaming Dataflow job (null when deploy_pipeline is false)."
+  value       = one(google_dataflow_flex_template_job.streaming[*].job_id)
+}
+
+output "training_job" {
+  description = "Name of the training Cloud Run job (run now: gcloud run jobs execute NAME --region REGION)."
+  value       = google_cloud_run_v2_job.training.name
+}
+
+output "training_schedule" {
+  description = "Name of the Cloud Scheduler job that starts training, and its cron schedule."
+  value       = "${google_cloud_scheduler_job.training.name} (${var.training_schedule} ${var.training_time_zone})"
+}
+
+output "firestore_database" {
+  description = "Firestore database used by every component."
+  value       = google_firestore_database.main.name
+}

@@ -1,0 +1,808 @@
+"""Static checks of terraform/ (no provider download): wiring, contracts, security, formatting.
+
+Every check is a small function returning the problems it finds; the tests run them on the
+real module and, to prove they can fail, on deliberately broken snippets.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import hcl2
+import pytest
+from hcl2 import SerializationOptions
+
+from schemas import names
+
+ROOT = Path(__file__).resolve().parents[2]
+TF_DIR = ROOT / "terraform"
+HCL_OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+
+RESOURCE_REF = re.compile(
+    r"(?<![\w./-])(data\.)?((?:google|terraform|archive)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+VAR_REF = re.compile(r"(?<![\w.])var\.([A-Za-z_][\w-]*)")
+LOCAL_REF = re.compile(r"(?<![\w.])local\.([A-Za-z_][\w-]*)")
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+EXACT_VERSION = re.compile(r"^=?\s*\d+\.\d+\.\d+$")
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Module:
+    """The blocks of a Terraform module, keyed the way expressions refer to them."""
+
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # "type.name"
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # "type.name"
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locals: dict[str, Any] = field(default_factory=dict)
+    terraform: list[dict[str, Any]] = field(default_factory=list)
+    providers: list[dict[str, Any]] = field(default_factory=list)
+
+    def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
+        """Resources of one type, by name."""
+        return {k.split(".", 1)[1]: v for k, v in self.resources.items() if k.split(".", 1)[0] == rtype}
+
+
+def parse_module(files: dict[str, str]) -> Module:
+    """Parse HCL texts (file name -> text) into one module; duplicate declarations are errors."""
+    module = Module()
+    for fname, text in sorted(files.items()):
+        doc = hcl2.loads(text, serialization_options=HCL_OPTIONS)
+        for block in doc.get("resource", []):
+            _add_named(module.resources, block, fname)
+        for block in doc.get("data", []):
+            _add_named(module.data, block, fname)
+        for block in doc.get("variable", []):
+            _add_flat(module.variables, block, fname)
+        for block in doc.get("output", []):
+            _add_flat(module.outputs, block, fname)
+        for block in doc.get("locals", []):
+            _add_flat(module.locals, block, fname)
+        module.terraform.extend(doc.get("terraform", []))
+        module.providers.extend(doc.get("provider", []))
+    return module
+
+
+def _add_named(target: dict[str, Any], block: dict[str, Any], fname: str) -> None:
+    for rtype, by_name in block.items():
+        for name, body in by_name.items():
+            key = f"{rtype}.{name}"
+            assert key not in target, f"{key} declared twice ({fname})"
+            target[key] = body
+
+
+def _add_flat(target: dict[str, Any], block: dict[str, Any], fname: str) -> None:
+    for name, body in block.items():
+        assert name not in target, f"{name} declared twice ({fname})"
+        target[name] = body
+
+
+def load_dir(path: Path) -> Module:
+    """Parse every .tf file of a directory."""
+    return parse_module({p.name: p.read_text(encoding="utf-8") for p in sorted(path.glob("*.tf"))})
+
+
+def iter_strings(node: Any) -> Iterator[str]:
+    """Every string (expressions are strings like "${...}") in a parsed block, keys included."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield str(k)
+            yield from iter_strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from iter_strings(v)
+
+
+def all_blocks(module: Module) -> Iterator[tuple[str, Any]]:
+    """(label, body) of everything in the module that can hold expressions."""
+    for key, body in module.resources.items():
+        yield key, body
+    for key, body in module.data.items():
+        yield f"data.{key}", body
+    for key, body in module.outputs.items():
+        yield f"output.{key}", body
+    for key, body in module.variables.items():
+        yield f"var.{key}", body
+    yield "locals", module.locals
+    yield "provider", module.providers
+
+
+def ref_target(expr: str) -> str:
+    """``"${google_x.name.attr}"`` -> ``"google_x.name"``; raise if not a single reference."""
+    match = RESOURCE_REF.search(expr)
+    assert match and not match.group(1), f"not a resource reference: {expr!r}"
+    return f"{match.group(2)}.{match.group(3)}"
+
+
+def first(block_list: Any) -> dict[str, Any]:
+    """A nested block parses as a list of dicts; the first one."""
+    assert isinstance(block_list, list) and block_list, f"expected a nested block, got {block_list!r}"
+    return block_list[0]
+
+
+# ---------------------------------------------------------------------------
+# Checks: each returns a list of problems (empty = fine)
+# ---------------------------------------------------------------------------
+
+
+def undeclared_references(module: Module) -> list[str]:
+    """References to resources, data sources, variables or locals that are not declared."""
+    problems = []
+    for label, body in all_blocks(module):
+        for text in iter_strings(body):
+            for m in RESOURCE_REF.finditer(text):
+                key = f"{m.group(2)}.{m.group(3)}"
+                declared = module.data if m.group(1) else module.resources
+                if key not in declared:
+                    problems.append(f"{label}: {m.group(0)} is not declared")
+            problems += [f"{label}: var.{v} is not declared" for v in VAR_REF.findall(text)
+                         if v not in module.variables]
+            problems += [f"{label}: local.{v} is not declared" for v in LOCAL_REF.findall(text)
+                         if v not in module.locals]
+    return problems
+
+
+def unused_variables(module: Module) -> list[str]:
+    """Declared variables nothing refers to (drift between variables.tf and the resources)."""
+    used = {v for label, body in all_blocks(module) if not label.startswith("var.")
+            for text in iter_strings(body) for v in VAR_REF.findall(text)}
+    return [f"variable {v} is never used" for v in module.variables if v not in used]
+
+
+def undescribed_variables(module: Module) -> list[str]:
+    """Variables without a type or a description."""
+    problems = []
+    for name, body in module.variables.items():
+        if not body.get("type"):
+            problems.append(f"variable {name} has no type")
+        if not str(body.get("description", "")).strip():
+            problems.append(f"variable {name} has no description")
+    return problems
+
+
+def undescribed_outputs(module: Module) -> list[str]:
+    """Outputs without a description."""
+    return [f"output {name} has no description" for name, body in module.outputs.items()
+            if not str(body.get("description", "")).strip()]
+
+
+def unpinned_providers(module: Module) -> list[str]:
+    """Required providers whose version is not one exact release."""
+    problems = []
+    required = [p for t in module.terraform for block in t.get("required_providers", [])
+                for p in block.items()]
+    if not required:
+        problems.append("no required_providers block")
+    for name, spec in required:
+        version = spec.get("version", "") if isinstance(spec, dict) else ""
+        if not EXACT_VERSION.match(str(version)):
+            problems.append(f"provider {name} is not pinned to an exact version: {version!r}")
+    return problems
+
+
+def unguarded_public_members(module: Module) -> list[str]:
+    """allUsers/allAuthenticatedUsers anywhere except in resources created only when
+    var.allow_unauthenticated is true (their count/for_each depends on it)."""
+    problems = []
+    for label, body in all_blocks(module):
+        if label.startswith("var."):  # a variable's description may name allUsers
+            continue
+        guard = str(body.get("count", "")) + str(body.get("for_each", "")) if isinstance(body, dict) else ""
+        guarded = label in module.resources and "var.allow_unauthenticated" in guard
+        for text in iter_strings(body):
+            if any(p in text for p in PUBLIC_MEMBERS) and not guarded:
+                problems.append(f"{label}: public member {text!r} not guarded by var.allow_unauthenticated")
+    return problems
+
+
+def subscription_dead_letter_problems(module: Module, subscription: str, dead_letter_topic: str) -> list[str]:
+    """The subscription must dead-letter to ``dead_letter_topic``, retry with backoff and keep messages."""
+    body = module.resources.get(subscription)
+    if body is None:
+        return [f"{subscription} is not declared"]
+    problems = []
+    policy = body.get("dead_letter_policy")
+    if not policy:
+        problems.append(f"{subscription} has no dead_letter_policy")
+    elif ref_target(first(policy).get("dead_letter_topic", "")) != dead_letter_topic:
+        problems.append(f"{subscription} dead-letters to {first(policy).get('dead_letter_topic')}, "
+                        f"not {dead_letter_topic}")
+    if not body.get("retry_policy"):
+        problems.append(f"{subscription} has no retry_policy")
+    if not body.get("message_retention_duration"):
+        problems.append(f"{subscription} has no message_retention_duration")
+    return problems
+
+
+def shared_service_accounts(module: Module, users: dict[str, str]) -> list[str]:
+    """``users`` maps a component to the expression naming its service account; each must be a
+    distinct google_service_account."""
+    problems, seen = [], {}
+    for component, expr in users.items():
+        if not expr:
+            problems.append(f"{component} sets no service account")
+            continue
+        target = ref_target(expr)
+        if not target.startswith("google_service_account."):
+            problems.append(f"{component} runs as {expr}, not a google_service_account")
+        elif target in seen:
+            problems.append(f"{component} shares {target} with {seen[target]}")
+        seen.setdefault(target, component)
+    return problems
+
+
+def component_service_accounts(module: Module) -> dict[str, str]:
+    """Component -> service account expression, for functions, the Dataflow job and training."""
+    users = {f"function {n}": first(b.get("service_config")).get("service_account_email", "")
+             for n, b in module.of_type("google_cloudfunctions2_function").items()}
+    users |= {f"dataflow {n}": b.get("service_account_email", "")
+              for n, b in module.of_type("google_dataflow_flex_template_job").items()}
+    users |= {f"cloud run job {n}": first(first(b["template"])["template"]).get("service_account", "")
+              for n, b in module.of_type("google_cloud_run_v2_job").items()}
+    users |= {f"scheduler {n}": first(first(b["http_target"])["oauth_token"]).get("service_account_email", "")
+              for n, b in module.of_type("google_cloud_scheduler_job").items()}
+    return users
+
+
+# ---------------------------------------------------------------------------
+# The real module
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def module() -> Module:
+    return load_dir(TF_DIR)
+
+
+def test_every_tf_file_parses_and_declares_something(module: Module) -> None:
+    files = sorted(p.name for p in TF_DIR.glob("*.tf"))
+    for concern in ("versions.tf", "variables.tf", "outputs.tf", "apis.tf", "pubsub.tf", "firestore.tf",
+                    "storage.tf", "iam.tf", "functions.tf", "dataflow.tf", "training.tf", "monitoring.tf"):
+        assert concern in files
+    assert len(module.resources) > 40
+
+
+def test_every_reference_is_declared(module: Module) -> None:
+    assert undeclared_references(module) == []
+
+
+def test_every_variable_is_typed_described_and_used(module: Module) -> None:
+    assert undescribed_variables(module) == []
+    assert unused_variables(module) == []
+
+
+def test_every_output_is_described(module: Module) -> None:
+    assert undescribed_outputs(module) == []
+    for wanted in ("recommend_url", "ingest_url", "events_topic", "events_subscription", "dead_letter_topic",
+                   "catalog_topic", "buckets", "service_accounts"):
+        assert wanted in module.outputs
+
+
+def test_providers_pinned_exactly(module: Module) -> None:
+    assert unpinned_providers(module) == []
+
+
+def test_constrained_variables_are_validated(module: Module) -> None:
+    for name in ("project", "region", "name_prefix", "default_alpha", "recommend_memory",
+                 "recommend_max_instances", "recommend_concurrency", "dataflow_max_workers",
+                 "dataflow_machine_type", "training_schedule"):
+        assert module.variables[name].get("validation"), f"variable {name} has no validation"
+    alpha = module.variables["default_alpha"]
+    assert 0 <= alpha["default"] <= 1
+    condition = first(alpha["validation"])["condition"]
+    assert ">= 0" in condition and "<= 1" in condition
+    assert module.variables["allow_unauthenticated"]["default"] is False
+
+
+def test_resource_names_default_to_schemas_names(module: Module) -> None:
+    expected = {"events_topic": names.EVENTS_TOPIC, "events_subscription": names.EVENTS_SUBSCRIPTION,
+                "dead_letter_topic": names.DEAD_LETTER_TOPIC,
+                "dead_letter_subscription": names.DEAD_LETTER_SUBSCRIPTION,
+                "catalog_topic": names.CATALOG_TOPIC, "catalog_subscription": names.CATALOG_SUBSCRIPTION}
+    for var, value in expected.items():
+        assert module.variables[var]["default"] == value, var
+
+
+def test_topic_schemas_are_read_from_the_schemas_folder(module: Module) -> None:
+    for topic, avsc in (("events", "product_event.avsc"), ("catalog", "catalog_item.avsc")):
+        settings = first(module.resources[f"google_pubsub_topic.{topic}"]["schema_settings"])
+        assert settings["encoding"] == "JSON"
+        schema = module.resources[ref_target(settings["schema"])]
+        assert schema["type"] == "AVRO"
+        match = re.fullmatch(r'\$\{file\("\$\{path\.module\}/(.+)"\)\}', schema["definition"])
+        assert match, f"schema definition is not file(...): {schema['definition']!r}"
+        path = (TF_DIR / match.group(1)).resolve()
+        assert path == ROOT / "schemas" / avsc
+        fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
+
+
+def test_pipeline_subscriptions_dead_letter_to_the_dlq_topic(module: Module) -> None:
+    for sub in ("google_pubsub_subscription.events_pipeline", "google_pubsub_subscription.catalog_pipeline"):
+        assert subscription_dead_letter_problems(module, sub, "google_pubsub_topic.dead_letter") == []
+    events_sub = module.resources["google_pubsub_subscription.events_pipeline"]
+    assert events_sub["name"] == "${var.events_subscription}"
+    assert module.resources["google_pubsub_topic.dead_letter"]["name"] == "${var.dead_letter_topic}"
+    # The Pub/Sub service agent may publish dead letters and ack the source subscriptions.
+    agent = module.resources["google_pubsub_topic_iam_member.dead_letter_agent_publisher"]
+    assert agent["role"] == "roles/pubsub.publisher" and "gcp-sa-pubsub" in str(module.locals)
+    assert ref_target(agent["topic"]) == "google_pubsub_topic.dead_letter"
+    # The inspection subscription exists on the DLQ topic.
+    dlq_sub = module.resources["google_pubsub_subscription.dead_letter"]
+    assert ref_target(dlq_sub["topic"]) == "google_pubsub_topic.dead_letter"
+
+
+def test_pipeline_parameters_point_at_the_pipeline_subscriptions(module: Module) -> None:
+    params = module.locals["pipeline_parameters"]
+    text = json.dumps(params)
+    for target in ("google_pubsub_subscription.events_pipeline",
+                   "google_pubsub_subscription.catalog_pipeline", "google_pubsub_topic.dead_letter"):
+        assert target in text
+
+
+def test_each_component_has_its_own_service_account(module: Module) -> None:
+    users = component_service_accounts(module)
+    assert {"function recommend", "function ingest", "dataflow streaming", "cloud run job training",
+            "scheduler training"} <= set(users)
+    assert shared_service_accounts(module, users) == []
+
+
+def test_nothing_public_unless_allowed(module: Module) -> None:
+    assert unguarded_public_members(module) == []
+    public = module.resources["google_cloud_run_v2_service_iam_member.public_invoker"]
+    assert public["member"] == "allUsers"
+    assert "var.allow_unauthenticated" in public["for_each"]
+
+
+def test_no_project_wide_storage_or_pubsub_roles(module: Module) -> None:
+    for key, body in module.resources.items():
+        if key.startswith("google_project_iam_member."):
+            roles = json.dumps(body)
+            assert "roles/storage." not in roles and "roles/pubsub." not in roles, key
+            assert "roles/owner" not in roles and "roles/editor" not in roles, key
+
+
+def test_buckets_are_private_and_uniform(module: Module) -> None:
+    buckets = module.of_type("google_storage_bucket")
+    assert {"models", "archive", "staging", "function_source"} <= set(buckets)
+    for name, body in buckets.items():
+        assert body["uniform_bucket_level_access"] is True, name
+        assert body["public_access_prevention"] == "enforced", name
+    for name in ("models", "archive"):
+        assert first(buckets[name]["versioning"])["enabled"] is True
+    assert any(first(r["condition"]).get("age") for r in buckets["staging"]["lifecycle_rule"])
+
+
+def test_function_archives_include_the_function_folder_and_schemas(module: Module) -> None:
+    for name in ("recommend", "ingest"):
+        archive = module.data[f"archive_file.{name}"]
+        sources = [first([d["source"]]) for d in archive["dynamic"]]
+        filenames = {s["content"][0]["filename"] for s in sources}
+        assert filenames == {"${source.value}", "schemas/${source.value}"}, filenames
+        function = module.resources[f"google_cloudfunctions2_function.{name}"]
+        storage = first(first(first(function["build_config"])["source"])["storage_source"])
+        assert ref_target(storage["object"]) == f"google_storage_bucket_object.{name}_source"
+        assert f"data.archive_file.{name}.output_md5" in module.resources[
+            f"google_storage_bucket_object.{name}_source"]["name"]
+    dirs = module.locals["function_dirs"]
+    assert dirs == {"recommend": "${local.repo_root}/functions/recommend",
+                    "ingest": "${local.repo_root}/functions/ingest"}
+
+
+@pytest.mark.parametrize("name", ["recommend", "ingest"])
+def test_function_entry_points_exist(module: Module, name: str) -> None:
+    function = module.resources[f"google_cloudfunctions2_function.{name}"]
+    entry = first(function["build_config"])["entry_point"]
+    main = ROOT / "functions" / name / "main.py"
+    tree = ast.parse(main.read_text(encoding="utf-8"))
+    assert entry in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert (ROOT / "functions" / name / "requirements.txt").is_file()
+
+
+@pytest.mark.parametrize("name", ["recommend", "ingest"])
+def test_function_requirements_cover_what_the_archive_imports(name: str) -> None:
+    assert missing_requirements(ROOT / "functions" / name) == []
+
+
+def test_missing_requirement_is_found(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("import numpy\nfrom helper import x\n", encoding="utf-8")
+    (tmp_path / "helper.py").write_text("from google.cloud import firestore\nx = 1\n", encoding="utf-8")
+    (tmp_path / "requirements.txt").write_text("numpy==2.0  # arrays\n", encoding="utf-8")
+    assert missing_requirements(tmp_path) == ["google-cloud-firestore (import google.cloud.firestore)"]
+
+
+def test_function_service_config_limits(module: Module) -> None:
+    for name in ("recommend", "ingest"):
+        config = first(module.resources[f"google_cloudfunctions2_function.{name}"]["service_config"])
+        for key in ("available_memory", "max_instance_count", "max_instance_request_concurrency",
+                    "timeout_seconds", "service_account_email"):
+            assert config.get(key), f"{name}: service_config.{key} missing"
+    env = first(module.resources["google_cloudfunctions2_function.recommend"]["service_config"])[
+        "environment_variables"]
+    assert "local.serving_env" in env and "DEFAULT_ALPHA" in env and "REFRESH_SECONDS" in env
+    ingest_env = first(module.resources["google_cloudfunctions2_function.ingest"]["service_config"])[
+        "environment_variables"]
+    assert ref_target(ingest_env["EVENTS_TOPIC"]) == "google_pubsub_topic.events"
+
+
+def test_pipeline_flags_exist_in_the_streaming_pipeline(module: Module) -> None:
+    streaming = ROOT / "pipelines" / "streaming.py"
+    assert streaming.is_file(), "pipelines/streaming.py (the Flex Template's entry point) is missing"
+    flags = _argparse_flags(streaming)
+    params = _merge_keys(module.locals["pipeline_parameters"])
+    assert {"events_subscription", "catalog_subscription", "dead_letter_topic"} <= set(params)
+    for param in params:
+        assert param.replace("_", "-") in flags, f"pipelines.streaming has no --{param} flag"
+
+
+def test_training_args_exist_in_the_training_entry_point(module: Module) -> None:
+    job = module.resources["google_cloud_run_v2_job.training"]
+    container = first(first(first(job["template"])["template"])["containers"])
+    assert container["command"] == ["python", "-m", "pipelines.train"]
+    flags = _argparse_flags(ROOT / "pipelines" / "train.py")
+    used = re.findall(r'"--([\w-]+)"', module.locals["training_args"])
+    assert {"data", "model-dir", "publish"} <= set(used)
+    for flag in used:
+        assert flag in flags, f"pipelines.train has no --{flag} flag"
+
+
+def test_image_hash_covers_everything_the_dockerfile_copies(module: Module) -> None:
+    dockerfile = (ROOT / "docker" / "pipeline.Dockerfile").read_text(encoding="utf-8")
+    copied = [line.split()[1] for line in dockerfile.splitlines()
+              if line.startswith("COPY ") and "--from=" not in line]
+    hashed = module.locals["image_source_files"]
+    for src in copied:
+        top = src.split("/")[0]
+        assert src in hashed or re.search(rf"[{{,]{re.escape(top)}[,}}]", hashed), \
+            f"{src} is copied into the image but not in the image hash: {hashed}"
+    script = (ROOT / "scripts" / "stage_pipeline.sh").read_text(encoding="utf-8")
+    for src in copied:
+        assert src.split("/")[0] in script, f"stage_pipeline.sh does not put {src} in the build context"
+
+
+def test_alert_policies_cover_the_required_signals(module: Module) -> None:
+    filters = json.dumps(module.of_type("google_monitoring_alert_policy"))
+    for metric in ("pubsub.googleapis.com/subscription/num_undelivered_messages",
+                   "run.googleapis.com/request_count", "5xx", "run.googleapis.com/request_latencies",
+                   "REDUCE_PERCENTILE_99", "dataflow.googleapis.com/job/system_lag",
+                   "dataflow.googleapis.com/job/data_watermark_age"):
+        assert metric in filters, metric
+
+
+def _flex_main() -> Any:
+    spec = importlib.util.spec_from_file_location("flex_main", ROOT / "docker" / "flex_main.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flex_entry_point_maps_template_parameters_to_pipeline_flags(module: Module) -> None:
+    normalize = _flex_main().normalize_flags
+    beam = {"temp_location", "staging_location", "sdk_container_image", "runner"}
+    argv = ["--runner=DataflowRunner", "--temp_location=gs://b/t", "--staging_location", "gs://b/s",
+            "--events_subscription=projects/p/subscriptions/a_b", "--model-dir=gs://m/x_y", "positional_x"]
+    assert normalize(argv, beam) == [
+        "--runner=DataflowRunner", "--temp_location=gs://b/t", "--staging_location", "gs://b/s",
+        "--events-subscription=projects/p/subscriptions/a_b", "--model-dir=gs://m/x_y", "positional_x"]
+    flags = _argparse_flags(ROOT / "pipelines" / "streaming.py")
+    params = [f"--{k}=v" for k in _merge_keys(module.locals["pipeline_parameters"])]
+    for arg in normalize(params, beam):
+        assert arg[2:].split("=")[0] in flags, arg
+
+
+def test_terraform_fmt_is_clean() -> None:
+    terraform = shutil.which("terraform")
+    assert terraform, "terraform is not on PATH (needed for `terraform fmt -check`)"
+    result = subprocess.run([terraform, "fmt", "-check", "-recursive", "-diff", str(TF_DIR)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
+
+
+def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path: Path) -> None:
+    calls, context = tmp_path / "calls.txt", tmp_path / "context.txt"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "gcloud"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> "{calls}"\n'
+        'case "$*" in\n'
+        '  *"images describe"*) exit 1 ;;\n'
+        f'  *"builds submit"*) (cd "$3" && find . -type f | sort) > "{context}" ;;\n'
+        "esac\n", encoding="utf-8")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PROJECT="p", REGION="r",
+               IMAGE="r-docker.pkg.dev/p/repo/recsys-pipeline:t1", TEMPLATE_PATH="gs://b/templates/s.json",
+               BUILD_SERVICE_ACCOUNT="projects/p/serviceAccounts/b@p.iam.gserviceaccount.com",
+               STAGING_BUCKET="b")
+    env.pop("FORCE_BUILD", None)
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "stage_pipeline.sh")], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text(encoding="utf-8").splitlines()
+    assert lines[1].startswith("builds submit ")
+    assert "--substitutions _IMAGE=r-docker.pkg.dev/p/repo/recsys-pipeline:t1" in lines[1]
+    assert "--service-account projects/p/serviceAccounts/b@p.iam.gserviceaccount.com" in lines[1]
+    assert lines[2].startswith("dataflow flex-template build gs://b/templates/s.json ")
+    assert "--image r-docker.pkg.dev/p/repo/recsys-pipeline:t1" in lines[2]
+    files = set(context.read_text(encoding="utf-8").split())
+    assert {"./setup.py", "./docker/pipeline.Dockerfile", "./schemas/product_event.avsc",
+            "./pipelines/train.py"} <= files
+    assert not any(f.startswith(("./.venv", "./tests", "./terraform")) or "__pycache__" in f for f in files)
+
+
+def test_stage_script_refuses_missing_settings(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PROJECT", "IMAGE")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "stage_pipeline.sh")], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "PROJECT is not set" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# The checks can fail: broken snippets
+# ---------------------------------------------------------------------------
+
+BROKEN = {
+    "main.tf": """
+terraform {
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = "~> 6.0"
+    }
+  }
+}
+
+variable "untyped" {
+  description = "no type"
+}
+
+variable "undescribed" {
+  type = string
+}
+
+resource "google_service_account" "shared" {
+  account_id = "shared"
+}
+
+resource "google_pubsub_topic" "dlq" {
+  name = var.undescribed
+}
+
+resource "google_pubsub_subscription" "no_dlq" {
+  name  = "s"
+  topic = google_pubsub_topic.missing.id
+}
+
+resource "google_cloud_run_v2_service_iam_member" "open" {
+  name   = "svc"
+  role   = "roles/run.invoker"
+  member = "allUsers"
+}
+
+resource "google_cloudfunctions2_function" "a" {
+  name = local.nope
+  service_config {
+    service_account_email = google_service_account.shared.email
+  }
+}
+
+resource "google_cloudfunctions2_function" "b" {
+  name = "b"
+  service_config {
+    service_account_email = google_service_account.shared.email
+  }
+}
+
+output "o" {
+  value = var.untyped
+}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def broken() -> Module:
+    return parse_module(BROKEN)
+
+
+def test_broken_snippet_undeclared_references_are_found(broken: Module) -> None:
+    problems = undeclared_references(broken)
+    assert any("google_pubsub_topic.missing" in p for p in problems)
+    assert any("local.nope" in p for p in problems)
+
+
+def test_broken_snippet_untyped_undescribed_and_unpinned_are_found(broken: Module) -> None:
+    assert set(undescribed_variables(broken)) == {"variable untyped has no type",
+                                                  "variable undescribed has no description"}
+    assert undescribed_outputs(broken) == ["output o has no description"]
+    assert unpinned_providers(broken) == ["provider google is not pinned to an exact version: '~> 6.0'"]
+
+
+def test_broken_snippet_public_member_and_missing_dead_letter_are_found(broken: Module) -> None:
+    assert len(unguarded_public_members(broken)) == 1
+    problems = subscription_dead_letter_problems(broken, "google_pubsub_subscription.no_dlq",
+                                                 "google_pubsub_topic.dlq")
+    assert "google_pubsub_subscription.no_dlq has no dead_letter_policy" in problems
+    assert "google_pubsub_subscription.no_dlq has no retry_policy" in problems
+
+
+def test_broken_snippet_shared_service_account_is_found(broken: Module) -> None:
+    problems = shared_service_accounts(broken, component_service_accounts(broken))
+    assert problems == ["function b shares google_service_account.shared with function a"]
+
+
+def test_guarded_public_member_is_accepted() -> None:
+    guarded = parse_module({"x.tf": """
+variable "allow_unauthenticated" {
+  type        = bool
+  description = "x"
+  default     = false
+}
+
+resource "google_cloud_run_v2_service_iam_member" "open" {
+  count  = var.allow_unauthenticated ? 1 : 0
+  name   = "svc"
+  role   = "roles/run.invoker"
+  member = "allUsers"
+}
+"""})
+    assert unguarded_public_members(guarded) == []
+    assert unused_variables(guarded) == []
+
+
+# ---------------------------------------------------------------------------
+# Helpers reading the Python entry points
+# ---------------------------------------------------------------------------
+
+# Third-party import -> the distribution that provides it (longest prefix wins).
+DIST_FOR_IMPORT = {
+    "fastavro": "fastavro",
+    "numpy": "numpy",
+    "flask": "functions-framework",
+    "werkzeug": "functions-framework",
+    "functions_framework": "functions-framework",
+    "google.cloud.firestore": "google-cloud-firestore",
+    "google.cloud.firestore_v1": "google-cloud-firestore",
+    "google.cloud.pubsub": "google-cloud-pubsub",
+    "google.cloud.pubsub_v1": "google-cloud-pubsub",
+    "google.cloud.storage": "google-cloud-storage",
+    "google.api_core": "google-api-core",
+    "google.auth": "google-auth",
+}
+# Distributions every google-cloud-* client already depends on.
+TRANSITIVE = {"google-api-core", "google-auth"}
+
+
+def missing_requirements(function_dir: Path) -> list[str]:
+    """Third-party modules imported by the function's archive (its folder plus schemas/) that its
+    requirements.txt does not provide. Imports guarded by ``except ImportError`` are optional."""
+    local_roots = {p.stem for p in function_dir.iterdir() if p.suffix == ".py" or p.is_dir()} | {"schemas"}
+    wanted: dict[str, str] = {}
+    seen: set[Path] = set()
+    queue = [function_dir / "main.py"]
+    while queue:
+        path = queue.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for module in _required_imports(path):
+            root = module.split(".")[0]
+            if module.startswith("."):
+                queue += _local_paths(path.parent, module.lstrip("."))
+            elif root in local_roots:
+                base = ROOT if root == "schemas" else function_dir
+                queue += _local_paths(base, module)
+            elif root not in sys.stdlib_module_names and root != "__future__":
+                prefix = max((k for k in DIST_FOR_IMPORT if module == k or module.startswith(k + ".")),
+                             key=len, default=None)
+                wanted[module] = DIST_FOR_IMPORT.get(prefix, f"? (add {module} to DIST_FOR_IMPORT)")
+    have = _requirement_names(function_dir / "requirements.txt")
+    if any(d.startswith("google-cloud-") for d in have):
+        have |= TRANSITIVE
+    missing: dict[str, str] = {}
+    for module, dist in sorted(wanted.items()):
+        if dist not in have:
+            missing.setdefault(dist, module)
+    return [f"{dist} (import {module})" for dist, module in sorted(missing.items())]
+
+
+def _required_imports(path: Path) -> list[str]:
+    """Modules imported by a file, except inside ``try: ... except ImportError``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try)
+                and any(_catches_import_error(h) for h in t.handlers) for s in t.body for n in ast.walk(s)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            found += [f"{base}.{a.name}" if node.module or node.level else a.name for a in node.names]
+    return found
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    names = [handler.type] if not isinstance(handler.type, ast.Tuple) else handler.type.elts
+    return any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names)
+
+
+def _local_paths(base: Path, dotted: str) -> list[Path]:
+    """Candidate files of a local module (``a.b.c`` may name a module or an attribute of ``a.b``)."""
+    parts = [p for p in dotted.split(".") if p]
+    out = []
+    for n in range(len(parts), 0, -1):
+        stem = base.joinpath(*parts[:n])
+        out += [stem.with_suffix(".py"), stem / "__init__.py"]
+    return out
+
+
+def _requirement_names(path: Path) -> set[str]:
+    assert path.is_file(), f"{path.relative_to(ROOT)} is missing: the deployed function installs nothing"
+    names_ = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names_.add(re.split(r"[\s=<>!~\[;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names_
+
+
+
+def _argparse_flags(path: Path) -> set[str]:
+    """Long option names (without dashes) declared with add_argument in a module."""
+    flags = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            for arg in node.args:
+                text = arg.value if isinstance(arg, ast.Constant) else None
+                if isinstance(text, str) and text.startswith("--"):
+                    flags.add(text[2:].replace("_", "-"))
+    if "_config_flags" in path.read_text(encoding="utf-8"):  # train.py adds ModelConfig fields as flags
+        flags |= _model_config_flags()
+    return flags
+
+
+def _model_config_flags() -> set[str]:
+    tree = ast.parse((ROOT / "pipelines" / "model.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "ModelConfig":
+            return {n.target.id.replace("_", "-") for n in node.body
+                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    return set()
+
+
+def _merge_keys(expr: str) -> list[str]:
+    """Keys of the literal map inside ``merge({...}, var.x)``."""
+    inner = re.search(r"merge\(\{(.*?)\}", expr, re.S)
+    assert inner, f"not a merge of a literal map: {expr!r}"
+    return re.findall(r"(\w+)\s*[=:]", inner.group(1))
+
+
+if __name__ == "__main__":  # pragma: no cover - handy when editing terraform/
+    mod = load_dir(TF_DIR)
+    for check in (undeclared_references, unused_variables, undescribed_variables, undescribed_outputs,
+                  unpinned_providers, unguarded_public_members):
+        print(check.__name__, check(mod) or "ok")
+    sys.exit(0)
