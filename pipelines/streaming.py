@@ -1,0 +1,259 @@
+"""Streaming pipeline: product events -> fresh user embeddings, trending items, new items.
+
+Reads the events and catalogue-updates subscriptions (with attributes) and, in Firestore:
+
+* ``users/{id}``: deduplicated per-user history (last ``--history-length`` events) and the
+  embedding recomputed with the *current* query tower after every accepted event;
+* ``items/{id}``: catalogue updates embedded with the current candidate tower and content encoder;
+* ``stats/trending``: item counts over sliding event-time windows, ranked;
+* invalid messages go to the dead-letter topic (original payload + ``dlq_*`` attributes);
+* accepted events are archived as JSON lines per window under ``--archive-dir`` for training.
+
+A new ``models/current`` is picked up without a restart (``--model-refresh-seconds``).
+
+Locally (DirectRunner, emulators from ``make stack-start``; SIGTERM/Ctrl-C drains then exits)::
+
+    source .local/stack.env
+    python -m pipelines.streaming --model-dir artifacts/models --archive-dir artifacts/events
+
+On Dataflow (same code, flags only)::
+
+    python -m pipelines.streaming --runner DataflowRunner --project $PROJECT --region $REGION \\
+        --temp_location gs://$BUCKET/tmp --setup_file ./setup.py --streaming \\
+        --model-dir gs://$BUCKET/models --archive-dir gs://$BUCKET/events
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
+
+from pipelines.transforms import activity, direct_pubsub
+from pipelines.transforms.archive import ArchiveEvents
+from pipelines.transforms.embed import EmbedItems, EmbedUsers, ModelSource, WatchedModel
+from pipelines.transforms.firestore_io import (
+    FirestoreSettings,
+    FirestoreUserStore,
+    WriteItemDocsFn,
+    WriteTrendingFn,
+    WriteUserDocsFn,
+)
+from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
+from pipelines.transforms.trending import ComputeTrending
+from pipelines.transforms.user_state import ACCEPTED_EVENTS, UpdateUserState, UserStore
+from schemas import names
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """The pipeline's own settings (Beam's options are parsed separately)."""
+
+    project: str
+    events_subscription: str
+    catalog_subscription: str
+    dead_letter_topic: str
+    firestore_database: str = "(default)"
+    model_dir: str | None = None
+    archive_dir: str | None = None
+    archive_window_s: int = 60
+    history_length: int = 50
+    trending_window_s: int = 3600
+    trending_period_s: int = 60
+    trending_top_k: int = 50
+    trending_early_firing_s: int = 2
+    allowed_lateness_s: int = 600
+    model_refresh_s: float = 10.0
+    inference: str = "bundle"
+    direct_pull_max_messages: int = 500
+    drain_idle_s: float = 3.0
+
+    @property
+    def firestore(self) -> FirestoreSettings:
+        return FirestoreSettings(project=self.project, database=self.firestore_database)
+
+
+def _path(project: str, kind: str, name: str) -> str:
+    return name if name.startswith("projects/") else f"projects/{project}/{kind}/{name}"
+
+
+def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions]:
+    """Own flags -> ``StreamingConfig``; the rest (plus ``--project``) -> ``PipelineOptions``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events-subscription", default=names.EVENTS_SUBSCRIPTION,
+                        help="name or projects/.../subscriptions/... path")
+    parser.add_argument("--catalog-subscription", default=names.CATALOG_SUBSCRIPTION)
+    parser.add_argument("--dead-letter-topic", default=names.DEAD_LETTER_TOPIC)
+    parser.add_argument("--firestore-database", default="(default)")
+    parser.add_argument("--model-dir", default=None,
+                        help="artefact dir (or dir of versions) used until models/current exists")
+    parser.add_argument("--archive-dir", default=None, help="event archive (local dir or gs://)")
+    parser.add_argument("--archive-window-seconds", type=int, default=60)
+    parser.add_argument("--history-length", type=int, default=50)
+    parser.add_argument("--trending-window-seconds", type=int, default=3600)
+    parser.add_argument("--trending-period-seconds", type=int, default=60)
+    parser.add_argument("--trending-top-k", type=int, default=50)
+    parser.add_argument("--trending-early-firing-seconds", type=int, default=2)
+    parser.add_argument("--allowed-lateness-seconds", type=int, default=600)
+    parser.add_argument("--model-refresh-seconds", type=float, default=10.0)
+    parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")
+    parser.add_argument("--direct-pull-max-messages", type=int, default=500,
+                        help="DirectRunner only: messages per Pub/Sub pull")
+    parser.add_argument("--drain-idle-seconds", type=float, default=3.0,
+                        help="DirectRunner only: idle time that ends a drain")
+    args, beam_args = parser.parse_known_args(argv)
+    options = PipelineOptions(beam_args)
+    gcp = options.view_as(GoogleCloudOptions)
+    project = gcp.project or os.environ.get("GOOGLE_CLOUD_PROJECT") or names.DEFAULT_PROJECT
+    gcp.project = project
+    options.view_as(StandardOptions).streaming = True
+    if args.history_length < 1:
+        parser.error("--history-length must be >= 1")
+    if args.trending_window_seconds % args.trending_period_seconds:
+        parser.error("--trending-window-seconds must be a multiple of --trending-period-seconds")
+    config = StreamingConfig(
+        project=project,
+        events_subscription=_path(project, "subscriptions", args.events_subscription),
+        catalog_subscription=_path(project, "subscriptions", args.catalog_subscription),
+        dead_letter_topic=_path(project, "topics", args.dead_letter_topic),
+        firestore_database=args.firestore_database, model_dir=args.model_dir,
+        archive_dir=args.archive_dir, archive_window_s=args.archive_window_seconds,
+        history_length=args.history_length, trending_window_s=args.trending_window_seconds,
+        trending_period_s=args.trending_period_seconds, trending_top_k=args.trending_top_k,
+        trending_early_firing_s=args.trending_early_firing_seconds,
+        allowed_lateness_s=args.allowed_lateness_seconds, model_refresh_s=args.model_refresh_seconds,
+        inference=args.inference, direct_pull_max_messages=args.direct_pull_max_messages,
+        drain_idle_s=args.drain_idle_seconds)
+    return config, options
+
+
+class RecommenderCore(beam.PTransform):
+    """The I/O-free middle: ``{"events", "catalog"}`` messages -> docs, dead letters, events.
+
+    Output dict: ``user_docs``, ``item_docs``, ``trending`` (``TrendingDoc``), ``dead_letters``
+    (``PubsubMessage``) and ``accepted_events`` (deduplicated ``ProductEvent``\\s).
+    """
+
+    def __init__(self, config: StreamingConfig, models: ModelSource, user_store: UserStore | None) -> None:
+        super().__init__()
+        self.config = config
+        self.models = models
+        self.user_store = user_store
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
+        cfg = self.config
+        events = inputs["events"] | "ParseEvents" >> ParseEvents()
+        catalog = inputs["catalog"] | "ParseCatalog" >> ParseCatalog()
+        users = events.valid | "UpdateUserState" >> UpdateUserState(cfg.history_length, self.user_store)
+        accepted = users[ACCEPTED_EVENTS]
+        return {
+            "user_docs": users.states | "EmbedUsers" >> EmbedUsers(self.models, cfg.inference),
+            "item_docs": catalog.valid | "EmbedItems" >> EmbedItems(self.models),
+            "trending": accepted | "Trending" >> ComputeTrending(
+                cfg.trending_window_s, cfg.trending_period_s, cfg.trending_top_k,
+                cfg.trending_early_firing_s, cfg.allowed_lateness_s),
+            "dead_letters": (events[DEAD_LETTER], catalog[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten(),
+            "accepted_events": accepted,
+        }
+
+
+def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollection]:
+    """Add the whole pipeline (sources, core, sinks) to ``p``."""
+    store = FirestoreUserStore(config.firestore)
+    models = WatchedModel(config.firestore, config.model_dir, config.model_refresh_s)
+    sources = {
+        "events": p | "ReadEvents" >> ReadFromPubSub(subscription=config.events_subscription,
+                                                     with_attributes=True),
+        "catalog": p | "ReadCatalog" >> ReadFromPubSub(subscription=config.catalog_subscription,
+                                                       with_attributes=True),
+    }
+    out = sources | "Core" >> RecommenderCore(config, models, store)
+    out["dead_letters"] | "WriteDeadLetters" >> WriteToPubSub(config.dead_letter_topic, with_attributes=True)
+    out["user_docs"] | "WriteUsers" >> beam.ParDo(WriteUserDocsFn(config.firestore))
+    out["item_docs"] | "WriteItems" >> beam.ParDo(WriteItemDocsFn(config.firestore))
+    out["trending"] | "WriteTrending" >> beam.ParDo(WriteTrendingFn(config.firestore))
+    if config.archive_dir:
+        out["accepted_events"] | "Archive" >> ArchiveEvents(config.archive_dir, config.archive_window_s)
+    return out
+
+
+def _is_direct(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or "Direct" in str(runner)
+
+
+def serve_direct(result: Any, config: StreamingConfig) -> None:
+    """Block until SIGTERM/SIGINT (then drain) or until the pipeline stops by itself."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    failures: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as e:  # noqa: B036 - re-raised in the main thread below
+            failures.append(e)
+
+    waiter = threading.Thread(target=wait, name="pipeline-wait", daemon=True)
+    waiter.start()
+    while not stop.wait(0.5) and waiter.is_alive():
+        pass
+    if failures:
+        raise failures[0]
+    if stop.is_set():
+        drain(result, config)
+
+
+def drain(result: Any, config: StreamingConfig, timeout_s: float = 120.0) -> None:
+    """Stop pulling, let in-flight work (and the open archive window) finish, then stop."""
+    LOG.info("draining: no more pulls; waiting for in-flight work")
+    direct_pubsub.start_drain()
+    started = time.monotonic()
+    settle_s = config.drain_idle_s + (config.archive_window_s + 1 if config.archive_dir else 0)
+    while time.monotonic() - started < timeout_s:
+        if activity.idle_seconds() >= config.drain_idle_s and time.monotonic() - started >= settle_s:
+            break
+        time.sleep(0.2)
+    LOG.info("drained after %.1f s; stopping", time.monotonic() - started)
+    result.cancel()
+
+
+def run(argv: list[str] | None = None, save_main_session: bool = True,
+        test_pipeline: beam.Pipeline | None = None) -> Any:
+    """Build and run the pipeline; on DirectRunner serve until SIGTERM/SIGINT, then drain."""
+    config, options = parse_args(argv)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    direct = _is_direct(options)
+    if direct:
+        direct_pubsub.install(max_messages=config.direct_pull_max_messages)
+    p = test_pipeline or beam.Pipeline(options=options)
+    build(p, config)
+    result = p.run()
+    if direct and test_pipeline is None:
+        serve_direct(result, config)
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()
+    logging.shutdown()
+    os._exit(0)  # the DirectRunner's executor threads are not daemons; the drain already finished

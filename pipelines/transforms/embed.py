@@ -1,0 +1,229 @@
+"""Embeddings with the current towers: users from their updated history, new catalogue items.
+
+Two interchangeable ways to batch user embeddings (``--inference``):
+
+* ``bundle`` (:class:`EmbedUsersFn`): buffer the bundle's updated users (latest state per user)
+  and embed them in one call in ``finish_bundle``. Adds no waiting: a bundle is what the
+  runner already delivered together.
+* ``runinference`` (:class:`EmbedUsersRunInference`): Beam's ``RunInference`` with a
+  ``KeyedModelHandler`` around :class:`TowersModelHandler`; ``BatchElements`` batches inside
+  the bundle too.
+
+Both read the towers from a :class:`~pipelines.transforms.model_watcher.ModelWatcher`, so a new
+``models/current`` is used from the next batch on, without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines.transforms import activity
+from pipelines.transforms.firestore_io import FirestoreCurrentModel, FirestoreSettings
+from pipelines.transforms.model_watcher import LoadedModel, ModelWatcher, shared_watcher
+from pipelines.transforms.parse import METRICS_NAMESPACE
+from pipelines.transforms.user_state import UserState
+from schemas.catalog import CatalogItem
+from schemas.firestore import ItemDoc, UserDoc
+
+
+class CurrentModel(Protocol):
+    def current(self) -> LoadedModel | None: ...
+
+
+class ModelSource(Protocol):
+    """Picklable settings that give a worker its (shared) current-model holder."""
+
+    def watcher(self) -> CurrentModel: ...
+
+
+class WatchedModel:
+    """Production model source: ``models/current`` in Firestore, ``model_dir`` as fallback."""
+
+    def __init__(self, settings: FirestoreSettings, model_dir: str | None,
+                 refresh_seconds: float) -> None:
+        self.settings = settings
+        self.model_dir = model_dir
+        self.refresh_seconds = refresh_seconds
+
+    def watcher(self) -> ModelWatcher:
+        key = (self.settings, self.model_dir, self.refresh_seconds)
+        return shared_watcher(key, lambda: ModelWatcher(
+            FirestoreCurrentModel(self.settings), refresh_seconds=self.refresh_seconds,
+            fallback_uri=self.model_dir))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def user_docs(states: Sequence[UserState], model: LoadedModel | None) -> list[UserDoc]:
+    """``UserDoc``\\s for ``states``, embedded in one call when a model is loaded."""
+    embeddings: Any = [None] * len(states)
+    version = None
+    if model is not None and states:
+        embeddings = model.towers.embed_users([s.user_id for s in states], [s.item_ids for s in states])
+        version = model.version
+    updated_at = now_ms()
+    return [UserDoc(user_id=s.user_id, history=s.history, last_event_id=s.last_event_id,
+                    last_event_ts=s.last_event_ts, updated_at=updated_at, model_version=version,
+                    embedding=tuple(float(x) for x in e) if e is not None else None,
+                    event_count=s.event_count)
+            for s, e in zip(states, embeddings)]
+
+
+def item_docs(items: Sequence[CatalogItem], model: LoadedModel | None) -> list[ItemDoc]:
+    """``ItemDoc``\\s for new/updated catalogue items: candidate embedding and content vector."""
+    embeddings: Any = [None] * len(items)
+    content: Any = [None] * len(items)
+    version = None
+    if model is not None and items:
+        embeddings = model.towers.embed_items(list(items))
+        if model.content_encoder is not None:
+            content = model.content_encoder.encode_many(list(items))
+        version = model.version
+    indexed_at = now_ms()
+    return [ItemDoc(item=item, embedding=tuple(float(x) for x in e) if e is not None else None,
+                    content_vector=tuple(float(x) for x in c) if c is not None else None,
+                    model_version=version, indexed_at=indexed_at)
+            for item, e, c in zip(items, embeddings, content)]
+
+
+def _global(value: Any, timestamp: float) -> WindowedValue:
+    return WindowedValue(value, timestamp, (GlobalWindow(),))
+
+
+class EmbedUsersFn(beam.DoFn):
+    """``UserState`` -> ``UserDoc`` with the current query tower, one batch per bundle."""
+
+    def __init__(self, models: ModelSource) -> None:
+        self.models = models
+        self.batch_size = Metrics.distribution(METRICS_NAMESPACE, "embed_users_batch_size")
+        self.no_model = Metrics.counter(METRICS_NAMESPACE, "users_without_model")
+
+    def setup(self) -> None:
+        self._watcher = self.models.watcher()
+
+    def start_bundle(self) -> None:
+        self._buffer: dict[str, tuple[UserState, float]] = {}
+
+    def process(self, state: UserState, timestamp: Any = beam.DoFn.TimestampParam) -> None:
+        previous = self._buffer.get(state.user_id)
+        if previous is None or state.event_count > previous[0].event_count:
+            self._buffer[state.user_id] = (state, timestamp)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if not self._buffer:
+            return
+        model = self._watcher.current()
+        pending = list(self._buffer.values())
+        self._buffer = {}
+        docs = user_docs([s for s, _ in pending], model)
+        self.batch_size.update(len(docs))
+        if model is None:
+            self.no_model.inc(len(docs))
+        activity.touch()
+        for doc, (_, ts) in zip(docs, pending):
+            yield _global(doc, ts)
+
+
+class EmbedItemsFn(beam.DoFn):
+    """``CatalogItem`` -> ``ItemDoc`` with the current candidate tower, one batch per bundle."""
+
+    def __init__(self, models: ModelSource) -> None:
+        self.models = models
+        self.no_model = Metrics.counter(METRICS_NAMESPACE, "items_without_model")
+
+    def setup(self) -> None:
+        self._watcher = self.models.watcher()
+
+    def start_bundle(self) -> None:
+        self._buffer: list[tuple[CatalogItem, Any]] = []
+
+    def process(self, item: CatalogItem, timestamp: Any = beam.DoFn.TimestampParam) -> None:
+        self._buffer.append((item, timestamp))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if not self._buffer:
+            return
+        model = self._watcher.current()
+        pending, self._buffer = self._buffer, []
+        docs = item_docs([i for i, _ in pending], model)
+        if model is None:
+            self.no_model.inc(len(docs))
+        activity.touch()
+        for doc, (_, ts) in zip(docs, pending):
+            yield _global(doc, ts)
+
+
+class TowersModelHandler(ModelHandler[UserState, PredictionResult, CurrentModel]):
+    """``RunInference`` handler: the "model" is the hot-reloading holder, read per batch."""
+
+    def __init__(self, models: ModelSource, max_batch_size: int = 500) -> None:
+        super().__init__()
+        self.models = models
+        self._max_batch_size = max_batch_size
+
+    def load_model(self) -> CurrentModel:
+        return self.models.watcher()
+
+    def run_inference(self, batch: Sequence[UserState], model: CurrentModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        loaded = model.current()
+        if loaded is None:
+            return [PredictionResult(s, None, None) for s in batch]
+        emb = loaded.towers.embed_users([s.user_id for s in batch], [s.item_ids for s in batch])
+        return [PredictionResult(s, e, loaded.version) for s, e in zip(batch, emb)]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+
+def _doc_from_prediction(keyed: tuple[str, PredictionResult]) -> UserDoc:
+    _, result = keyed
+    state: UserState = result.example
+    emb = result.inference
+    return UserDoc(user_id=state.user_id, history=state.history, last_event_id=state.last_event_id,
+                   last_event_ts=state.last_event_ts, updated_at=now_ms(), model_version=result.model_id,
+                   embedding=tuple(float(x) for x in emb) if emb is not None else None,
+                   event_count=state.event_count)
+
+
+class EmbedUsers(beam.PTransform):
+    """``UserState`` -> ``UserDoc`` with the current query tower (``bundle`` or ``runinference``)."""
+
+    def __init__(self, models: ModelSource, inference: str = "bundle") -> None:
+        super().__init__()
+        if inference not in ("bundle", "runinference"):
+            raise ValueError(f"inference must be 'bundle' or 'runinference', got {inference!r}")
+        self.models = models
+        self.inference = inference
+
+    def expand(self, states: beam.PCollection) -> beam.PCollection:
+        if self.inference == "bundle":
+            return states | "EmbedBundle" >> beam.ParDo(EmbedUsersFn(self.models))
+        return (states
+                | "KeyByUser" >> beam.Map(lambda s: (s.user_id, s))
+                | "RunInference" >> RunInference(KeyedModelHandler(TowersModelHandler(self.models)))
+                | "ToUserDoc" >> beam.Map(_doc_from_prediction))
+
+
+class EmbedItems(beam.PTransform):
+    """``CatalogItem`` -> ``ItemDoc`` with the current candidate tower and content encoder."""
+
+    def __init__(self, models: ModelSource) -> None:
+        super().__init__()
+        self.models = models
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        return items | "EmbedBundle" >> beam.ParDo(EmbedItemsFn(self.models))

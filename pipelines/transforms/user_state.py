@@ -1,0 +1,149 @@
+"""Per-user state: deduplicate by ``event_id`` and keep the bounded recent history.
+
+The state of one user is its last N events (by event time, ties broken by ``event_id``),
+oldest first, plus a count of distinct accepted events. The history's event ids are the
+dedup memory, and they are enough: an accepted event is either still in the history or was
+evicted, and evicted events all sort before the history's oldest entry, so a replay of one is
+recognised as "older than the full history" and dropped. That rule only needs what is
+stored in ``users/{id}``, so dedup survives a restart: state is seeded from Firestore the first
+time a user is seen since start.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines.transforms import activity
+from pipelines.transforms.parse import METRICS_NAMESPACE
+from schemas.events import ProductEvent
+from schemas.firestore import HistoryEntry, UserDoc
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+TOO_OLD = "too_old"
+ACCEPTED_EVENTS = "accepted_events"
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What the pipeline remembers about one user."""
+
+    user_id: str
+    history: tuple[HistoryEntry, ...] = ()
+    event_count: int = 0
+    last_event_id: str = ""
+    last_event_ts: int = 0
+
+    @classmethod
+    def from_doc(cls, doc: UserDoc) -> UserState:
+        """Seed from a stored ``users/{id}`` document (history re-sorted defensively)."""
+        history = tuple(sorted(doc.history, key=_order_key))
+        return cls(user_id=doc.user_id, history=history, event_count=doc.event_count,
+                   last_event_id=doc.last_event_id, last_event_ts=doc.last_event_ts)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [h.item_id for h in self.history]
+
+
+def _order_key(entry: HistoryEntry) -> tuple[int, str]:
+    return entry.timestamp, entry.event_id
+
+
+def apply_event(state: UserState, event: ProductEvent, history_length: int) -> tuple[UserState, str]:
+    """Apply one event; return the new state and ``accepted``, ``duplicate`` or ``too_old``.
+
+    Out-of-order events are inserted in event-time order; when the history is full, an event
+    older than all of it is dropped (it would be evicted at once).
+    """
+    if any(h.event_id == event.event_id for h in state.history):
+        return state, DUPLICATE
+    entry = HistoryEntry(event_id=event.event_id, item_id=event.item_id,
+                         event_type=event.event_type, timestamp=event.timestamp)
+    key = _order_key(entry)
+    if len(state.history) >= history_length and key < _order_key(state.history[0]):
+        return state, TOO_OLD
+    keys = [_order_key(h) for h in state.history]
+    history = list(state.history)
+    history.insert(bisect.bisect_right(keys, key), entry)
+    return UserState(user_id=state.user_id, history=tuple(history[-history_length:]),
+                     event_count=state.event_count + 1, last_event_id=event.event_id,
+                     last_event_ts=event.timestamp), ACCEPTED
+
+
+class UserStore(Protocol):
+    """Where state is seeded from: ``get`` returns the stored document or ``None``."""
+
+    def get(self, user_id: str) -> UserDoc | None: ...
+
+
+class UpdateUserStateFn(beam.DoFn):
+    """Keyed by user id: dedup, update history; emit the new ``UserState`` for accepted events.
+
+    Accepted events also go to the ``accepted_events`` output (event-time timestamps) for
+    trending and the archive, so duplicates are counted nowhere.
+    """
+
+    STATE = ReadModifyWriteStateSpec("user", PickleCoder())
+
+    def __init__(self, history_length: int, store: UserStore | None) -> None:
+        if history_length < 1:
+            raise ValueError(f"history_length must be >= 1, got {history_length}")
+        self.history_length = history_length
+        self.store = store
+        self.accepted = Metrics.counter(METRICS_NAMESPACE, "events_accepted")
+        self.duplicates = Metrics.counter(METRICS_NAMESPACE, "events_duplicate")
+        self.too_old = Metrics.counter(METRICS_NAMESPACE, "events_too_old")
+        self.seeded = Metrics.counter(METRICS_NAMESPACE, "users_seeded_from_firestore")
+
+    def _initial_state(self, user_id: str) -> UserState:
+        doc = self.store.get(user_id) if self.store is not None else None
+        if doc is None:
+            return UserState(user_id=user_id)
+        self.seeded.inc()
+        return UserState.from_doc(doc)
+
+    def process(self, element: tuple[str, ProductEvent],
+                state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE)) -> Iterator[object]:
+        activity.touch()
+        user_id, event = element
+        current = state.read()
+        first_sight = current is None
+        if first_sight:
+            current = self._initial_state(user_id)
+        updated, outcome = apply_event(current, event, self.history_length)
+        if outcome != ACCEPTED:
+            (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
+            if first_sight:
+                state.write(current)  # remember the seed: Firestore is read once per user
+            return
+        self.accepted.inc()
+        state.write(updated)
+        yield updated
+        yield beam.pvalue.TaggedOutput(ACCEPTED_EVENTS,
+                                       TimestampedValue(event, event.timestamp / 1000.0))
+
+
+class UpdateUserState(beam.PTransform):
+    """Events -> ``UserState`` per accepted event, plus tagged ``accepted_events``."""
+
+    def __init__(self, history_length: int, store: UserStore | None) -> None:
+        super().__init__()
+        self.history_length = history_length
+        self.store = store
+
+    def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (events
+                | "KeyByUser" >> beam.Map(lambda e: (e.user_id, e))
+                | "DedupAndUpdateHistory" >> beam.ParDo(
+                    UpdateUserStateFn(self.history_length, self.store)).with_outputs(
+                        ACCEPTED_EVENTS, main="states"))
