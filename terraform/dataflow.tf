@@ -5,6 +5,8 @@
 # the template spec come from scripts/stage_pipeline.sh (images.tf).
 
 locals {
+  # Parameter names use underscores; docker/flex_main.py maps them to the pipeline's dashed
+  # flags (--events-subscription ...). Beam/Dataflow options are set on the job below.
   pipeline_parameters = merge({
     events_subscription  = google_pubsub_subscription.events_pipeline.id
     catalog_subscription = google_pubsub_subscription.catalog_pipeline.id

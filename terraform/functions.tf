@@ -160,6 +160,7 @@ resource "google_cloudfunctions2_function" "ingest" {
     environment_variables = {
       GOOGLE_CLOUD_PROJECT = var.project
       EVENTS_TOPIC         = google_pubsub_topic.events.name
+      CORS_ALLOW_ORIGIN    = var.ingest_cors_allow_origin
     }
   }
 

@@ -91,9 +91,9 @@ output "training_job" {
   value       = google_cloud_run_v2_job.training.name
 }
 
-output "training_schedule" {
-  description = "Name of the Cloud Scheduler job that starts training, and its cron schedule."
-  value       = "${google_cloud_scheduler_job.training.name} (${var.training_schedule} ${var.training_time_zone})"
+output "training_scheduler_job" {
+  description = "Name of the Cloud Scheduler job that starts training on var.training_schedule (run now: gcloud scheduler jobs run NAME --location REGION)."
+  value       = google_cloud_scheduler_job.training.name
 }
 
 output "firestore_database" {

@@ -89,7 +89,7 @@ resource "google_storage_bucket" "archive" {
 
   lifecycle_rule {
     condition {
-      days_since_noncurrent_time = 30
+      days_since_noncurrent_time = 7
       with_state                 = "ARCHIVED"
     }
     action {
@@ -118,7 +118,7 @@ resource "google_storage_bucket" "staging" {
   lifecycle_rule {
     condition {
       age            = 7
-      matches_prefix = ["temp/", "staging/", "cloudbuild/"]
+      matches_prefix = ["temp/", "cloudbuild/"] # staging/ and templates/ serve running jobs
     }
     action {
       type = "Delete"

@@ -126,8 +126,8 @@ variable "firestore_delete_protection" {
 
 variable "create_vector_index" {
   type        = bool
-  description = "Create the Firestore vector index on items.embedding needed by find_nearest queries."
-  default     = true
+  description = "Create a Firestore vector index on items.embedding for find_nearest queries. The recommend function ranks with its in-memory index and does not need it; enable it for ad-hoc or benchmark find_nearest queries."
+  default     = false
 }
 
 variable "embedding_dimension" {
@@ -197,8 +197,8 @@ variable "default_alpha" {
 
 variable "refresh_seconds" {
   type        = number
-  description = "How often (seconds) the recommend function polls models/current and new items."
-  default     = 60
+  description = "How often (seconds) the recommend function polls models/current and new items (REFRESH_SECONDS)."
+  default     = 5
 
   validation {
     condition     = var.refresh_seconds >= 1 && var.refresh_seconds <= 3600
@@ -281,6 +281,12 @@ variable "serving_settings" {
     condition     = alltrue([for k in keys(var.serving_settings) : contains(["WORKERS", "THREADS", "OPENBLAS_NUM_THREADS"], k)])
     error_message = "serving_settings keys must be WORKERS, THREADS or OPENBLAS_NUM_THREADS."
   }
+}
+
+variable "ingest_cors_allow_origin" {
+  type        = string
+  description = "Origin allowed to call the ingest function from a browser (CORS_ALLOW_ORIGIN); empty disables CORS."
+  default     = ""
 }
 
 variable "ingest_memory" {

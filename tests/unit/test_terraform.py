@@ -510,6 +510,90 @@ def test_flex_entry_point_maps_template_parameters_to_pipeline_flags(module: Mod
         assert arg[2:].split("=")[0] in flags, arg
 
 
+# ---------------------------------------------------------------------------
+# The locals Terraform computes from the repository, evaluated by `terraform console`
+# (a module with only locals needs no provider, so this runs offline).
+# ---------------------------------------------------------------------------
+
+REPO_LOCALS = ("serving_env_file", "serving_env_lines", "serving_env_from_file", "serving_env",
+               "image_source_files", "image_source_hash", "function_dirs", "schemas_dir",
+               "function_files", "schema_files")
+
+
+def _hcl_value(value: Any) -> str:
+    """A value parsed by hcl2 (default options: quotes kept) back to HCL source."""
+    if isinstance(value, str):
+        if value.startswith("${") and _closing_brace(value, 1) == len(value) - 1:
+            return value[2:-1]
+        return value
+    if isinstance(value, dict):
+        return "{\n" + "\n".join(f"{k} = {_hcl_value(v)}" for k, v in value.items()
+                                   if not k.startswith("__")) + "\n}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_hcl_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _closing_brace(text: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return -1
+
+
+def eval_repo_locals(repo_root: Path, expr: str, tmp_path: Path, *tf_args: str) -> Any:
+    """Evaluate ``expr`` over the real module's repository-derived locals, with ``repo_root``."""
+    found: dict[str, Any] = {}
+    for tf in TF_DIR.glob("*.tf"):
+        for block in hcl2.loads(tf.read_text(encoding="utf-8")).get("locals", []):
+            found |= {k: v for k, v in block.items() if k in REPO_LOCALS}
+    assert set(found) == set(REPO_LOCALS), set(REPO_LOCALS) - set(found)
+    lines = [f'  repo_root = "{repo_root}"'] + [f"  {k} = {_hcl_value(v)}" for k, v in found.items()]
+    workdir = tmp_path / "tf-locals"
+    workdir.mkdir()
+    (workdir / "main.tf").write_text(
+        'variable "serving_settings" {\n  type    = map(string)\n  default = {}\n}\n\n'
+        "locals {\n" + "\n".join(lines) + "\n}\n", encoding="utf-8")
+    terraform = shutil.which("terraform")
+    assert terraform, "terraform is not on PATH"
+    result = subprocess.run([terraform, "console", *tf_args], input=f"jsonencode({expr})\n", cwd=workdir,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_serving_settings_come_from_serving_env(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "functions" / "recommend").mkdir(parents=True)
+    assert eval_repo_locals(repo, "local.serving_env", tmp_path) == {
+        "WORKERS": "2", "THREADS": "2", "OPENBLAS_NUM_THREADS": "1"}
+    (repo / "functions" / "recommend" / "serving.env").write_text(
+        "# production serving\nWORKERS=3\n  THREADS = 4\nOPENBLAS_NUM_THREADS=\"1\"\n\nEXTRA=a=b\n",
+        encoding="utf-8")
+    (tmp_path / "tf-locals").rename(tmp_path / "first")
+    override = ("-var", 'serving_settings={THREADS="8"}')
+    assert eval_repo_locals(repo, "local.serving_env", tmp_path, *override) == {
+        "WORKERS": "3", "THREADS": "8", "OPENBLAS_NUM_THREADS": "1", "EXTRA": "a=b"}
+
+
+def test_archives_and_image_hash_cover_the_right_files(tmp_path: Path) -> None:
+    expr = ("{functions = local.function_files, schemas = local.schema_files, "
+            "image = local.image_source_files, hash = local.image_source_hash}")
+    files = eval_repo_locals(ROOT, expr, tmp_path)
+    for name in ("recommend", "ingest"):
+        assert "main.py" in files["functions"][name]
+    assert {"__init__.py", "product_event.avsc", "events.py"} <= set(files["schemas"])
+    assert {"setup.py", "requirements/constraints.txt", "docker/pipeline.Dockerfile", "docker/flex_main.py",
+            "pipelines/streaming.py", "schemas/product_event.avsc"} <= set(files["image"])
+    everything = [f for group in files["functions"].values() for f in group]
+    everything += files["schemas"] + files["image"]
+    assert not [f for f in everything if "__pycache__" in f or f.endswith(".pyc")]
+    assert not [f for f in files["image"] if f.startswith(("functions/", "tests/", "terraform/"))]
+    assert re.fullmatch(r"[0-9a-f]{64}", files["hash"])
+
+
 def test_terraform_fmt_is_clean() -> None:
     terraform = shutil.which("terraform")
     assert terraform, "terraform is not on PATH (needed for `terraform fmt -check`)"
