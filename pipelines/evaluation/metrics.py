@@ -1,0 +1,112 @@
+"""Full-ranking top-K metrics: every item is ranked for every test user (no sampling).
+
+Definitions (averaged over the evaluated users, i.e. users with at least one test item):
+
+* ``recall@K`` = |top-K ∩ test items| / |test items| -- the LightGCN/NGCF definition (not
+  divided by min(K, |test|)), so a user with more than K test items cannot reach 1.
+* ``ndcg@K`` = DCG@K / IDCG@K with binary relevance, DCG = Σ_{hit at rank r} 1/log2(r + 2)
+  (r from 0), IDCG = Σ_{r < min(K, |test|)} 1/log2(r + 2) -- also as in LightGCN.
+* ``coverage`` = number of distinct items that appear in at least one evaluated user's top-K
+  list (K = the largest cut-off) divided by the number of items in the split's vocabulary.
+
+Items in the user's train row are masked (score -inf) before ranking. Scores are computed in
+user batches whose size keeps a batch's score matrix under ``max_batch_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pipelines.evaluation.splits import Split
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+"""``scorer(user_idx_batch int32 [b]) -> float scores [b, n_items]`` (higher is better)."""
+
+DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores per row, best first (ties: lower index first)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def evaluate(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 20), users: np.ndarray | None = None,
+             target_items: np.ndarray | None = None,
+             max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> dict[str, float]:
+    """Recall@K, NDCG@K and coverage of ``scorer`` on ``split`` with full ranking.
+
+    Args:
+        scorer: maps a batch of user indices to scores over all items.
+        split: the split; its train items are masked.
+        ks: cut-offs.
+        users: users to evaluate (default: every user with a test item).
+        target_items: if given, only these items count as test items (e.g. cold items), and only
+            users with at least one of them are evaluated; ranking is still over all items.
+        max_batch_bytes: memory bound for one batch of float32 scores.
+
+    Returns:
+        ``{"recall@K", "ndcg@K" for each K, "coverage", "users"}``.
+    """
+    ks = sorted(set(int(k) for k in ks))
+    kmax = ks[-1]
+    test = split.test
+    if target_items is not None:
+        keep = np.zeros(split.n_items, dtype=np.float32)
+        keep[np.asarray(target_items, dtype=np.int64)] = 1.0
+        test = test.multiply(keep[None, :]).tocsr()
+        test.eliminate_zeros()
+    candidates = split.test_users if users is None else np.asarray(users, dtype=np.int32)
+    n_test = np.diff(test.indptr)[candidates]
+    eval_users = candidates[n_test > 0]
+    result: dict[str, float] = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    result.update(coverage=0.0, users=float(eval_users.size))
+    if eval_users.size == 0:
+        return result
+    discounts = 1.0 / np.log2(np.arange(kmax) + 2.0)
+    idcg_table = np.cumsum(discounts)
+    batch = max(1, int(max_batch_bytes // (4 * max(split.n_items, 1))))
+    sums = {key: 0.0 for key in result if "@" in key}
+    recommended = np.zeros(split.n_items, dtype=bool)
+    for start in range(0, eval_users.size, batch):
+        ub = eval_users[start:start + batch]
+        scores = np.array(scorer(ub), dtype=np.float32, copy=True)
+        if scores.shape != (ub.size, split.n_items):
+            raise ValueError(f"scorer returned shape {scores.shape}, expected {(ub.size, split.n_items)}")
+        _mask_train(scores, split, ub)
+        top = top_k(scores, kmax)
+        recommended[top.ravel()] = True
+        hits = _hits(test, ub, top)
+        if hits.shape[1] < kmax:  # fewer items than the largest cut-off
+            hits = np.pad(hits, ((0, 0), (0, kmax - hits.shape[1])))
+        n_rel = np.diff(test.indptr)[ub].astype(np.float64)
+        for k in ks:
+            h = hits[:, :k]
+            sums[f"recall@{k}"] += float((h.sum(axis=1) / n_rel).sum())
+            dcg = (h * discounts[:k]).sum(axis=1)
+            idcg = idcg_table[np.minimum(n_rel, k).astype(np.int64) - 1]
+            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
+    for key, value in sums.items():
+        result[key] = value / eval_users.size
+    result["coverage"] = float(recommended.sum()) / split.n_items
+    return result
+
+
+def _mask_train(scores: np.ndarray, split: Split, users: np.ndarray) -> None:
+    rows = split.train[users]
+    scores[np.repeat(np.arange(users.size), np.diff(rows.indptr)), rows.indices] = -np.inf
+
+
+def _hits(test, users: np.ndarray, top: np.ndarray) -> np.ndarray:  # noqa: ANN001 (scipy CSR)
+    """Boolean [b, k]: is the item at each rank a test item of that user."""
+    rows = test[users]
+    hits = np.zeros(top.shape, dtype=bool)
+    for r in range(users.size):
+        relevant = rows.indices[rows.indptr[r]:rows.indptr[r + 1]]
+        hits[r] = np.isin(top[r], relevant, assume_unique=False)
+    return hits
