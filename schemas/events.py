@@ -84,6 +84,8 @@ def validate_event(record: Mapping[str, Any]) -> ProductEvent:
         if len(context) > MAX_CONTEXT_ENTRIES:
             raise InvalidRecord("context", f"more than {MAX_CONTEXT_ENTRIES} entries")
         for key, value in context.items():
+            if not key:  # Avro allows it, but fastavro's JSON encoder fails on an empty map key
+                raise InvalidRecord("context", "keys must not be empty")
             if len(key) > MAX_ID_CHARS or len(value) > MAX_STRING_CHARS:
                 raise InvalidRecord("context", "key or value too long")
     return ProductEvent(
