@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE = str(ROOT / "functions" / "ingest" / "main.py")
 NOW_MS = int(time.time() * 1000)
 SETTINGS = ingest_main.Settings(project="demo-project", topic="product-events",
-                                max_body_bytes=64 * 1024, max_events=5, publish_timeout_s=1.0)
+                                max_body_bytes=64 * 1024, max_events=6, publish_timeout_s=1.0)
 
 
 def event(i: int = 0, **overrides: Any) -> dict[str, Any]:
@@ -124,7 +124,7 @@ def test_too_many_events_is_413():
     pub = FakePublisher()
     status, body, _ = post([event(i) for i in range(SETTINGS.max_events + 1)], pub)
     assert status == 413
-    assert body["max_events"] == SETTINGS.max_events and "too many events: 6 > 5" in body["error"]
+    assert body["max_events"] == SETTINGS.max_events and "too many events: 7 > 6" in body["error"]
     assert pub.published == []
 
 
@@ -179,10 +179,10 @@ def test_avro_json_input_is_accepted():
 def test_mixed_batch_publishes_valid_and_reports_each_invalid():
     pub = FakePublisher()
     batch = [event(0), event(1, event_type="click"), "not an object", event(3, user_id=""),
-             event(4, extra=1)]
+             event(4, extra=1), event(5, context={"": "x"})]
     status, body, _ = post(batch, pub)
     assert status == 202
-    assert body["accepted"] == 1 and body["rejected"] == 4
+    assert body["accepted"] == 1 and body["rejected"] == 5
     assert body["event_ids"] == ["e0"]
     errors = {e["index"]: e for e in body["errors"]}
     assert errors[1]["field"] == "event_type" and "view, add_to_cart, purchase" in errors[1]["reason"]
@@ -190,6 +190,7 @@ def test_mixed_batch_publishes_valid_and_reports_each_invalid():
     assert errors[2]["field"] == "payload" and "expected a JSON object" in errors[2]["reason"]
     assert errors[3]["field"] == "user_id" and "empty" in errors[3]["reason"]
     assert errors[4]["field"] == "extra" and errors[4]["reason"] == "unknown field"
+    assert errors[5]["field"] == "context" and errors[5]["reason"] == "keys must not be empty"
     assert [attrs["event_id"] for _, _, attrs in pub.published] == ["e0"]
 
 
