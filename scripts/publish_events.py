@@ -184,7 +184,7 @@ class _Tracker:
             while self.pending and time.monotonic() < deadline:
                 self.lock.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             for record_id in self.pending.values():
-                self._fail(record_id, f"publish not confirmed within {timeout_s:.0f} s")
+                self._fail(record_id, f"publish not confirmed within {timeout_s:g} s")
             self.pending.clear()
 
 
