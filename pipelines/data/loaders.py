@@ -23,7 +23,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,7 +48,8 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
-_CSV_EVENT_FIELDS = ("event_id", "event_type", "user_id", "item_id", "timestamp", "session_id")
+CSV_EVENT_FIELDS = ("event_id", "event_type", "user_id", "item_id", "timestamp", "session_id")
+_CSV_EVENT_FIELDS = CSV_EVENT_FIELDS  # kept: scripts.publish_events imports this name
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -95,8 +96,18 @@ def load_directory(directory: str | Path, name: str | None = None) -> Dataset:
     for candidate in ("events.jsonl", "events.jsonl.gz", "events.csv"):
         if (d / candidate).is_file():
             return load_events_file(d / candidate, name=name)
+    archive = _archive_files(d)
+    if archive:
+        return load_event_files(archive, name=name, items_path=_sibling_items(d / "events.jsonl"))
     raise DataError(f"{d}: no supported files (ratings.csv+movies.csv, u.data+u.item, "
-                    f"train.txt[+test.txt], events.csv or events.jsonl)")
+                    f"train.txt[+test.txt], events.csv, events.jsonl, or *.jsonl[.gz] event files)")
+
+
+def _archive_files(d: Path) -> list[Path]:
+    """JSON-lines event files anywhere under ``d`` (the pipeline's archive), items files excluded."""
+    files = [p for pattern in ("*.jsonl", "*.jsonl.gz") for p in d.rglob(pattern)
+             if p.is_file() and not p.name.startswith("items")]
+    return sorted(files)
 
 
 def _named_directory(name: str, data_dir: str | None) -> Path:
@@ -291,24 +302,41 @@ def load_events_file(path: str | Path, name: str | None = None, items_path: str 
         DataError: naming the file, line and field of an invalid record (when ``strict``).
     """
     path = Path(path)
-    name = name or path.resolve().parent.name
+    return load_event_files([path], name=name or path.resolve().parent.name,
+                            items_path=items_path or _sibling_items(path), strict=strict)
+
+
+def load_event_files(paths: Sequence[str | Path], name: str, items_path: str | Path | None = None,
+                     strict: bool = True) -> Dataset:
+    """Events from several CSV / JSON-lines files (e.g. the pipeline's windowed archive).
+
+    Events are sorted by time; an ``event_id`` seen before (a redelivered or re-archived event)
+    is kept once and counted in ``metadata["duplicates"]``. See :func:`load_events_file`.
+    """
     rejected: list[dict[str, object]] = []
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-        events = _events_from_jsonl(path, strict, rejected)
-    elif path.name.endswith(".csv"):
-        events = _events_from_csv(path, name, strict, rejected)
-    else:
-        raise DataError(f"{path}: unknown event file type (expected .csv, .jsonl or .jsonl.gz)")
+    events: list[ProductEvent] = []
+    for path in map(Path, paths):
+        file_rejected: list[dict[str, object]] = []
+        if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+            events += _events_from_jsonl(path, strict, file_rejected)
+        elif path.name.endswith(".csv"):
+            events += _events_from_csv(path, name, strict, file_rejected)
+        else:
+            raise DataError(f"{path}: unknown event file type (expected .csv, .jsonl or .jsonl.gz)")
+        rejected += [dict(r, file=str(path)) if len(paths) > 1 else r for r in file_rejected]
     events.sort(key=lambda e: e.timestamp)
-    items = _load_items(items_path or _sibling_items(path))
+    seen: set[str] = set()
+    unique = [e for e in events if not (e.event_id in seen or seen.add(e.event_id))]
+    items = _load_items(items_path)
     known = {it.item_id for it in items}
     first_seen: dict[str, int] = {}
-    for ev in events:
+    for ev in unique:
         first_seen.setdefault(ev.item_id, ev.timestamp)
     items += [_make_item(i, title=f"item {i}", category="", brand="", price=0.0, tags=[],
                          updated_at=ts) for i, ts in first_seen.items() if i not in known]
-    return Dataset(name=name, items=items, events=events,
-                   metadata={"rejected": rejected, "source": str(path)})
+    return Dataset(name=name, items=items, events=unique,
+                   metadata={"rejected": rejected, "duplicates": len(events) - len(unique),
+                             "source": [str(p) for p in paths] if len(paths) > 1 else str(paths[0])})
 
 
 def _events_from_jsonl(path: Path, strict: bool, rejected: list[dict[str, object]]) -> list[ProductEvent]:
@@ -343,6 +371,15 @@ def _events_from_csv(path: Path, name: str, strict: bool,
                     raise DataError(f"{path}:{line_no}: {e}") from e
                 rejected.append({"line": line_no, **e.to_dict()})
     return out
+
+
+def csv_row_to_event(row: dict[str, str | None], name: str, extra: list[str]) -> ProductEvent:
+    """One CSV row (``csv.DictReader``) as a validated event; ``extra`` columns go to ``context``.
+
+    Raises:
+        InvalidRecord: naming the offending field.
+    """
+    return _csv_event(row, name, extra)
 
 
 def _csv_event(row: dict[str, str | None], name: str, extra: list[str]) -> ProductEvent:

@@ -173,3 +173,17 @@ def test_lazy_events_match_columns() -> None:
     assert np.all(np.diff(inter.timestamps) >= 0)
     with pytest.raises(IndexError):
         ds.events[6]
+
+
+def test_archive_directory_of_jsonl_files(tmp_path: Path) -> None:
+    ds = generate_synthetic(n_users=10, n_items=40, seed=4)
+    events = list(ds.events)
+    half = len(events) // 2
+    archive = tmp_path / "archive"
+    write_events_jsonl(events[:half], archive / "2024" / "events-a-00000-of-00001.jsonl")
+    # A redelivered event archived twice, and a compressed window file.
+    write_events_jsonl(events[half - 1:], archive / "2024" / "events-b-00000-of-00001.jsonl.gz")
+    loaded = load_dataset(str(archive))
+    assert list(loaded.events) == events
+    assert loaded.metadata["duplicates"] == 1
+    assert loaded.name == "archive"
