@@ -98,10 +98,9 @@ class ToTrendingDocFn(beam.DoFn):
     def process(self, counts: ItemCounts,
                 win: window.IntervalWindow = beam.DoFn.WindowParam) -> Iterator[TrendingDoc]:
         start_ms, end_ms = int(win.start.micros // 1000), int(win.end.micros // 1000)
-        if counts.max_ts < end_ms - self.period_ms:
-            return  # a newer window covers the latest events
-        yield TrendingDoc(items=rank_items(counts, self.top_k), window_start=start_ms,
-                          window_end=end_ms, updated_at=now_ms())
+        if counts.max_ts >= end_ms - self.period_ms:  # else a newer window covers the latest events
+            yield TrendingDoc(items=rank_items(counts, self.top_k), window_start=start_ms,
+                              window_end=end_ms, updated_at=now_ms())
 
 
 def _early_trigger(early_firing_s: int) -> trigger.TriggerFn:

@@ -1,0 +1,445 @@
+"""Unit tests of the streaming pipeline's transforms, on in-memory data (no emulators)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+
+from pipelines.data import read_events_jsonl
+from pipelines.streaming import RecommenderCore, StreamingConfig, parse_args
+from pipelines.transforms.archive import archive_file_naming, event_line
+from pipelines.transforms.embed import EmbedUsers, item_docs, user_docs
+from pipelines.transforms.firestore_io import MonotonicGuard, _trending_rank
+from pipelines.transforms.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
+from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
+from pipelines.transforms.trending import ComputeTrending, ItemCounts, ToTrendingDocFn, rank_items
+from pipelines.transforms.user_state import (
+    ACCEPTED,
+    DUPLICATE,
+    TOO_OLD,
+    UpdateUserState,
+    UserState,
+    apply_event,
+)
+from schemas import names
+from schemas.catalog import CatalogItem
+from schemas.content import ContentEncoder
+from schemas.events import ProductEvent
+from schemas.firestore import CurrentModelDoc, HistoryEntry, TrendingDoc, UserDoc
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms, a whole hour
+
+
+def ev(event_id: str, user: str = "u1", item: str = "i1", ts: int = T0, kind: str = "view") -> ProductEvent:
+    return ProductEvent(event_id=event_id, event_type=kind, user_id=user, item_id=item, timestamp=ts)
+
+
+def msg(event: ProductEvent) -> PubsubMessage:
+    return PubsubMessage(event.to_pubsub_data(), event.pubsub_attributes())
+
+
+def streaming_pipeline() -> TestPipeline:
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    return TestPipeline(options=options)
+
+
+class FakeTowers:
+    """Deterministic towers: the user vector encodes the ordered history, so order errors show."""
+
+    def __init__(self, version: str, scale: float = 1.0) -> None:
+        self.version = version
+        self.scale = scale
+        self.calls: list[int] = []
+
+    def embed_users(self, user_ids, histories):
+        self.calls.append(len(user_ids))
+        out = np.zeros((len(user_ids), 4), np.float32)
+        for row, hist in enumerate(histories):
+            digits = [int(h.lstrip("i")) for h in hist]
+            out[row] = [len(hist), sum(digits), sum((i + 1) * d for i, d in enumerate(digits)), self.scale]
+        return out
+
+    def embed_items(self, items):
+        return np.array([[float(len(i.item_id)), i.price, 0.0, self.scale] for i in items], np.float32)
+
+
+class StaticModels:
+    """A ``ModelSource`` with a fixed model (picklable: the towers are rebuilt per worker)."""
+
+    def __init__(self, version: str | None = "v1") -> None:
+        self.version = version
+
+    def watcher(self):
+        version = self.version
+
+        class Holder:
+            def current(self):
+                return LoadedModel(version, FakeTowers(version), None) if version else None
+
+        return Holder()
+
+
+class MemoryStore:
+    def __init__(self, docs: dict[str, UserDoc]) -> None:
+        self.docs = docs
+
+    def get(self, user_id: str) -> UserDoc | None:
+        return self.docs.get(user_id)
+
+
+# ---------------------------------------------------------------- parsing and dead letters
+
+
+def test_parse_routes_invalid_messages_to_dead_letter_with_reason_and_original_payload():
+    good = ev("e1")
+    bad_json = PubsubMessage(b"{not json", {"origin": "web"})
+    missing = PubsubMessage(json.dumps({"event_id": "e2", "event_type": "view"}).encode(), {})
+    bad_type = PubsubMessage(json.dumps({**good.to_dict(), "event_id": "e3", "event_type": "click"}).encode(),
+                             {"k": "v"})
+    with TestPipeline() as p:
+        out = p | beam.Create([msg(good), bad_json, missing, bad_type]) | ParseEvents()
+        assert_that(out.valid, equal_to([good]), label="valid")
+        dead = out[DEAD_LETTER] | beam.Map(lambda m: (m.data, dict(m.attributes)))
+        assert_that(dead | beam.Map(lambda d: (d[0], d[1][names.DLQ_FIELD_ATTR], d[1][names.DLQ_SOURCE_ATTR],
+                                               d[1].get("origin"), d[1].get("k"))),
+                    equal_to([(b"{not json", "payload", "events", "web", None),
+                              (missing.data, "user_id", "events", None, None),
+                              (bad_type.data, "event_type", "events", None, "v")]), label="dead")
+        assert_that(dead | beam.Map(lambda d: bool(d[1][names.DLQ_REASON_ATTR])), equal_to([True] * 3),
+                    label="reasons")
+
+
+def test_parse_catalog_dead_letters_bad_items():
+    item = CatalogItem("new1", "T", "books", "acme", 9.5, ("a",), True, T0)
+    bad = PubsubMessage(json.dumps({**item.to_dict(), "price": -1}).encode(), {})
+    with TestPipeline() as p:
+        out = p | beam.Create([PubsubMessage(item.to_pubsub_data(), {}), bad]) | ParseCatalog()
+        assert_that(out.valid, equal_to([item]), label="valid")
+        assert_that(out[DEAD_LETTER] | beam.Map(lambda m: (m.attributes[names.DLQ_FIELD_ATTR],
+                                                           m.attributes[names.DLQ_SOURCE_ATTR])),
+                    equal_to([("price", "catalog")]), label="dead")
+
+
+# ---------------------------------------------------------------- per-user state (pure)
+
+
+def test_history_is_ordered_by_event_time_even_when_events_arrive_out_of_order():
+    state = UserState("u1")
+    for e in [ev("a", ts=T0 + 30), ev("b", ts=T0 + 10), ev("c", ts=T0 + 20)]:
+        state, outcome = apply_event(state, e, history_length=5)
+        assert outcome == ACCEPTED
+    assert [h.event_id for h in state.history] == ["b", "c", "a"]
+    assert state.event_count == 3
+    assert (state.last_event_id, state.last_event_ts) == ("c", T0 + 20)
+
+
+def test_history_is_bounded_and_too_old_events_are_dropped():
+    state = UserState("u1")
+    for i in range(5):
+        state, _ = apply_event(state, ev(f"e{i}", ts=T0 + i * 10), history_length=3)
+    assert [h.event_id for h in state.history] == ["e2", "e3", "e4"]
+    assert state.event_count == 5
+    same, outcome = apply_event(state, ev("old", ts=T0 + 5), history_length=3)
+    assert outcome == TOO_OLD and same == state
+    # an out-of-order event newer than the oldest kept one is inserted; the oldest falls out
+    state, outcome = apply_event(state, ev("mid", ts=T0 + 25), history_length=3)
+    assert outcome == ACCEPTED
+    assert [h.event_id for h in state.history] == ["mid", "e3", "e4"]
+
+
+def test_duplicates_and_replays_of_evicted_events_are_not_counted_twice():
+    state = UserState("u1")
+    events = [ev(f"e{i}", ts=T0 + i) for i in range(6)]
+    for e in events:
+        state, _ = apply_event(state, e, history_length=3)
+    for e in events:  # a full replay: kept ones are duplicates, evicted ones are older than the history
+        replayed, outcome = apply_event(state, e, history_length=3)
+        assert outcome in (DUPLICATE, TOO_OLD)
+        assert replayed == state
+    assert state.event_count == 6
+
+
+def test_state_seeded_from_a_stored_doc_continues_counting_and_dedups():
+    doc = UserDoc(user_id="u1", history=(HistoryEntry("e1", "i1", "view", T0 + 1),
+                                         HistoryEntry("e0", "i0", "view", T0)),
+                  last_event_id="e1", last_event_ts=T0 + 1, updated_at=0, event_count=7)
+    state = UserState.from_doc(doc)
+    assert [h.event_id for h in state.history] == ["e0", "e1"]
+    assert apply_event(state, ev("e1", ts=T0 + 1), 50)[1] == DUPLICATE
+    state, outcome = apply_event(state, ev("e2", ts=T0 + 2), 50)
+    assert outcome == ACCEPTED and state.event_count == 8
+
+
+# ---------------------------------------------------------------- per-user state (stateful DoFn)
+
+
+def test_stateful_dedup_with_test_stream_and_seeding():
+    seed = UserDoc(user_id="u2", history=(HistoryEntry("old", "i9", "view", T0 - 1000),), last_event_id="old",
+                   last_event_ts=T0 - 1000, updated_at=0, event_count=4)
+    stream = (TestStream()
+              .add_elements([TimestampedValue(ev("a1", "u1", "i1", T0 + 2), (T0 + 2) / 1000),
+                             TimestampedValue(ev("a2", "u1", "i2", T0 + 1), (T0 + 1) / 1000),
+                             TimestampedValue(ev("old", "u2", "i9", T0 - 1000), (T0 - 1000) / 1000)])
+              .advance_processing_time(1)
+              .add_elements([TimestampedValue(ev("a1", "u1", "i1", T0 + 2), (T0 + 2) / 1000),
+                             TimestampedValue(ev("b1", "u2", "i3", T0 + 5), (T0 + 5) / 1000)])
+              .advance_watermark_to_infinity())
+    with streaming_pipeline() as p:
+        out = p | stream | UpdateUserState(history_length=10, store=MemoryStore({"u2": seed}))
+        assert_that(out.states | beam.Map(lambda s: (s.user_id, s.event_count, tuple(s.item_ids))),
+                    equal_to([("u1", 1, ("i1",)), ("u1", 2, ("i2", "i1")), ("u2", 5, ("i9", "i3"))]),
+                    label="states")
+        assert_that(out.accepted_events | beam.Map(lambda e: e.event_id), equal_to(["a1", "a2", "b1"]),
+                    label="accepted")
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def test_user_docs_equal_towers_applied_to_history():
+    history = (HistoryEntry("e1", "i3", "view", T0), HistoryEntry("e2", "i5", "view", T0 + 1))
+    states = [UserState("u1", history, 2, "e2", T0 + 1)]
+    towers = FakeTowers("v7")
+    docs = user_docs(states, LoadedModel("v7", towers, None))
+    assert docs[0].model_version == "v7"
+    np.testing.assert_allclose(docs[0].embedding, FakeTowers("v7").embed_users(["u1"], [["i3", "i5"]])[0])
+    assert (docs[0].event_count, docs[0].last_event_id, docs[0].history) == (2, "e2", states[0].history)
+    no_model = user_docs(states, None)
+    assert no_model[0].embedding is None and no_model[0].model_version is None
+
+
+def test_item_docs_carry_embedding_content_vector_and_index_time():
+    item = CatalogItem("new1", "T", "books", "acme", 9.5, ("a",), True, T0)
+    encoder = ContentEncoder.fit([item])
+    before = int(time.time() * 1000)
+    doc = item_docs([item], LoadedModel("v2", FakeTowers("v2"), encoder))[0]
+    assert doc.model_version == "v2" and doc.indexed_at >= before
+    np.testing.assert_allclose(doc.embedding, FakeTowers("v2").embed_items([item])[0])
+    np.testing.assert_allclose(doc.content_vector, encoder.encode(item))
+
+
+@pytest.mark.parametrize("inference", ["bundle", "runinference"])
+def test_embed_users_keeps_latest_state_per_user(inference):
+    s1 = UserState("u1", (HistoryEntry("e1", "i1", "view", T0),), 1, "e1", T0)
+    s2 = UserState("u1", s1.history + (HistoryEntry("e2", "i2", "view", T0 + 1),), 2, "e2", T0 + 1)
+    s3 = UserState("u2", (HistoryEntry("e3", "i4", "view", T0),), 1, "e3", T0)
+    with TestPipeline() as p:
+        docs = p | beam.Create([s1, s2, s3]) | EmbedUsers(StaticModels("v1"), inference)
+        assert_that(docs | beam.Filter(lambda d: d.model_version == "v1"),
+                    latest_per_user_equal_to([("u1", 2, ("i1", "i2"), (2.0, 3.0, 5.0, 1.0)),
+                                              ("u2", 1, ("i4",), (1.0, 4.0, 4.0, 1.0))]))
+
+
+# ---------------------------------------------------------------- model hot reload
+
+
+def test_model_watcher_swaps_on_new_version_and_keeps_old_on_failure(tmp_path):
+    current = {"doc": CurrentModelDoc("v1", "uri1", "idx", 0)}
+    loads = []
+
+    def loader(uri: str) -> LoadedModel:
+        loads.append(uri)
+        if uri == "broken":
+            raise OSError("artefact missing")
+        return LoadedModel(uri.replace("uri", "v"), FakeTowers(uri), None)
+
+    watcher = ModelWatcher(lambda: current["doc"], loader, refresh_seconds=0.05)
+    watcher.start()
+    try:
+        assert watcher.current().version == "v1"
+        assert watcher.check_now() is False  # unchanged: no reload
+        current["doc"] = CurrentModelDoc("v2", "uri2", "idx", 1)
+        deadline = time.monotonic() + 5
+        while watcher.current().version != "v2" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert watcher.current().version == "v2"
+        current["doc"] = CurrentModelDoc("v3", "broken", "idx", 2)
+        time.sleep(0.3)
+        assert watcher.current().version == "v2"  # the old model keeps serving
+        assert loads.count("uri1") == 1 and loads.count("uri2") == 1
+    finally:
+        watcher.stop()
+
+
+def test_model_watcher_falls_back_to_newest_version_in_model_dir(tmp_path):
+    for version in ("v20260101-000000-aaaaaa", "v20260102-000000-bbbbbb"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "metadata.json").write_text("{}")
+    assert latest_version_dir(str(tmp_path)).endswith("v20260102-000000-bbbbbb")
+    watcher = ModelWatcher(lambda: None, lambda uri: LoadedModel(uri[-6:], None, None),
+                           fallback_uri=str(tmp_path))
+    assert watcher.check_now() is True
+    assert watcher.current().version == "bbbbbb"
+
+
+# ---------------------------------------------------------------- idempotent writes
+
+
+def _doc(user: str, count: int) -> UserDoc:
+    return UserDoc(user_id=user, history=(), last_event_id=f"e{count}", last_event_ts=count, updated_at=0,
+                   event_count=count)
+
+
+def test_monotonic_guard_skips_stale_docs_and_serialises_a_user():
+    guard = MonotonicGuard()
+    fresh = guard.claim([_doc("u1", 2), _doc("u1", 3), _doc("u2", 1)])
+    assert sorted((d.user_id, d.event_count) for d in fresh) == [("u1", 3), ("u2", 1)]
+    order = []
+
+    def second_writer():
+        docs = guard.claim([_doc("u1", 2), _doc("u1", 4)])  # waits: u1 is in flight
+        order.append(("claimed", [d.event_count for d in docs]))
+        guard.release(docs, committed=True)
+
+    t = threading.Thread(target=second_writer)
+    t.start()
+    time.sleep(0.2)
+    order.append(("released-first", None))
+    guard.release(fresh, committed=True)
+    t.join(5)
+    assert order == [("released-first", None), ("claimed", [4])]
+    assert guard.claim([_doc("u1", 4), _doc("u2", 1)]) == []  # replays of written states
+
+
+def test_trending_rank_prefers_newer_window_then_later_pane():
+    old = TrendingDoc(items=(), window_start=0, window_end=60_000, updated_at=0).to_document()
+    assert _trending_rank(old) < _trending_rank(TrendingDoc(rank_items(ItemCounts({"a": [1, 0, 0]}), 5),
+                                                            0, 120_000, 0))
+    small = TrendingDoc(rank_items(ItemCounts({"a": [1, 0, 0]}), 5), 0, 60_000, 0)
+    big = TrendingDoc(rank_items(ItemCounts({"a": [2, 0, 0]}), 5), 0, 60_000, 0)
+    assert _trending_rank(small) < _trending_rank(big)
+
+
+# ---------------------------------------------------------------- trending
+
+
+def test_rank_items_weights_purchases_and_breaks_ties_by_id():
+    counts = ItemCounts({"a": [3, 0, 0], "b": [0, 0, 1], "c": [1, 1, 0], "d": [3, 0, 0]})
+    ranked = rank_items(counts, top_k=3)
+    assert [(e.item_id, e.score) for e in ranked] == [("b", 5.0), ("c", 4.0), ("a", 3.0)]
+
+
+def test_only_the_window_holding_the_newest_events_is_current():
+    fn = ToTrendingDocFn(period_s=60, top_k=5)
+    from apache_beam.transforms.window import IntervalWindow
+
+    counts = ItemCounts({"a": [1, 0, 0]}, max_ts=T0 + 90_000)
+    current = IntervalWindow((T0 + 120_000 - 3_600_000) / 1000, (T0 + 120_000) / 1000)
+    later = IntervalWindow((T0 + 180_000 - 3_600_000) / 1000, (T0 + 180_000) / 1000)
+    assert [d.window_end for d in fn.process(counts, current)] == [T0 + 120_000]
+    assert list(fn.process(counts, later)) == []
+
+
+def _tev(event_id: str, item: str, ts: int, kind: str = "view") -> TimestampedValue:
+    return TimestampedValue(ev(event_id, "u", item, ts, kind), ts / 1000)
+
+
+def test_trending_sliding_windows_with_early_and_late_firings():
+    """Window size 4 min, period 1 min: the pane for the window ending after the newest event."""
+    stream = (TestStream()
+              .advance_watermark_to(T0 / 1000)
+              .add_elements([_tev("1", "a", T0 + 1_000), _tev("2", "b", T0 + 2_000, "purchase"),
+                             _tev("3", "a", T0 + 3_000)])
+              .advance_processing_time(5)  # early firings
+              .add_elements([_tev("4", "c", T0 + 61_000), _tev("5", "c", T0 + 62_000, "add_to_cart")])
+              .advance_watermark_to((T0 + 120_000) / 1000)
+              .advance_processing_time(5)
+              .add_elements([_tev("late", "a", T0 + 30_000)])  # late but within allowed lateness
+              .advance_processing_time(5)
+              .advance_watermark_to_infinity())
+    with streaming_pipeline() as p:
+        docs = (p | stream
+                | ComputeTrending(size_s=240, period_s=60, top_k=3, early_firing_s=1, allowed_lateness_s=600)
+                | "Rewindow" >> beam.WindowInto(GlobalWindows()))
+        summary = docs | beam.Map(lambda d: (d.window_end - T0,
+                                             tuple((e.item_id, e.views, e.add_to_cart, e.purchases)
+                                                   for e in d.items)))
+        assert_that(summary, newest_pane_and_windows_match, label="panes")
+
+
+def newest_pane_and_windows_match(panes: list) -> None:
+    # the newest pane of the window ending at T0+120s holds all events, the late one included
+    current = [items for end, items in panes if end == 120_000]
+    newest = max(current, key=lambda items: sum(sum(x[1:]) for x in items))
+    assert newest == (("b", 0, 0, 1), ("c", 1, 1, 0), ("a", 3, 0, 0)), newest
+    # windows whose last minute holds no event (e.g. ending at T0+180s) are never written
+    assert {end for end, _ in panes} == {60_000, 120_000}, panes
+
+
+# ---------------------------------------------------------------- archive
+
+
+def test_archive_lines_are_readable_by_the_training_reader(tmp_path):
+    events = [ev("e1"), ProductEvent("e2", "purchase", "u2", "i2", T0 + 1, "s1", {"k": "v"})]
+    path = tmp_path / "events-x.jsonl"
+    path.write_text("".join(event_line(e) + "\n" for e in events), encoding="utf-8")
+    assert read_events_jsonl(path) == events
+
+
+def test_archive_file_names_are_unique_per_run_and_pane():
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    win = IntervalWindow(T0 / 1000, T0 / 1000 + 60)
+    pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+    late = PaneInfo(False, True, PaneInfoTiming.LATE, 1, 1)
+    a = archive_file_naming("run1")(win, pane, 0, 1, None, None)
+    assert a == "events-20260101T000000-20260101T000100-run1-p0-00000-of-00001.jsonl"
+    assert archive_file_naming("run2")(win, pane, 0, 1, None, None) != a
+    assert archive_file_naming("run1")(win, late, 0, 1, None, None) != a
+
+
+# ---------------------------------------------------------------- whole core, in memory
+
+
+def latest_per_user_equal_to(expected: list):
+    def match(docs: list) -> None:
+        latest: dict = {}
+        for d in docs:
+            if d.user_id not in latest or d.event_count > latest[d.user_id].event_count:
+                latest[d.user_id] = d
+        got = sorted((d.user_id, d.event_count, tuple(h.item_id for h in d.history), d.embedding)
+                     for d in latest.values())
+        assert got == sorted(expected), got
+
+    return match
+
+
+def test_core_end_to_end_with_test_stream():
+    config, _ = parse_args(["--history-length", "3", "--trending-window-seconds", "120",
+                            "--trending-period-seconds", "60", "--trending-early-firing-seconds", "1"])
+    assert isinstance(config, StreamingConfig)
+    events = [ev(f"e{i}", f"u{i % 2}", f"i{i}", T0 + i * 1000) for i in range(6)]
+    item = CatalogItem("new1", "T", "books", "acme", 3.0, (), True, T0)
+    stream = (TestStream()
+              .add_elements([msg(e) for e in events[:4]] + [PubsubMessage(b"[]", {})], tag="events")
+              .add_elements([PubsubMessage(item.to_pubsub_data(), {}), PubsubMessage(b"{}", {})],
+                            tag="catalog")
+              .advance_processing_time(2)
+              .add_elements([msg(e) for e in events[4:]] + [msg(events[0])], tag="events")
+              .advance_watermark_to_infinity(tag="events")
+              .advance_watermark_to_infinity(tag="catalog"))
+    with streaming_pipeline() as p:
+        out = p | stream | RecommenderCore(config, StaticModels("v1"), MemoryStore({}))
+        assert_that(out["user_docs"],
+                    latest_per_user_equal_to([("u0", 3, ("i0", "i2", "i4"), (3.0, 6.0, 16.0, 1.0)),
+                                              ("u1", 3, ("i1", "i3", "i5"), (3.0, 9.0, 22.0, 1.0))]),
+                    label="users")
+        assert_that(out["item_docs"] | beam.Map(lambda d: (d.item_id, d.model_version)),
+                    equal_to([("new1", "v1")]), label="items")
+        assert_that(out["dead_letters"] | beam.Map(lambda m: m.attributes[names.DLQ_SOURCE_ATTR]),
+                    equal_to(["events", "catalog"]), label="dead")
+        assert_that(out["accepted_events"] | beam.Map(lambda e: e.event_id),
+                    equal_to([e.event_id for e in events]), label="accepted")
