@@ -143,7 +143,8 @@ class UpdateUserState(beam.PTransform):
 
     def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (events
-                | "KeyByUser" >> beam.Map(lambda e: (e.user_id, e))
+                | "KeyByUser" >> beam.Map(lambda e: (e.user_id, e)).with_output_types(
+                    tuple[str, ProductEvent])
                 | "DedupAndUpdateHistory" >> beam.ParDo(
                     UpdateUserStateFn(self.history_length, self.store)).with_outputs(
                         ACCEPTED_EVENTS, main="states"))
