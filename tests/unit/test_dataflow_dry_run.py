@@ -47,7 +47,8 @@ def test_dataflow_job_builds_without_submitting(no_network, monkeypatch):
     labels = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     for step in ("ReadEvents", "ReadCatalog", "Core/ParseEvents/Parse",
                  "Core/UpdateUserState/DedupAndUpdateHistory", "Core/EmbedUsers/EmbedBundle",
-                 "Core/Trending/SumWindow", "WriteDeadLetters", "WriteUsers", "WriteItems", "WriteTrending", "Archive/WriteFiles"):
+                 "Core/Trending/SumWindow", "WriteDeadLetters", "WriteUsers", "WriteItems",
+                 "WriteTrending", "Archive/WriteFiles"):
         assert any(label == step or label.startswith(step + "/") for label in labels), step
     # the workers get this package through --setup_file
     assert any("setup.py" in str(o) for o in job.options.get_all_options().values())
