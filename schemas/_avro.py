@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ MAX_STRING_CHARS = 1024
 MAX_ID_CHARS = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(file_name: str) -> dict[str, Any]:
     """The parsed Avro schema stored as ``schemas/<file_name>``."""
     with open(SCHEMA_DIR / file_name, encoding="utf-8") as f:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from schemas._avro import (MAX_STRING_CHARS, decode_json_payload, load_schema, schema_text,
-                           to_avro_json, validate_record)
+from schemas._avro import (
+    MAX_STRING_CHARS,
+    decode_json_payload,
+    load_schema,
+    schema_text,
+    to_avro_json,
+    validate_record,
+)
 from schemas.errors import InvalidRecord
 from schemas.events import _check_id
 

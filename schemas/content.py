@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class ContentEncoder:
 
     @classmethod
     def fit(cls, items: Iterable[CatalogItem], max_brands: int = 2000, max_tags: int = 2000,
-            price_buckets: int = 8) -> "ContentEncoder":
+            price_buckets: int = 8) -> ContentEncoder:
         """Fit the vocabularies (most frequent first) and price quantile edges."""
         items = list(items)
         cats = Counter(i.category for i in items if i.category)
@@ -88,7 +88,7 @@ class ContentEncoder:
                            "price_edges": self.price_edges, "weights": self.weights})
 
     @classmethod
-    def from_json(cls, text: str) -> "ContentEncoder":
+    def from_json(cls, text: str) -> ContentEncoder:
         d: Mapping = json.loads(text)
         return cls(categories=list(d["categories"]), brands=list(d["brands"]),
                    tags=list(d["tags"]), price_edges=[float(x) for x in d["price_edges"]],
@@ -98,5 +98,5 @@ class ContentEncoder:
         Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ContentEncoder":
+    def load(cls, path: str | Path) -> ContentEncoder:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))

@@ -9,11 +9,20 @@ HTTP callers) may send plain JSON; :func:`parse_event` accepts both.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from schemas._avro import (MAX_ID_CHARS, MAX_STRING_CHARS, decode_json_payload, load_schema,
-                           schema_text, to_avro_json, unwrap_unions, validate_record)
+from schemas._avro import (
+    MAX_ID_CHARS,
+    MAX_STRING_CHARS,
+    decode_json_payload,
+    load_schema,
+    schema_text,
+    to_avro_json,
+    unwrap_unions,
+    validate_record,
+)
 from schemas.errors import InvalidRecord
 
 SCHEMA_FILE = "product_event.avsc"

@@ -16,8 +16,9 @@ vectors so that ``find_nearest`` can query them; the codecs accept plain lists t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from schemas.catalog import CatalogItem
 
@@ -55,7 +56,7 @@ class HistoryEntry:
                 "event_type": self.event_type, "timestamp": self.timestamp}
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "HistoryEntry":
+    def from_document(cls, doc: Mapping[str, Any]) -> HistoryEntry:
         return cls(event_id=str(doc["event_id"]), item_id=str(doc["item_id"]),
                    event_type=str(doc["event_type"]), timestamp=int(doc["timestamp"]))
 
@@ -86,7 +87,7 @@ class UserDoc:
         }
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "UserDoc":
+    def from_document(cls, doc: Mapping[str, Any]) -> UserDoc:
         emb = _from_vector(doc.get("embedding"))
         return cls(
             user_id=str(doc["user_id"]),
@@ -109,7 +110,8 @@ class ItemDoc:
     content_vector: tuple[float, ...] | None = None
     model_version: str | None = None
     popularity: float = 0.0
-    indexed_at: int = 0  # epoch ms when this document was (re)written; serving polls items newer than its snapshot
+    # epoch ms when this document was (re)written; serving polls items newer than its snapshot
+    indexed_at: int = 0
 
     @property
     def item_id(self) -> str:
@@ -127,7 +129,7 @@ class ItemDoc:
         return doc
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "ItemDoc":
+    def from_document(cls, doc: Mapping[str, Any]) -> ItemDoc:
         item = CatalogItem(
             item_id=str(doc["item_id"]), title=str(doc.get("title", "")),
             category=str(doc.get("category", "")), brand=str(doc.get("brand", "")),
@@ -169,7 +171,7 @@ class ModelDoc:
                 "metrics": dict(self.metrics), "parent_version": self.parent_version}
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "ModelDoc":
+    def from_document(cls, doc: Mapping[str, Any]) -> ModelDoc:
         return cls(version=str(doc["version"]), status=str(doc["status"]),
                    created_at=int(doc["created_at"]), artifact_uri=str(doc["artifact_uri"]),
                    index_uri=str(doc["index_uri"]), dim=int(doc["dim"]),
@@ -192,7 +194,7 @@ class CurrentModelDoc:
                 "index_uri": self.index_uri, "switched_at": self.switched_at}
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "CurrentModelDoc":
+    def from_document(cls, doc: Mapping[str, Any]) -> CurrentModelDoc:
         return cls(version=str(doc["version"]), artifact_uri=str(doc["artifact_uri"]),
                    index_uri=str(doc["index_uri"]), switched_at=int(doc["switched_at"]))
 
@@ -210,7 +212,7 @@ class TrendingEntry:
                 "purchases": self.purchases, "score": self.score}
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "TrendingEntry":
+    def from_document(cls, doc: Mapping[str, Any]) -> TrendingEntry:
         return cls(item_id=str(doc["item_id"]), views=int(doc.get("views", 0)),
                    add_to_cart=int(doc.get("add_to_cart", 0)),
                    purchases=int(doc.get("purchases", 0)), score=float(doc.get("score", 0.0)))
@@ -230,7 +232,7 @@ class TrendingDoc:
                 "window_end": self.window_end, "updated_at": self.updated_at}
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "TrendingDoc":
+    def from_document(cls, doc: Mapping[str, Any]) -> TrendingDoc:
         return cls(items=tuple(TrendingEntry.from_document(e) for e in doc.get("items") or ()),
                    window_start=int(doc.get("window_start") or 0),
                    window_end=int(doc.get("window_end") or 0),

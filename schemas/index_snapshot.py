@@ -50,7 +50,7 @@ class IndexSnapshot:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "IndexSnapshot":
+    def from_bytes(cls, data: bytes) -> IndexSnapshot:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls(version=str(z["version"]), created_at=int(z["created_at"]),
                        item_ids=z["item_ids"], embeddings=z["embeddings"], content=z["content"],
@@ -58,5 +58,5 @@ class IndexSnapshot:
                        popularity=z["popularity"])
 
     @classmethod
-    def load(cls, path: str | Path) -> "IndexSnapshot":
+    def load(cls, path: str | Path) -> IndexSnapshot:
         return cls.from_bytes(Path(path).read_bytes())

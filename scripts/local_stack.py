@@ -63,7 +63,7 @@ class StackConfig:
                 "PUBSUB_PROJECT_ID": self.project}
 
     @classmethod
-    def from_env(cls) -> "StackConfig":
+    def from_env(cls) -> StackConfig:
         return cls(project=os.environ.get("GOOGLE_CLOUD_PROJECT", names.DEFAULT_PROJECT),
                    pubsub_port=int(os.environ.get("PUBSUB_PORT", 8085)),
                    firestore_port=int(os.environ.get("FIRESTORE_PORT", 8086)))
