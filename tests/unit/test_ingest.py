@@ -355,3 +355,26 @@ def test_lone_surrogate_is_the_callers_error_not_a_publish_failure():
     assert status == 202 and out["event_ids"] == ["e0"]
     assert out["errors"] == [{"index": 1, "field": "event_id",
                               "reason": "not valid Unicode: lone surrogate at character 1"}]
+
+
+def test_deployable_folder_runs_with_schemas_copied_next_to_main(tmp_path):
+    """What Terraform deploys: the function folder plus schemas/, nothing else from the repo."""
+    import shutil
+    import subprocess
+
+    for f in ("main.py", "requirements.txt"):
+        shutil.copy(ROOT / "functions" / "ingest" / f, tmp_path / f)
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("import sys, main, schemas; "
+             "print(schemas.__file__); "
+             "print(sorted(m for m in sys.modules "
+             "             if m.split('.')[0] in ('pipelines', 'scripts', 'functions')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={"PATH": "/usr/bin:/bin", "GOOGLE_CLOUD_PROJECT": "p"})
+    assert out.returncode == 0, out.stderr
+    schemas_file, repo_modules = out.stdout.splitlines()
+    assert schemas_file.startswith(str(tmp_path))
+    assert repo_modules == "[]"
+    pins = (tmp_path / "requirements.txt").read_text().split()
+    assert {"functions-framework==3.10.2", "google-cloud-pubsub==2.44.0", "fastavro==1.13.1"} <= set(pins)
