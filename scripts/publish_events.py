@@ -323,7 +323,7 @@ def read_events_csv(path: str | Path) -> Iterator[ProductEvent | Rejected]:
     Raises:
         ValueError: the header lacks a required column.
     """
-    from pipelines.data.loaders import _CSV_EVENT_FIELDS, _csv_event
+    from pipelines.data.loaders import CSV_EVENT_FIELDS, csv_row_to_event
 
     path = Path(path)
     name = path.resolve().parent.name  # event ids default to f"{name}-{user}-{item}-{ts}", as the loader
@@ -336,14 +336,14 @@ def read_events_csv(path: str | Path) -> Iterator[ProductEvent | Rejected]:
     if missing:
         raise ValueError(f"{path}: CSV header lacks column(s) {', '.join(missing)} "
                          f"(required: {', '.join(CSV_REQUIRED)})")
-    extra = [c for c in header if c not in _CSV_EVENT_FIELDS]
+    extra = [c for c in header if c not in CSV_EVENT_FIELDS]
     for line_no, line in lines:
         raw = line.decode("utf-8", "replace")
         try:
             values = next(csv.reader([line.decode("utf-8")]))
             if len(values) != len(header):
                 raise InvalidRecord("payload", f"expected {len(header)} columns, got {len(values)}")
-            yield _csv_event(dict(zip(header, values)), name, extra)
+            yield csv_row_to_event(dict(zip(header, values)), name, extra)
         except UnicodeDecodeError as e:
             yield Rejected(line_no, "payload", f"not valid UTF-8 at byte {e.start}", _truncate(raw))
         except InvalidRecord as e:
