@@ -63,8 +63,9 @@ def check_text(name: str, value: str, max_len: int) -> str:
     return value
 
 
-def parse_k(value: Any, max_k: int) -> int:
-    if isinstance(value, bool):
+def parse_k(value: Any, max_k: int, text: bool = True) -> int:
+    """An int in 1..max_k; from a query string (``text``) or a JSON integer."""
+    if isinstance(value, bool) or (isinstance(value, str) and not text):
         raise InvalidParameter(f"k must be an integer between 1 and {max_k}", "k")
     if isinstance(value, str):
         try:
@@ -76,9 +77,10 @@ def parse_k(value: Any, max_k: int) -> int:
     return value
 
 
-def parse_alpha(value: Any) -> float:
+def parse_alpha(value: Any, text: bool = True) -> float:
+    """A float in [0, 1]; from a query string (``text``) or a JSON number."""
     msg = "alpha must be a number between 0 and 1"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, str) and not text):
         raise InvalidParameter(msg, "alpha")
     if isinstance(value, str):
         try:
@@ -90,18 +92,17 @@ def parse_alpha(value: Any) -> float:
     return float(value)
 
 
-def parse_bool(name: str, value: Any) -> bool:
+def parse_bool(name: str, value: Any, text: bool = True) -> bool:
+    """true/false/1/0 from a query string (``text``, any case), or a JSON boolean."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
+    if text and isinstance(value, str):
         v = value.strip().lower()
         if v in _TRUE:
             return True
         if v in _FALSE:
             return False
-    raise InvalidParameter(f"{name} must be true, false, 1 or 0", name)
+    raise InvalidParameter(f"{name} must be {'true, false, 1 or 0' if text else 'a JSON boolean'}", name)
 
 
 def parse_list(name: str, value: Any, max_items: int, max_len: int, comma_separated: bool,
@@ -120,6 +121,8 @@ def parse_list(name: str, value: Any, max_items: int, max_len: int, comma_separa
     for v in raw:
         if not isinstance(v, str):
             raise InvalidParameter(f"{name} must contain only strings", name)
+        if (isinstance(value, (list, tuple)) or not comma_separated) and not v.strip():
+            raise InvalidParameter(f"{name} must not contain empty strings", name)
         parts = v.split(",") if comma_separated else [v]
         items.extend(p.strip() for p in parts if p.strip())
     if len(items) > max_items:
@@ -140,29 +143,38 @@ def _single(args: Mapping[str, list[str]], name: str) -> str | None:
 
 def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: bool
                      ) -> RecommendParams:
-    """Validate ``/recommendations`` input: query-string lists (``from_query``) or a JSON object."""
-    get = (lambda n: _single(values, n)) if from_query else values.get
-    user_id = get("user_id")
-    if user_id is not None:
-        user_id = check_id("user_id", user_id, settings.max_id_length)
-    k = get("k")
-    alpha = get("alpha")
-    exclude_seen, in_stock_only = get("exclude_seen"), get("in_stock_only")
-    categories = values.get("category")
-    session = values.get("session_items")
+    """Validate ``/recommendations`` input: query-string lists (``from_query``) or a JSON object.
+
+    In JSON only ``user_id`` may be null; an explicit null elsewhere is an invalid value.
+    """
+    if from_query:
+        present = {n: v for n in _FIELDS[:-2] if (v := _single(values, n)) is not None}
+        for n in ("category", "session_items"):  # repeatable in a query string
+            if n in values:
+                present[n] = values[n]
+    else:
+        present = {n: values[n] for n in _FIELDS if n in values}
+        if present.get("user_id") is None:
+            present.pop("user_id", None)
+    user_id = present.get("user_id")
     return RecommendParams(
-        user_id=user_id,
-        k=settings.default_k if k is None else parse_k(k, settings.max_k),
-        alpha=settings.default_alpha if alpha is None else parse_alpha(alpha),
-        categories=() if categories is None else parse_list(
-            "category", categories, settings.max_categories, settings.max_id_length,
-            comma_separated=False, check=check_text),
-        exclude_seen=True if exclude_seen is None else parse_bool("exclude_seen", exclude_seen),
-        in_stock_only=True if in_stock_only is None else parse_bool("in_stock_only", in_stock_only),
-        session_items=() if session is None else parse_list(
-            "session_items", session, settings.max_session_items, settings.max_id_length,
-            comma_separated=True, check=check_id),
+        user_id=None if user_id is None else check_id("user_id", user_id, settings.max_id_length),
+        k=parse_k(present["k"], settings.max_k, from_query) if "k" in present else settings.default_k,
+        alpha=(parse_alpha(present["alpha"], from_query) if "alpha" in present
+               else settings.default_alpha),
+        categories=parse_list(
+            "category", present["category"], settings.max_categories, settings.max_id_length,
+            comma_separated=False, check=check_text) if "category" in present else (),
+        exclude_seen=parse_bool("exclude_seen", present.get("exclude_seen", True), from_query),
+        in_stock_only=parse_bool("in_stock_only", present.get("in_stock_only", True), from_query),
+        session_items=parse_list(
+            "session_items", present["session_items"], settings.max_session_items,
+            settings.max_id_length, comma_separated=True, check=check_id)
+        if "session_items" in present else (),
     )
+
+
+_FIELDS = ("user_id", "k", "alpha", "exclude_seen", "in_stock_only", "category", "session_items")
 
 
 def similar_params(values: Mapping[str, list[str]], settings: Settings) -> SimilarParams:
