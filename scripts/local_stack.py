@@ -149,6 +149,7 @@ def _kill_group(pid: int, timeout_s: float = 10.0) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        _reap(pid)
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -157,6 +158,14 @@ def _kill_group(pid: int, timeout_s: float = 10.0) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    """Collect our exited child so it does not linger as a zombie in its process group."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (started by an earlier command) or already reaped
         pass
 
 
