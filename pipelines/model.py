@@ -36,7 +36,7 @@ __all__ = ["OOV_INDEX", "PAD_INDEX", "RESERVED", "ModelConfig", "TowerSizes", "T
            "build_model", "build_towers", "bpr_loss"]
 
 LOSSES = ("softmax", "bpr")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 HISTORY_POOLING = ("mean", "recency")
 
 
@@ -48,7 +48,7 @@ class ModelConfig:
     history_length: int = 50
     max_tags: int = 8
     loss: str = "softmax"
-    optimizer: str = "adam"
+    optimizer: str = "lazy_adam"
     learning_rate: float = 5e-3
     temperature: float = 0.1
     normalize: bool = True
@@ -103,11 +103,42 @@ class TowerSizes:
     tags: int
 
 
+class LazyAdam(tf.keras.optimizers.Adam):
+    """Adam that updates only the embedding rows present in a sparse gradient (as TF Addons' LazyAdam).
+
+    Keras' Adam decays the moments of every row of a table at every step, which on this 2-core
+    machine doubled the step time of the Gowalla model (41k x 64 item table); rows absent from a
+    batch keep their moments here. Dense gradients get the ordinary Adam update.
+    """
+
+    def update_step(self, gradient: tf.Tensor | tf.IndexedSlices, variable: tf.Variable) -> None:
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        alpha = (tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step))
+                 / (1 - tf.pow(beta_1, step)))
+        key = self._var_key(variable)
+        m = self._momentums[self._index_dict[key]]
+        v = self._velocities[self._index_dict[key]]
+        rows, position = tf.unique(gradient.indices)
+        values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
+        m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values
+        v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(values)
+        m.scatter_update(tf.IndexedSlices(m_rows, rows))
+        v.scatter_update(tf.IndexedSlices(v_rows, rows))
+        variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+        return None
+
+
 def make_optimizer(config: ModelConfig) -> tf.keras.optimizers.Optimizer:
-    """The optimiser named in the config (legacy Keras optimisers: sparse-friendly on CPU)."""
+    """The optimiser named in the config."""
     lr = config.learning_rate
     if config.optimizer == "adam":
         return tf.keras.optimizers.Adam(learning_rate=lr)
+    if config.optimizer == "lazy_adam":
+        return LazyAdam(learning_rate=lr)
     if config.optimizer == "adagrad":
         return tf.keras.optimizers.Adagrad(learning_rate=lr)
     return tf.keras.optimizers.SGD(learning_rate=lr)

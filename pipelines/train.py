@@ -117,6 +117,19 @@ class TrainedModel:
             out.append(self.model.candidate_tower(feats, training=False).numpy())
         return np.concatenate(out)
 
+    def candidate_embeddings(self, item_ids: Sequence[str], chunk: int = 16384) -> np.ndarray:
+        """Candidate embeddings of items by id; ids outside the vocabulary use their content alone."""
+        catalogue = {i.item_id: i for i in self.catalogue}
+        empty = CatalogItem(item_id="", title="", category="", brand="", price=0.0, tags=(),
+                            in_stock=True, updated_at=0)
+        out = []
+        for s in range(0, len(item_ids), chunk):
+            ids = list(item_ids[s:s + chunk])
+            feats = self.space.encode_content([catalogue.get(i, empty) for i in ids])
+            feats["item"] = self.space.encode_items(ids)
+            out.append(self.model.candidate_tower(feats, training=False).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.dim), np.float32)
+
     def params(self) -> dict[str, Any]:
         return {**self.config.to_dict(), "history_mode": self.history_mode}
 

@@ -193,3 +193,17 @@ def test_model_learns_planted_tastes_and_beats_popularity():
     pop_recall = _recall_at_k(pop_scores, truth, 10)
     print(f"recall@10 model {model_recall:.3f} popularity {pop_recall:.3f}")
     assert model_recall > 1.3 * pop_recall, (model_recall, pop_recall)
+
+
+def test_lazy_adam_updates_only_rows_in_the_batch_by_adam_first_step():
+    from pipelines.model import LazyAdam
+
+    table = tf.Variable(np.arange(12, dtype=np.float32).reshape(4, 3))
+    opt = LazyAdam(learning_rate=0.1)
+    grad = tf.IndexedSlices(tf.constant([[1.0, -2.0, 0.5], [1.0, 1.0, 1.0]]), tf.constant([1, 1]))
+    before = table.numpy().copy()
+    opt.apply_gradients([(grad, table)])
+    after = table.numpy()
+    np.testing.assert_array_equal(after[[0, 2, 3]], before[[0, 2, 3]])
+    # Adam's first step is lr * g / (|g| + eps) = lr * sign(g) for the summed duplicate rows.
+    np.testing.assert_allclose(after[1], before[1] - 0.1 * np.sign([2.0, -1.0, 1.5]), rtol=1e-5)
