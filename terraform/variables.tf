@@ -186,7 +186,7 @@ variable "ingress_settings" {
 
 variable "default_alpha" {
   type        = number
-  description = "Default blend weight α of the recommend function (1 = collaborative only, 0 = content only)."
+  description = "Default blend weight α of the recommend function, DEFAULT_ALPHA (1 = collaborative only, 0 = content only). Keep in step with functions/recommend/serving.env."
   default     = 0.7
 
   validation {
@@ -274,12 +274,12 @@ variable "recommend_timeout_seconds" {
 
 variable "serving_settings" {
   type        = map(string)
-  description = "Overrides of the serving settings (WORKERS, THREADS, OPENBLAS_NUM_THREADS) read from functions/recommend/serving.env."
+  description = "Environment overrides for the recommend function on top of functions/recommend/serving.env (e.g. WORKERS, THREADS, OPENBLAS_NUM_THREADS). default_alpha and refresh_seconds win over both."
   default     = {}
 
   validation {
-    condition     = alltrue([for k in keys(var.serving_settings) : contains(["WORKERS", "THREADS", "OPENBLAS_NUM_THREADS"], k)])
-    error_message = "serving_settings keys must be WORKERS, THREADS or OPENBLAS_NUM_THREADS."
+    condition     = alltrue([for k in keys(var.serving_settings) : can(regex("^[A-Z][A-Z0-9_]*$", k))])
+    error_message = "serving_settings keys must be environment variable names (upper case, digits, underscores)."
   }
 }
 

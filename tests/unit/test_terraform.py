@@ -444,6 +444,20 @@ def test_function_service_config_limits(module: Module) -> None:
     assert ref_target(ingest_env["EVENTS_TOPIC"]) == "google_pubsub_topic.events"
 
 
+def test_serving_variable_defaults_agree_with_serving_env(module: Module) -> None:
+    serving_env = ROOT / "functions" / "recommend" / "serving.env"
+    assert serving_env.is_file(), "functions/recommend/serving.env (the serving settings) is missing"
+    values = dict(line.split("=", 1) for line in serving_env.read_text(encoding="utf-8").splitlines()
+                  if re.match(r"^[A-Z_][A-Z0-9_]*=", line))
+    assert {"WORKERS", "THREADS", "OPENBLAS_NUM_THREADS"} <= set(values)
+    # The Terraform variables win over serving.env, so their defaults must say the same.
+    assert float(values["DEFAULT_ALPHA"]) == module.variables["default_alpha"]["default"]
+    assert float(values["REFRESH_SECONDS"]) == module.variables["refresh_seconds"]["default"]
+    # One instance serves WORKERS x THREADS requests at once; Cloud Run should send no more.
+    concurrency = int(values["WORKERS"]) * int(values["THREADS"])
+    assert module.variables["recommend_concurrency"]["default"] == concurrency
+
+
 def test_pipeline_flags_exist_in_the_streaming_pipeline(module: Module) -> None:
     streaming = ROOT / "pipelines" / "streaming.py"
     assert streaming.is_file(), "pipelines/streaming.py (the Flex Template's entry point) is missing"
