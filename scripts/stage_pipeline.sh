@@ -56,7 +56,8 @@ done
 command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK"
 
 CONTEXT="$(mktemp -d)"
-trap 'rm -rf "$CONTEXT"' EXIT
+log="$(mktemp)"
+trap 'rm -rf "$CONTEXT" "$log"' EXIT
 
 # The build context holds only what the image needs (not .venv, data or reports).
 tar -C "$ROOT" --exclude='__pycache__' --exclude='*.pyc' -cf - \
@@ -67,13 +68,27 @@ if [[ -z "${FORCE_BUILD:-}" ]] && gcloud artifacts docker images describe "$IMAG
   echo "stage_pipeline: $IMAGE exists, not rebuilding (FORCE_BUILD=1 to rebuild)"
 else
   echo "stage_pipeline: building $IMAGE with Cloud Build (TensorFlow image, ~10-15 min)"
-  gcloud builds submit "$CONTEXT" \
-    --project "$PROJECT" \
-    --region "$REGION" \
-    --config "$CONTEXT/docker/cloudbuild.yaml" \
-    --substitutions "_IMAGE=$IMAGE" \
-    --service-account "$BUILD_SERVICE_ACCOUNT" \
-    --gcs-source-staging-dir "gs://$STAGING_BUCKET/cloudbuild/source"
+  # Roles granted by the same `terraform apply` can take a minute to propagate: retry a build
+  # refused for permissions, but not one that failed for any other reason.
+  for attempt in 1 2 3 4 5; do
+    if gcloud builds submit "$CONTEXT" \
+        --project "$PROJECT" \
+        --region "$REGION" \
+        --config "$CONTEXT/docker/cloudbuild.yaml" \
+        --substitutions "_IMAGE=$IMAGE" \
+        --service-account "$BUILD_SERVICE_ACCOUNT" \
+        --gcs-source-staging-dir "gs://$STAGING_BUCKET/cloudbuild/source" 2>"$log"; then
+      cat "$log" >&2
+      break
+    fi
+    cat "$log" >&2
+    if [[ $attempt -lt 5 ]] && grep -qiE "permission|PERMISSION_DENIED|403" "$log"; then
+      echo "stage_pipeline: permission refused (IAM still propagating?), retrying in ${RETRY_SLEEP:-30}s" >&2
+      sleep "${RETRY_SLEEP:-30}"
+    else
+      die "Cloud Build failed (see the log above)"
+    fi
+  done
 fi
 
 echo "stage_pipeline: writing the Flex Template spec $TEMPLATE_PATH"

@@ -616,8 +616,13 @@ def test_terraform_fmt_is_clean() -> None:
     assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
 
 
-def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path: Path) -> None:
-    calls, context = tmp_path / "calls.txt", tmp_path / "context.txt"
+def _fake_gcloud(tmp_path: Path, build_failures: list[str]) -> tuple[dict[str, str], Path, Path]:
+    """A gcloud on PATH that records its calls, lists the build context and fails the first
+    ``builds submit`` calls with the given stderr messages."""
+    calls, context, failures = tmp_path / "calls.txt", tmp_path / "context.txt", tmp_path / "failures"
+    failures.mkdir(parents=True)
+    for i, message in enumerate(build_failures):
+        (failures / f"{i:02d}").write_text(message, encoding="utf-8")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "gcloud"
@@ -626,16 +631,28 @@ def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path:
         f'echo "$@" >> "{calls}"\n'
         'case "$*" in\n'
         '  *"images describe"*) exit 1 ;;\n'
-        f'  *"builds submit"*) (cd "$3" && find . -type f | sort) > "{context}" ;;\n'
+        '  *"builds submit"*)\n'
+        f'    next=$(ls "{failures}" | head -n 1)\n'
+        f'    if [ -n "$next" ]; then cat "{failures}/$next" >&2; rm "{failures}/$next"; exit 1; fi\n'
+        f'    (cd "$3" && find . -type f | sort) > "{context}" ;;\n'
         "esac\n", encoding="utf-8")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PROJECT="p", REGION="r",
                IMAGE="r-docker.pkg.dev/p/repo/recsys-pipeline:t1", TEMPLATE_PATH="gs://b/templates/s.json",
                BUILD_SERVICE_ACCOUNT="projects/p/serviceAccounts/b@p.iam.gserviceaccount.com",
-               STAGING_BUCKET="b")
+               STAGING_BUCKET="b", RETRY_SLEEP="0")
     env.pop("FORCE_BUILD", None)
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "stage_pipeline.sh")], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+    return env, calls, context
+
+
+def _stage(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "stage_pipeline.sh")], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path: Path) -> None:
+    env, calls, context = _fake_gcloud(tmp_path, [])
+    result = _stage(env)
     assert result.returncode == 0, result.stderr
     lines = calls.read_text(encoding="utf-8").splitlines()
     assert lines[1].startswith("builds submit ")
@@ -646,7 +663,21 @@ def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path:
     files = set(context.read_text(encoding="utf-8").split())
     assert {"./setup.py", "./docker/pipeline.Dockerfile", "./schemas/product_event.avsc",
             "./pipelines/train.py"} <= files
-    assert not any(f.startswith(("./.venv", "./tests", "./terraform")) or "__pycache__" in f for f in files)
+    assert not any(f.startswith(("./.venv", "./tests", "./terraform", "./.")) or "__pycache__" in f
+                   for f in files)
+
+
+def test_stage_script_retries_a_build_refused_for_permissions_only(tmp_path: Path) -> None:
+    env, calls, _ = _fake_gcloud(tmp_path / "a", ["ERROR: (gcloud.builds.submit) PERMISSION_DENIED: denied"])
+    result = _stage(env)
+    assert result.returncode == 0, result.stderr
+    assert sum(line.startswith("builds submit") for line in calls.read_text().splitlines()) == 2
+
+    env, calls, _ = _fake_gcloud(tmp_path / "b", ["ERROR: build step 0 failed: exit status 1"])
+    result = _stage(env)
+    assert result.returncode == 2 and "Cloud Build failed" in result.stderr
+    assert [line.split()[:2] for line in calls.read_text().splitlines()] == [
+        ["artifacts", "docker"], ["builds", "submit"]]  # not retried, no template written
 
 
 def test_stage_script_refuses_missing_settings(tmp_path: Path) -> None:
