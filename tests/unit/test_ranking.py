@@ -147,3 +147,29 @@ def test_settings_reject_bad_environment(monkeypatch):
         Settings.from_env()
     monkeypatch.setenv("DEFAULT_ALPHA", "0.4")
     assert Settings.from_env().default_alpha == 0.4
+
+
+@pytest.mark.parametrize("k", [1, 10, 200, 900])
+def test_top_k_is_exact_on_large_arrays(k):
+    rng = np.random.default_rng(k)
+    scores = rng.standard_normal(20_000).astype(np.float32)
+    scores[rng.random(20_000) < 0.3] = -np.inf  # blocked rows
+    scores[:50] = 2.5  # ties
+    expected = np.argsort(-scores, kind="stable")[:k]
+    got = ranking.top_k(scores, k)
+    np.testing.assert_array_equal(np.sort(scores[got])[::-1], scores[expected])
+    assert len(set(got.tolist())) == k
+
+
+def test_retrieve_scores_only_allowed_rows_when_most_are_blocked():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((10_000, 8)).astype(np.float32)
+    q = rng.standard_normal(8).astype(np.float32)
+    blocked = np.ones(10_000, dtype=bool)
+    blocked[::7] = False
+    rows, scores = ranking.retrieve(q, emb, 30, blocked)
+    full = emb @ q
+    full[blocked] = -np.inf
+    np.testing.assert_array_equal(rows, np.argsort(-full, kind="stable")[:30])
+    np.testing.assert_allclose(scores, full[rows], rtol=1e-6)
+    assert not blocked[rows].any()

@@ -108,10 +108,11 @@ class ItemIndex:
                    updated_through=int(updated_through), added=added)
 
     @classmethod
-    def from_snapshot(cls, snap: IndexSnapshot) -> ItemIndex:
+    def from_snapshot(cls, snap: IndexSnapshot, items_from: int | None = None) -> ItemIndex:
+        """The index of a snapshot; ``items`` are polled from ``items_from`` (default: its creation)."""
         return cls.build(snap.version, snap.created_at, snap.item_ids, snap.embeddings,
                          snap.content, snap.categories, snap.in_stock, snap.popularity,
-                         updated_through=snap.created_at)
+                         updated_through=max(snap.created_at, items_from or 0))
 
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""

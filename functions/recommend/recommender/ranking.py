@@ -43,16 +43,35 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest finite scores, best first (argpartition, then a small sort)."""
+    """Indices of the ``k`` largest finite scores, best first (exact).
+
+    On large arrays a threshold from a strided sample first narrows the candidates to about
+    2k (``scores >= t``); whenever at least ``k`` scores pass, every top-k score passes too,
+    so ``argpartition`` over the survivors is exact. Otherwise it falls back to a full
+    ``argpartition``.
+    """
     n = scores.shape[0]
     if k <= 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    if k < n:
-        idx = np.argpartition(scores, n - k)[n - k:]
-    else:
-        idx = np.arange(n)
+    idx = _top_unordered(scores, k) if k < n else np.arange(n)
     idx = idx[np.isfinite(scores[idx])]
     return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+_SAMPLE_STRIDE = 8
+
+
+def _top_unordered(scores: np.ndarray, k: int) -> np.ndarray:
+    n = scores.shape[0]
+    if n >= 8192 and n > 16 * k:
+        sample = scores[::_SAMPLE_STRIDE]
+        m = max(2 * k // _SAMPLE_STRIDE, 8)
+        threshold = np.partition(sample, sample.shape[0] - m)[sample.shape[0] - m]
+        if np.isfinite(threshold):
+            cand = np.flatnonzero(scores >= threshold)
+            if cand.shape[0] >= k:
+                return cand[np.argpartition(scores[cand], cand.shape[0] - k)[cand.shape[0] - k:]]
+    return np.argpartition(scores, n - k)[n - k:]
 
 
 def pool_size(k: int, min_pool: int, factor: int) -> int:
@@ -67,7 +86,9 @@ def blocked_mask(n: int, out_of_stock: np.ndarray | None, category_codes: np.nda
     if out_of_stock is not None:
         blocked = out_of_stock.copy()
     if wanted_codes is not None and category_codes is not None:
-        outside = ~np.isin(category_codes, wanted_codes)
+        keep = np.zeros(int(category_codes.max(initial=-1)) + 1, dtype=bool)
+        keep[wanted_codes] = True
+        outside = ~keep[category_codes]
         blocked = outside if blocked is None else (blocked | outside)
     if excluded_rows is not None and excluded_rows.size:
         if blocked is None:
@@ -94,6 +115,25 @@ def hybrid_scores(cf_raw: np.ndarray, cb_raw: np.ndarray, alpha: float
     return alpha * cf + (1.0 - alpha) * cb, cf, cb
 
 
+def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``pool`` unblocked rows by dot product: ``(rows, scores)``, best first.
+
+    When most rows are blocked (a category filter), only the allowed rows are scored.
+    """
+    q = query.astype(np.float32, copy=False)
+    if blocked is not None and np.count_nonzero(blocked) > blocked.shape[0] // 2:
+        allowed = np.flatnonzero(~blocked)
+        scores = embeddings[allowed] @ q
+        local = top_k(scores, pool)
+        return allowed[local], scores[local]
+    scores = embeddings @ q
+    if blocked is not None:
+        np.putmask(scores, blocked, NEG_INF)
+    rows = top_k(scores, pool)
+    return rows, scores[rows]
+
+
 def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
                 profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | None,
                 pool: int) -> Ranked:
@@ -109,11 +149,7 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
         blocked: rows that must not be returned, or None.
         pool: candidate pool size (>= k).
     """
-    scores = embeddings @ query.astype(np.float32, copy=False)
-    if blocked is not None:
-        np.putmask(scores, blocked, NEG_INF)
-    cand = top_k(scores, pool)
-    cf_raw = scores[cand]
+    cand, cf_raw = retrieve(query, embeddings, pool, blocked)
     if profile is not None and cand.size:
         cb_raw = content[cand] @ profile
     else:

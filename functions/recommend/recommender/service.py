@@ -120,7 +120,9 @@ class Recommender:
             log.warning("snapshot %s says version %s; serving it as %s", current.index_uri,
                         snap.version, current.version)
             snap.version = current.version
-        self._install(ItemIndex.from_snapshot(snap))
+        # The publish step rewrites every item of the version (indexed_at = publish time) before it
+        # switches models/current; those are in the snapshot already, so polling starts at the switch.
+        self._install(ItemIndex.from_snapshot(snap, items_from=current.switched_at))
         log.info("loaded model %s: %d items", current.version, snap.item_ids.shape[0])
         return current.version
 
