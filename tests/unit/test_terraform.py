@@ -680,6 +680,28 @@ def test_stage_script_retries_a_build_refused_for_permissions_only(tmp_path: Pat
         ["artifacts", "docker"], ["builds", "submit"]]  # not retried, no template written
 
 
+def test_stage_script_reads_terraform_outputs_and_retags(tmp_path: Path) -> None:
+    env, calls, _ = _fake_gcloud(tmp_path, [])
+    for name in ("PROJECT", "REGION", "IMAGE", "TEMPLATE_PATH", "BUILD_SERVICE_ACCOUNT", "STAGING_BUCKET"):
+        env.pop(name)
+    outputs = {"image": {"value": "europe-west4-docker.pkg.dev/proj-1/rs-images/recsys-pipeline:abc"},
+               "flex_template_path": {"value": "gs://proj-1-rs-dataflow/templates/streaming-abc.json"},
+               "service_accounts": {"value": {"build": "rs-build@proj-1.iam.gserviceaccount.com"}},
+               "buckets": {"value": {"staging": "proj-1-rs-dataflow"}}}
+    fake = tmp_path / "bin" / "terraform"
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(outputs)}\nEOF\n", encoding="utf-8")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "stage_pipeline.sh"), "--from-terraform", "v2"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    build, template = calls.read_text(encoding="utf-8").splitlines()[1:3]
+    assert "--project proj-1 --region europe-west4 " in build
+    assert "_IMAGE=europe-west4-docker.pkg.dev/proj-1/rs-images/recsys-pipeline:v2" in build
+    assert "projects/proj-1/serviceAccounts/rs-build@proj-1.iam.gserviceaccount.com" in build
+    assert "gs://proj-1-rs-dataflow/cloudbuild/source" in build
+    assert template.startswith("dataflow flex-template build gs://proj-1-rs-dataflow/templates/streaming-v2.json")
+
+
 def test_stage_script_refuses_missing_settings(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PROJECT", "IMAGE")}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "stage_pipeline.sh")], env=env,
