@@ -6,8 +6,9 @@
 # costs nothing between runs, and can be started by hand with `gcloud run jobs execute`.
 
 locals {
-  # The archive bucket is mounted read-only (Cloud Storage FUSE): pipelines.train reads the
-  # archived JSON-lines files as a local directory; the model dir is a gs:// URI it writes to.
+  # The archive bucket is mounted read-only (Cloud Storage FUSE, implicit directories on by
+  # default in Cloud Run): pipelines.train reads the archived JSON-lines files under events/
+  # as a local directory; the model dir is a gs:// URI it writes to.
   archive_mount = "/mnt/archive"
   training_args = concat(
     ["--data", "${local.archive_mount}/${local.archive_prefix}", "--model-dir", local.model_dir, "--publish"],
