@@ -46,7 +46,7 @@ format: venv ## ruff format + autofix
 
 terraform-check: tools ## terraform fmt -check and checkov over terraform/
 	terraform fmt -check -recursive terraform
-	$(TOOLS_VENV)/bin/checkov -d terraform --quiet --compact --framework terraform
+	$(TOOLS_VENV)/bin/checkov -d terraform --quiet --compact --framework terraform --skip-download
 
 stack-start: venv ## Start the Pub/Sub and Firestore emulators and create topics
 	$(PY) -m scripts.local_stack start
