@@ -1,0 +1,457 @@
+"""Streaming benchmark: freshness, throughput vs a pass-through pipeline, memory (``make bench-stream``).
+
+Starts its own Pub/Sub and Firestore emulators (``--pubsub-port``/``--firestore-port``), trains
+(or reuses) a tiny model artefact and publishes it as ``models/current``, then on DirectRunner:
+
+1. **pass-through baseline**: a pipeline that only reads the events subscription, parses and
+   acks; time to work off a backlog of ``--events`` events;
+2. **full pipeline** (:mod:`pipelines.streaming`) on the same backlog (distinct event ids):
+   time until every event is counted in ``users/*``; ``ratio`` = full / pass-through;
+3. **freshness**: views published at a steady ``--rate`` for ``--duration`` seconds; for each,
+   publish time -> first time a Firestore listener sees the user's document carrying its
+   ``event_id``; p50/p95;
+4. **memory**: RSS of the full pipeline process sampled every second over the run
+   (``--duration 600`` for the 10-minute flatness check).
+
+Prints a table and writes ``reports/bench/stream.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines.transforms import activity
+from schemas import names
+from schemas.events import ProductEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "reports" / "bench" / "stream.json"
+PASSTHROUGH_TOPIC = "bench-passthrough-events"
+PASSTHROUGH_SUB = "bench-passthrough-events-sub"
+# run through the module's import name so the DoFn is pickled by reference, not as __main__
+PASSTHROUGH_CMD = (
+    "import sys; from scripts.bench_stream import passthrough_main; passthrough_main(sys.argv[1:])")
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+def train_tiny_artifact(model_dir: str | Path, seed: int = 0, n_users: int = 200, n_items: int = 100,
+                        epochs: int = 1, dim: int = 16) -> Path:
+    """Train a small two-tower artefact on synthetic data; return its version directory."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from pipelines.data import generate_synthetic
+    from pipelines.model import ModelConfig
+    from pipelines.train import TrainingInput, save, train
+
+    data = TrainingInput.from_dataset(generate_synthetic(n_users=n_users, n_items=n_items,
+                                                         mean_events_per_user=12, seed=seed))
+    trained = train(data, ModelConfig(epochs=epochs, dim=dim, batch_size=256, seed=seed))
+    return save(trained, model_dir)
+
+
+def existing_artifact(model_dir: str | Path) -> Path | None:
+    """The newest version directory under ``model_dir``, if any."""
+    versions = sorted(p.parent for p in Path(model_dir).glob("*/metadata.json"))
+    return versions[-1] if versions else None
+
+
+# ----------------------------------------------------------------------------- pipeline processes
+
+
+def pipeline_env(pubsub_host: str, firestore_host: str, project: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PUBSUB_EMULATOR_HOST=pubsub_host, FIRESTORE_EMULATOR_HOST=firestore_host,
+               GOOGLE_CLOUD_PROJECT=project, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    """SIGTERM (the pipeline drains), then SIGKILL the group if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MB (Linux /proc), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except FileNotFoundError:
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS every ``interval_s`` into ``samples`` as (t, MB)."""
+
+    def __init__(self, pid: int, interval_s: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval_s = pid, interval_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            mb = rss_mb(self.pid)
+            if mb is None:
+                return
+            self.samples.append((time.monotonic() - start, mb))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def rss_summary(samples: list[tuple[float, float]], warmup_s: float) -> dict[str, Any]:
+    """First/last/max RSS and the slope (MB/min) after ``warmup_s`` (flat memory ~ 0)."""
+    if not samples:
+        return {"n": 0}
+    t = np.array([s[0] for s in samples])
+    mb = np.array([s[1] for s in samples])
+    steady = t >= warmup_s
+    slope = float(np.polyfit(t[steady], mb[steady], 1)[0] * 60) if steady.sum() >= 3 else None
+    return {"n": len(samples), "first_mb": round(float(mb[0]), 1), "last_mb": round(float(mb[-1]), 1),
+            "max_mb": round(float(mb.max()), 1),
+            "steady_first_mb": round(float(mb[steady][0]), 1) if steady.any() else None,
+            "steady_slope_mb_per_min": round(slope, 2) if slope is not None else None,
+            "duration_s": round(float(t[-1]), 1)}
+
+
+# ----------------------------------------------------------------------------- pass-through worker
+
+
+def passthrough_main(argv: list[str]) -> None:
+    """Read, parse, ack: the baseline pipeline on the same runner; prints progress lines."""
+    from apache_beam.io.gcp.pubsub import ReadFromPubSub
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from pipelines import streaming
+    from pipelines.transforms import direct_pubsub
+    from pipelines.transforms.parse import ParseEvents
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subscription", required=True)
+    args = parser.parse_args(argv)
+    direct_pubsub.install()
+    options = PipelineOptions([])
+    options.view_as(StandardOptions).streaming = True
+    p = beam.Pipeline(options=options)
+    parsed = (p | "Read" >> ReadFromPubSub(subscription=args.subscription, with_attributes=True)
+              | "Parse" >> ParseEvents())
+    parsed.valid | "Count" >> beam.ParDo(ProgressFn())
+    result = p.run()
+    config, _ = streaming.parse_args([])
+    streaming.serve_direct(result, config)
+
+
+class ProgressFn(beam.DoFn):
+    """Counts elements and prints ``PROGRESS <total> <epoch s>`` after every bundle."""
+
+    total = 0
+    lock = threading.Lock()
+
+    def start_bundle(self) -> None:
+        self.n = 0
+
+    def process(self, event: Any) -> None:
+        self.n += 1
+
+    def finish_bundle(self) -> None:
+        activity.touch()
+        if self.n:
+            with ProgressFn.lock:
+                ProgressFn.total += self.n
+                print(f"PROGRESS {ProgressFn.total} {time.time():.3f}", flush=True)
+
+
+def passthrough_progress(log_path: Path) -> list[tuple[int, float]]:
+    """The (count, time) progress lines the pass-through worker printed."""
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("PROGRESS "):
+            _, n, t = line.split()
+            out.append((int(n), float(t)))
+    return out
+
+
+# ----------------------------------------------------------------------------- events and measurement
+
+
+@dataclass
+class Workload:
+    users: list[str]
+    items: list[str]
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    counter: int = 0
+
+    def event(self, prefix: str, user: str | None = None) -> ProductEvent:
+        self.counter += 1
+        return ProductEvent(event_id=f"{prefix}-{self.counter}", event_type="view",
+                            user_id=user or self.rng.choice(self.users), item_id=self.rng.choice(self.items),
+                            timestamp=int(time.time() * 1000))
+
+
+def publish_backlog(topic: str, events: list[ProductEvent]) -> None:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=500, max_latency=0.05))
+    futures = [publisher.publish(topic, e.to_pubsub_data(), **e.pubsub_attributes()) for e in events]
+    for f in futures:
+        f.result(timeout=60)
+
+
+def wait_for_count(client: Any, expected: int, timeout_s: float, poll_s: float = 0.25) -> tuple[float, float]:
+    """Poll ``users/*`` until the event counts sum to ``expected``: (first progress, done) times."""
+    first = None
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        total = sum(int((d.to_dict() or {}).get("event_count") or 0)
+                    for d in client.collection(names.USERS).select(["event_count"]).stream())
+        now = time.time()
+        if total > 0 and first is None:
+            first = now
+        if total >= expected:
+            return first or now, now
+        time.sleep(poll_s)
+    raise TimeoutError(f"users/* counted fewer than {expected} events after {timeout_s:.0f} s")
+
+
+class FreshnessListener:
+    """Firestore listener on ``users``: first time each event id shows up in a user document."""
+
+    def __init__(self, client: Any) -> None:
+        self.seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._watch = client.collection(names.USERS).on_snapshot(self._on_snapshot)
+
+    def _on_snapshot(self, docs: Any, changes: Any, read_time: Any) -> None:
+        now = time.time()
+        with self._lock:
+            for change in changes:
+                doc = change.document.to_dict() or {}
+                ids = [doc.get("last_event_id")] + [h.get("event_id") for h in doc.get("history") or ()]
+                for event_id in ids:
+                    if event_id and event_id not in self.seen:
+                        self.seen[event_id] = now
+
+    def close(self) -> None:
+        self._watch.unsubscribe()
+
+
+def steady_publish(topic: str, workload: Workload, rate: float, duration_s: float) -> dict[str, float]:
+    """Publish one view every 1/rate s; return event id -> publish time (before the call)."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1, max_latency=0.001))
+    sent: dict[str, float] = {}
+    futures = []
+    start = time.time()
+    n = int(rate * duration_s)
+    for i in range(n):
+        target = start + i / rate
+        delay = target - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        event = workload.event("fresh")
+        sent[event.event_id] = time.time()
+        futures.append(publisher.publish(topic, event.to_pubsub_data(), **event.pubsub_attributes()))
+    for f in futures:
+        f.result(timeout=60)
+    return sent
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=3000, help="backlog size for throughput")
+    parser.add_argument("--rate", type=float, default=20.0, help="steady views/s for freshness")
+    parser.add_argument("--duration", type=float, default=30.0, help="steady phase seconds (600: memory)")
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--model-dir", default=str(ROOT / "artifacts" / "bench-stream-model"))
+    parser.add_argument("--retrain", action="store_true", help="train a new tiny artefact")
+    parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")
+    parser.add_argument("--pubsub-port", type=int, default=int(os.environ.get("BENCH_PUBSUB_PORT", 18495)))
+    parser.add_argument("--firestore-port", type=int,
+                        default=int(os.environ.get("BENCH_FIRESTORE_PORT", 18496)))
+    parser.add_argument("--out", default=str(REPORT))
+    args = parser.parse_args(argv)
+    if args.duration * args.rate < 200:
+        parser.error("--duration x --rate must give at least 200 freshness samples")
+    report = run_bench(args)
+    print_table(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from scripts import local_stack
+
+    config = local_stack.StackConfig(pubsub_port=args.pubsub_port, firestore_port=args.firestore_port)
+    work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    state = local_stack.start(config, state_dir=work / "stack")
+    os.environ.update(config.client_env())
+    try:
+        return _bench(args, config, work)
+    finally:
+        local_stack.stop_state(state)
+
+
+def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
+    from google.cloud import firestore, pubsub_v1
+
+    from pipelines import publish
+    from pipelines.artifact import load_towers
+
+    artifact = None if args.retrain else existing_artifact(args.model_dir)
+    if artifact is None:
+        print("training a tiny artefact ...", flush=True)
+        artifact = train_tiny_artifact(args.model_dir)
+    publish.publish_version(artifact, project=config.project)
+    towers = load_towers(artifact)
+    users = [u for u in towers.users_vocab() if u][: args.users]
+    items = [i for i in towers.items_vocab() if i]
+    workload = Workload(users=users, items=items)
+    project = config.project
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    pt_topic = publisher.topic_path(project, PASSTHROUGH_TOPIC)
+    pt_sub = subscriber.subscription_path(project, PASSTHROUGH_SUB)
+    publisher.create_topic(name=pt_topic)
+    subscriber.create_subscription(name=pt_sub, topic=pt_topic, ack_deadline_seconds=60)
+    env = pipeline_env(config.pubsub_host, config.firestore_host, project)
+    db = firestore.Client(project=project)
+
+    # 1. pass-through baseline on a backlog
+    backlog = [workload.event("pt") for _ in range(args.events)]
+    publish_backlog(pt_topic, backlog)
+    proc = start_process(["-c", PASSTHROUGH_CMD, "--subscription", pt_sub], env,
+                         work / "passthrough.log")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            progress = passthrough_progress(work / "passthrough.log")
+            if progress and progress[-1][0] >= args.events:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"pass-through pipeline exited; see {work / 'passthrough.log'}")
+            time.sleep(0.2)
+        else:
+            raise TimeoutError("pass-through pipeline did not finish the backlog")
+    finally:
+        stop_process(proc)
+    first = next(t for n, t in progress if n > 0)
+    first_n = next(n for n, t in progress if n > 0)
+    pt_rate = (args.events - first_n) / max(progress[-1][1] - first, 1e-6)
+
+    # 2. full pipeline on the same-size backlog
+    events_topic = publisher.topic_path(project, names.EVENTS_TOPIC)
+    publish_backlog(events_topic, [workload.event("tp") for _ in range(args.events)])
+    proc = start_process(["-m", "pipelines.streaming", "--model-refresh-seconds", "5",
+                          "--inference", args.inference, "--archive-dir", str(work / "archive")],
+                         env, work / "pipeline.log")
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    listener = None
+    try:
+        t_first, t_done = wait_for_count(db, args.events, timeout_s=600)
+        full_rate = args.events / max(t_done - t_first, 1e-6)
+        # 3. freshness at a steady rate (also the memory run)
+        listener = FreshnessListener(db)
+        time.sleep(1.0)
+        steady_start = sampler.samples[-1][0] if sampler.samples else 0.0
+        sent = steady_publish(events_topic, workload, args.rate, args.duration)
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(e in listener.seen for e in sent):
+            time.sleep(0.2)
+    finally:
+        if listener is not None:
+            listener.close()
+        sampler.stop()
+        stop_process(proc)
+    lat = np.array([listener.seen[e] - t for e, t in sent.items() if e in listener.seen])
+    missing = sum(1 for e in sent if e not in listener.seen)
+    total_events = args.events + len(sent)
+    counted = sum(int((d.to_dict() or {}).get("event_count") or 0)
+                  for d in db.collection(names.USERS).select(["event_count"]).stream())
+    return {
+        "runner": "DirectRunner (BundleBased, streaming) + Pub/Sub and Firestore emulators",
+        "inference": args.inference,
+        "model_version": towers.version,
+        "freshness_p50_s": round(float(np.percentile(lat, 50)), 4) if len(lat) else None,
+        "freshness_p95_s": round(float(np.percentile(lat, 95)), 4) if len(lat) else None,
+        "freshness_max_s": round(float(lat.max()), 4) if len(lat) else None,
+        "freshness_samples": int(len(lat)),
+        "freshness_missing": missing,
+        "freshness_rate_per_s": args.rate,
+        "events_per_s": round(full_rate, 1),
+        "passthrough_events_per_s": round(pt_rate, 1),
+        "ratio": round(full_rate / pt_rate, 3),
+        "backlog_events": args.events,
+        "events_counted_in_firestore": counted,
+        "events_published": total_events,
+        "rss": rss_summary(sampler.samples, warmup_s=steady_start),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [
+        ("freshness p50 (publish -> users/{id})", f"{r['freshness_p50_s']} s", "aim 0.3 s"),
+        ("freshness p95", f"{r['freshness_p95_s']} s", "target < 0.5 s"),
+        ("freshness samples / missing", f"{r['freshness_samples']} / {r['freshness_missing']}", ">= 200 / 0"),
+        ("full pipeline throughput", f"{r['events_per_s']} ev/s", ""),
+        ("pass-through throughput (same run)", f"{r['passthrough_events_per_s']} ev/s", "baseline"),
+        ("ratio full / pass-through", f"{r['ratio']}", "target >= 0.5"),
+        ("events counted / published",
+         f"{r['events_counted_in_firestore']} / {r['events_published']}", "equal"),
+        ("RSS first / max / last", f"{r['rss'].get('first_mb')} / {r['rss'].get('max_mb')} / "
+                                   f"{r['rss'].get('last_mb')} MB", ""),
+        ("RSS slope in steady phase", f"{r['rss'].get('steady_slope_mb_per_min')} MB/min", "~0 = flat"),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    print(f"\nStreaming benchmark ({r['runner']}, inference={r['inference']}, load {r['load_avg_1m']})")
+    for name, value, target in rows:
+        print(f"  {name:<{width}}  {value:>24}  {target}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
