@@ -159,6 +159,13 @@ def test_top_k_is_exact_on_large_arrays(k):
     got = ranking.top_k(scores, k)
     np.testing.assert_array_equal(np.sort(scores[got])[::-1], scores[expected])
     assert len(set(got.tolist())) == k
+    # with a blocked mask (here the whole top 5 %, so the threshold shortcut must fall back too)
+    for blocked in (rng.random(20_000) < 0.5, scores >= np.quantile(scores[np.isfinite(scores)], 0.95)):
+        masked = np.where(blocked, -np.inf, scores)
+        expected = np.argsort(-masked, kind="stable")[:k]
+        got = ranking.top_k(scores, k, blocked)
+        assert not blocked[got].any()
+        np.testing.assert_array_equal(scores[got], masked[expected])
 
 
 def test_retrieve_scores_only_allowed_rows_when_most_are_blocked():

@@ -45,10 +45,12 @@ def read_snapshot(uri: str) -> IndexSnapshot:
 
 
 def _category_codes(categories: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
-    lookup: dict[str, int] = {}
-    codes = np.fromiter((lookup.setdefault(str(c), len(lookup)) for c in categories),
-                        dtype=np.int32, count=len(categories))
-    return lookup, codes
+    names, codes = np.unique(np.asarray(categories).astype(str), return_inverse=True)
+    return {str(c): i for i, c in enumerate(names.tolist())}, codes.astype(np.int32).reshape(-1)
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", x, x)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -89,22 +91,27 @@ class ItemIndex:
     @classmethod
     def build(cls, version: str, created_at: int, item_ids: np.ndarray, embeddings: np.ndarray,
               content: np.ndarray, categories: np.ndarray, in_stock: np.ndarray,
-              popularity: np.ndarray, updated_through: int, added: int = 0) -> ItemIndex:
-        """Derive the lookup structures from the raw arrays."""
+              popularity: np.ndarray, updated_through: int, added: int = 0,
+              content_normalized: bool = False) -> ItemIndex:
+        """Derive the lookup structures from the raw arrays.
+
+        ``content_normalized``: the content rows are already L2-normalised (the snapshot
+        contract), so the 100k-row normalisation is skipped at cold start.
+        """
         item_ids = np.asarray(item_ids).astype(str)
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        content = np.ascontiguousarray(l2_normalize(content), dtype=np.float32)
+        content = np.ascontiguousarray(content if content_normalized else l2_normalize(content),
+                                       dtype=np.float32)
         in_stock = np.asarray(in_stock, dtype=bool)
         popularity = np.asarray(popularity, dtype=np.float32)
         lookup, codes = _category_codes(categories)
         return cls(version=version, created_at=int(created_at), item_ids=item_ids, embeddings=emb,
-                   norms=np.linalg.norm(emb, axis=1).astype(np.float32), content=content,
-                   content_norms=np.linalg.norm(content, axis=1).astype(np.float32),
+                   norms=_row_norms(emb), content=content, content_norms=_row_norms(content),
                    categories=np.asarray(categories).astype(str), category_codes=codes,
                    category_lookup=lookup, in_stock=in_stock, out_of_stock=~in_stock,
                    popularity=popularity,
                    popular_order=np.argsort(-popularity, kind="stable"),
-                   row_of={str(i): r for r, i in enumerate(item_ids.tolist())},
+                   row_of=dict(zip(item_ids.tolist(), range(item_ids.shape[0]))),
                    updated_through=int(updated_through), added=added)
 
     @classmethod
@@ -112,7 +119,8 @@ class ItemIndex:
         """The index of a snapshot; ``items`` are polled from ``items_from`` (default: its creation)."""
         return cls.build(snap.version, snap.created_at, snap.item_ids, snap.embeddings,
                          snap.content, snap.categories, snap.in_stock, snap.popularity,
-                         updated_through=max(snap.created_at, items_from or 0))
+                         updated_through=max(snap.created_at, items_from or 0),
+                         content_normalized=True)
 
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""
@@ -148,7 +156,7 @@ class ItemIndex:
             vec = (np.asarray(doc.embedding, dtype=np.float32)
                    if doc.embedding is not None and doc.model_version == self.version
                    and len(doc.embedding) == self.dim else None)
-            cvec = (np.asarray(doc.content_vector, dtype=np.float32)
+            cvec = (l2_normalize(np.asarray(doc.content_vector, dtype=np.float32))
                     if doc.content_vector is not None and len(doc.content_vector) == self.content_dim
                     else None)
             row = self.row_of.get(doc.item_id, new_rows.get(doc.item_id))
@@ -186,4 +194,4 @@ class ItemIndex:
             pop = np.concatenate([pop, np.array(new_pop, dtype=np.float32)])
         return ItemIndex.build(self.version, self.created_at, np.array(ids), emb, content,
                                np.array(cats), stock, pop, updated_through=through,
-                               added=self.added + len(new_emb))
+                               added=self.added + len(new_emb), content_normalized=True)

@@ -42,36 +42,41 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest finite scores, best first (exact).
+def top_k(scores: np.ndarray, k: int, blocked: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` largest finite, unblocked scores, best first (exact).
 
-    On large arrays a threshold from a strided sample first narrows the candidates to about
-    2k (``scores >= t``); whenever at least ``k`` scores pass, every top-k score passes too,
-    so ``argpartition`` over the survivors is exact. Otherwise it falls back to a full
-    ``argpartition``.
+    On large arrays a threshold ``t`` from a strided sample first narrows the candidates to
+    about 2k (``scores >= t``, minus blocked rows). Whenever at least ``k`` candidates remain,
+    every one of the true top k is among them (each scores >= the k-th candidate >= t), so
+    ``argpartition`` over the candidates is exact; otherwise a full masked ``argpartition``.
     """
     n = scores.shape[0]
     if k <= 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    idx = _top_unordered(scores, k) if k < n else np.arange(n)
-    idx = idx[np.isfinite(scores[idx])]
+    idx = _top_by_threshold(scores, k, blocked) if n >= 8192 and n > 16 * k else None
+    if idx is None:
+        if blocked is not None:
+            scores = np.where(blocked, NEG_INF, scores)
+        idx = np.argpartition(scores, n - k)[n - k:] if k < n else np.arange(n)
+        idx = idx[np.isfinite(scores[idx])]
     return idx[np.argsort(-scores[idx], kind="stable")]
 
 
 _SAMPLE_STRIDE = 8
 
 
-def _top_unordered(scores: np.ndarray, k: int) -> np.ndarray:
-    n = scores.shape[0]
-    if n >= 8192 and n > 16 * k:
-        sample = scores[::_SAMPLE_STRIDE]
-        m = max(2 * k // _SAMPLE_STRIDE, 8)
-        threshold = np.partition(sample, sample.shape[0] - m)[sample.shape[0] - m]
-        if np.isfinite(threshold):
-            cand = np.flatnonzero(scores >= threshold)
-            if cand.shape[0] >= k:
-                return cand[np.argpartition(scores[cand], cand.shape[0] - k)[cand.shape[0] - k:]]
-    return np.argpartition(scores, n - k)[n - k:]
+def _top_by_threshold(scores: np.ndarray, k: int, blocked: np.ndarray | None) -> np.ndarray | None:
+    sample = scores[::_SAMPLE_STRIDE]
+    m = max(2 * k // _SAMPLE_STRIDE, 8)
+    threshold = np.partition(sample, sample.shape[0] - m)[sample.shape[0] - m]
+    if not np.isfinite(threshold):
+        return None
+    cand = np.flatnonzero(scores >= threshold)
+    if blocked is not None:
+        cand = cand[~blocked[cand]]
+    if cand.shape[0] < k:
+        return None
+    return cand[np.argpartition(scores[cand], cand.shape[0] - k)[cand.shape[0] - k:]]
 
 
 def pool_size(k: int, min_pool: int, factor: int) -> int:
@@ -128,9 +133,7 @@ def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.n
         local = top_k(scores, pool)
         return allowed[local], scores[local]
     scores = embeddings @ q
-    if blocked is not None:
-        np.putmask(scores, blocked, NEG_INF)
-    rows = top_k(scores, pool)
+    rows = top_k(scores, pool, blocked)
     return rows, scores[rows]
 
 
@@ -169,7 +172,5 @@ def rank_cosine(vector: np.ndarray, matrix: np.ndarray, norms: np.ndarray, k: in
     dots = matrix @ vector.astype(np.float32, copy=False)
     denom = norms * vnorm
     cos = np.divide(dots, denom, out=np.full_like(dots, NEG_INF), where=denom > 0)
-    if blocked is not None:
-        np.putmask(cos, blocked, NEG_INF)
-    rows = top_k(cos, k)
+    rows = top_k(cos, k, blocked)
     return rows, cos[rows]
