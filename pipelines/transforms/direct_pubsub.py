@@ -4,7 +4,10 @@ Beam 2.77's DirectRunner pulls at most 10 messages per call with a 30 s long pol
 worker thread. With two subscriptions, an idle one (catalogue updates) blocks the whole
 pipeline for ~30 s on the emulator, and 10 messages per bundle caps throughput. This module
 replaces that one method (``_PubSubReadEvaluator._read_from_pubsub``) with a pull that returns
-immediately, takes up to ``max_messages``, and sleeps ``idle_sleep_s`` when nothing came.
+immediately and takes up to ``max_messages``. While other steps have bundles queued it does not
+pull at all (they go first: freshness, and a natural backpressure); when the pipeline is idle it
+sleeps ``idle_sleep_s`` after an empty pull instead of spinning. More worker threads are not an
+option: the runner's monitor then reports a "pipeline stall" between bundles.
 It also adds the drain the DirectRunner lacks: the runner acks on pull, so after
 :func:`start_drain` no more messages are pulled and in-flight ones can finish before exit.
 Dataflow uses its own Pub/Sub source and ``gcloud dataflow jobs drain``; nothing here runs there.
@@ -14,13 +17,32 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
-from apache_beam.runners.direct import transform_evaluator
+from apache_beam.runners.direct import executor, transform_evaluator
+from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
 
 _draining = threading.Event()
-_settings = {"max_messages": 500, "idle_sleep_s": 0.02}
+_settings = {"max_messages": 500, "idle_sleep_s": 0.01}
 _original = transform_evaluator._PubSubReadEvaluator._read_from_pubsub
+_original_service_init = executor._ExecutorService.__init__
+_services: weakref.WeakSet = weakref.WeakSet()
+
+
+def _register_service(self: Any, num_workers: int) -> None:
+    _original_service_init(self, num_workers)
+    _services.add(self)
+
+
+def downstream_work_queued() -> bool:
+    """True if a bundle of a step other than a Pub/Sub read waits in the runner's queue."""
+    for service in list(_services):
+        for task in list(service.queue.queue):
+            applied = getattr(task, "_applied_ptransform", None)
+            if applied is not None and not isinstance(applied.transform, _DirectReadFromPubSub):
+                return True
+    return False
 
 
 def start_drain() -> None:
@@ -45,6 +67,8 @@ def _read_from_pubsub(self: Any, timestamp_attribute: str | None) -> list[Any]:
     if _draining.is_set():
         time.sleep(_settings["idle_sleep_s"] * 5)
         return []
+    if downstream_work_queued():
+        return []
     received = _pull(self, int(_settings["max_messages"]))
     if not received:
         time.sleep(_settings["idle_sleep_s"])
@@ -65,13 +89,15 @@ def _to_element(message: Any, timestamp_attribute: str | None) -> tuple[Any, Any
     return Timestamp.from_utc_datetime(message.publish_time), parsed
 
 
-def install(max_messages: int = 500, idle_sleep_s: float = 0.02) -> None:
-    """Use the tuned read for every DirectRunner Pub/Sub source in this process."""
+def install(max_messages: int = 500, idle_sleep_s: float = 0.01) -> None:
+    """Use the tuned read for every DirectRunner Pub/Sub source started after this call."""
     _settings.update(max_messages=max_messages, idle_sleep_s=idle_sleep_s)
     transform_evaluator._PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub
+    executor._ExecutorService.__init__ = _register_service
 
 
 def uninstall() -> None:
     """Restore Beam's own read (tests)."""
     transform_evaluator._PubSubReadEvaluator._read_from_pubsub = _original
+    executor._ExecutorService.__init__ = _original_service_init
     _draining.clear()

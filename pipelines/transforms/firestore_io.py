@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,7 +214,13 @@ def _trending_rank(doc: dict[str, Any] | TrendingDoc) -> tuple[int, int]:
 
 
 class WriteTrendingFn(beam.DoFn):
-    """Writes ``stats/trending`` unless a newer window (or a later pane of it) is stored."""
+    """Writes ``stats/trending`` unless a newer window (or a later pane of it) is stored.
+
+    Only the newest list of a bundle is written, panes not newer than the last one this process
+    wrote are skipped without a round trip, and a transaction re-checks against the stored doc.
+    """
+
+    _last_written: dict[FirestoreSettings, tuple[int, int]] = {}
 
     def __init__(self, settings: FirestoreSettings) -> None:
         self.settings = settings
@@ -224,22 +230,41 @@ class WriteTrendingFn(beam.DoFn):
     def setup(self) -> None:
         self._client = self.settings.client()
 
-    def process(self, doc: TrendingDoc) -> Iterator[TrendingDoc]:
+    def start_bundle(self) -> None:
+        self._best: TrendingDoc | None = None
+
+    def process(self, doc: TrendingDoc) -> None:
+        if self._best is not None:
+            self.skipped.inc()
+        if self._best is None or _trending_rank(doc) > _trending_rank(self._best):
+            self._best = doc
+
+    def finish_bundle(self) -> None:
+        doc, self._best = self._best, None
+        if doc is None:
+            return
+        rank = _trending_rank(doc)
+        if rank <= WriteTrendingFn._last_written.get(self.settings, (-1, -1)):
+            self.skipped.inc()
+            return
+        if self._write_if_newer(doc):
+            WriteTrendingFn._last_written[self.settings] = rank
+            self.written.inc()
+        else:
+            self.skipped.inc()
+        activity.touch()
+
+    def _write_if_newer(self, doc: TrendingDoc) -> bool:
         from google.cloud import firestore
 
         ref = self._client.collection(names.STATS).document(names.TRENDING_DOC)
 
         @firestore.transactional
-        def write_if_newer(transaction: Any) -> bool:
+        def write(transaction: Any) -> bool:
             snap = ref.get(transaction=transaction)
             if snap.exists and _trending_rank(snap.to_dict()) > _trending_rank(doc):
                 return False
             transaction.set(ref, doc.to_document())
             return True
 
-        if write_if_newer(self._client.transaction()):
-            self.written.inc()
-            yield doc
-        else:
-            self.skipped.inc()
-        activity.touch()
+        return write(self._client.transaction())
