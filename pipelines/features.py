@@ -173,6 +173,8 @@ class BatchMaker:
     user_id_dropout: float = 0.0
     negatives: int = 0  # > 0: add uniformly sampled BPR negatives
     n_item_rows: int = 0
+    uniform_negatives: int = 0  # > 0: add items sampled uniformly, shared by the batch (softmax)
+    history_sample: bool = False  # "others": users with more than N items get a random N each time
 
     def __post_init__(self) -> None:
         if self.history_mode not in HISTORY_MODES:
@@ -184,19 +186,47 @@ class BatchMaker:
             hist = self.seqs.histories(users, pos, self.history_length)
         else:
             hist = self.seqs.last(users, self.history_length)
+            if self.history_sample:
+                hist = self._sampled_histories(users, hist, rng)
             hist = np.where(hist == items[:, None], PAD_INDEX, hist).astype(np.int32)
         user_in = np.where(rng.random(len(rows)) < self.user_id_dropout, OOV_INDEX, users)
         item_in = np.where(rng.random(len(rows)) < self.item_id_dropout, OOV_INDEX, items)
+        n_uniform = self.uniform_negatives
         out = {"user": user_in.astype(np.int32), "history": hist, "item": item_in.astype(np.int32),
-               "item_key": items, "sampling_probability": self.item_probability[items]}
+               "item_key": items, "sampling_probability": self._mixture_probability(items, len(rows))}
         for key, table in self.content.items():
             out[key] = table[items]
+        if n_uniform:
+            mix = rng.integers(RESERVED, self.n_item_rows, size=n_uniform).astype(np.int32)
+            out["mix_item"] = mix
+            out["mix_probability"] = self._mixture_probability(mix, len(rows))
+            for key, table in self.content.items():
+                out[f"mix_{key}"] = table[mix]
         if self.negatives:
             neg = rng.integers(RESERVED, self.n_item_rows, size=(len(rows), self.negatives)).astype(np.int32)
             out["neg_item"] = neg
             for key, table in self.content.items():
                 out[f"neg_{key}"] = table[neg]
         return out
+
+    def _mixture_probability(self, items: np.ndarray, batch: int) -> np.ndarray:
+        """Proportional to how often ``items`` appear among a batch's candidate columns."""
+        p = batch * self.item_probability[items]
+        if self.uniform_negatives:
+            p = p + self.uniform_negatives / max(self.n_item_rows - RESERVED, 1)
+        return p.astype(np.float32)
+
+    def _sampled_histories(self, users: np.ndarray, last: np.ndarray,
+                           rng: np.random.Generator) -> np.ndarray:
+        """A random ``N`` of the items of users with more than ``N`` (kept in time order)."""
+        n = self.history_length
+        lengths = self.seqs.lengths[users]
+        big = lengths > n
+        if not big.any():
+            return last
+        pos = np.sort((rng.random((len(users), n)) * lengths[:, None]).astype(np.int64), axis=1)
+        sampled = self.seqs.flat[self.seqs.offsets[users][:, None] + np.minimum(pos, lengths[:, None] - 1)]
+        return np.where(big[:, None], sampled, last).astype(np.int32)
 
     def epoch(self, ex: Examples, batch_size: int,
               rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:

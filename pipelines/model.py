@@ -54,6 +54,8 @@ class ModelConfig:
     normalize: bool = True
     logq: bool = True
     bpr_negatives: int = 16
+    uniform_negatives: int = 0
+    history_sample: bool = False
     item_id_dropout: float = 0.1
     user_id_dropout: float = 0.1
     history_pooling: str = "mean"
@@ -71,6 +73,8 @@ class ModelConfig:
         if self.history_pooling not in HISTORY_POOLING:
             raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, "
                              f"got {self.history_pooling!r}")
+        if self.uniform_negatives < 0:
+            raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
         for name in ("dim", "history_length", "max_tags", "batch_size", "bpr_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -262,7 +266,10 @@ class TwoTowerModel(tfrs.Model):
     """The retrieval model. Features (all int32 indices, see the module docstring):
 
     ``user [B]``, ``history [B, N]``, ``item``/``category``/``brand``/``price [B]``, ``tags [B, T]``,
-    ``sampling_probability [B]`` (float32, for log-Q), and for BPR ``neg_*`` with an extra ``K`` axis.
+    ``sampling_probability [B]`` (float32, for log-Q), for BPR ``neg_*`` with an extra ``K`` axis,
+    and with ``uniform_negatives`` ``mix_*`` (``[M]``, items sampled uniformly, shared by the batch,
+    with ``mix_probability``). With mixed negatives the log-Q correction uses the mixture
+    ``B * p(item) + M / n_items`` for every column (in-batch and uniform).
     """
 
     def __init__(self, query_tower: tf.keras.Model, candidate_tower: tf.keras.Model,
@@ -283,12 +290,15 @@ class TwoTowerModel(tfrs.Model):
         candidate = self.candidate_tower({k: features[k] for k in CANDIDATE_KEYS})
         if self.config.loss == "bpr":
             return self.task(query, candidate, self._embed_negatives(features))
-        return self.task(
-            query, candidate,
-            candidate_sampling_probability=(features["sampling_probability"]
-                                            if self.config.logq else None),
-            candidate_ids=features["item_key"],
-            compute_metrics=False, compute_batch_metrics=False)
+        probability, ids = features["sampling_probability"], features["item_key"]
+        if self.config.uniform_negatives:
+            extra = self.candidate_tower({k: features[f"mix_{k}"] for k in CANDIDATE_KEYS})
+            candidate = tf.concat([candidate, extra], axis=0)
+            probability = tf.concat([probability, features["mix_probability"]], axis=0)
+            ids = tf.concat([ids, features["mix_item"]], axis=0)
+        return self.task(query, candidate,
+                         candidate_sampling_probability=probability if self.config.logq else None,
+                         candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
 
     def _embed_negatives(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         neg_items = features["neg_item"]

@@ -207,3 +207,28 @@ def test_lazy_adam_updates_only_rows_in_the_batch_by_adam_first_step():
     np.testing.assert_array_equal(after[[0, 2, 3]], before[[0, 2, 3]])
     # Adam's first step is lr * g / (|g| + eps) = lr * sign(g) for the summed duplicate rows.
     np.testing.assert_allclose(after[1], before[1] - 0.1 * np.sign([2.0, -1.0, 1.5]), rtol=1e-5)
+
+
+def test_softmax_loss_with_mixed_negatives_matches_hand_computation():
+    cfg = ModelConfig(dim=4, temperature=0.5, uniform_negatives=3)
+    model = build_model(SIZES, cfg)
+    feats = {"user": tf.constant([2, 3], tf.int32), "history": tf.constant([[0, 4], [5, 6]], tf.int32),
+             **_candidates([3, 4], [2, 3]), "item_key": tf.constant([3, 4], tf.int32),
+             "sampling_probability": tf.constant([0.2, 0.1]),
+             "mix_item": tf.constant([5, 3, 7], tf.int32), "mix_category": tf.constant([2, 2, 3], tf.int32),
+             "mix_brand": tf.constant([2, 2, 2], tf.int32), "mix_price": tf.constant([1, 1, 1], tf.int32),
+             "mix_tags": tf.constant([[2, 3]] * 3, tf.int32),
+             "mix_probability": tf.constant([0.05, 0.2, 0.3])}
+    q = model.query_tower({"user": feats["user"], "history": feats["history"]}).numpy()
+    c = model.candidate_tower({k: feats[k] for k in ("item", "category", "brand", "price", "tags")}).numpy()
+    m = model.candidate_tower({k: feats[f"mix_{k}"] for k in ("item", "category", "brand", "price",
+                                                              "tags")}).numpy()
+    cands = np.concatenate([c, m])
+    logits = q @ cands.T / 0.5 - np.log([0.2, 0.1, 0.05, 0.2, 0.3])[None, :]
+    ids = np.array([3, 4, 5, 3, 7])
+    # accidental hit: column 3 is item 3 again, a false negative for row 0 -> removed
+    logits[0, 3] = -np.inf
+    expected = sum(-(logits[r, r] - np.log(np.sum(np.exp(logits[r][np.isfinite(logits[r])]))))
+                   for r in range(2))
+    assert ids[3] == ids[0]
+    assert float(model.compute_loss(feats)) == pytest.approx(expected, rel=1e-4)
