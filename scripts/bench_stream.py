@@ -65,6 +65,15 @@ def train_tiny_artifact(model_dir: str | Path, seed: int = 0, n_users: int = 200
     return save(trained, model_dir)
 
 
+def cached_tiny_artifact(seed: int = 0, root: Path = ROOT / "artifacts" / "test-streaming-models") -> Path:
+    """A tiny artefact for ``seed``, trained once per version of the model code and then reused."""
+    import hashlib
+
+    code = b"".join((ROOT / "pipelines" / f).read_bytes() for f in ("model.py", "train.py", "artifact.py"))
+    model_dir = root / f"{hashlib.sha256(code).hexdigest()[:12]}-seed{seed}"
+    return existing_artifact(model_dir) or train_tiny_artifact(model_dir, seed=seed)
+
+
 def existing_artifact(model_dir: str | Path) -> Path | None:
     """The newest version directory under ``model_dir``, if any."""
     versions = sorted(p.parent for p in Path(model_dir).glob("*/metadata.json"))
