@@ -2,7 +2,8 @@
 
 Peak memory is the process's resident set size (RSS) sampled every 10 ms by a background
 thread from ``/proc/self/statm`` (Linux); the reported figure is the peak minus the RSS at the
-start of the block, i.e. what the block added (MB). ``tracemalloc`` would miss numpy/BLAS/TF
+start of the block, i.e. what the block added (MB); freed heap memory is handed back to the OS
+(``malloc_trim``) first, so memory an earlier model freed but glibc kept is not reused unseen. ``tracemalloc`` would miss numpy/BLAS/TF
 native buffers, and ``ru_maxrss`` is a process-lifetime high-water mark that cannot see a
 second model's peak once a bigger one has run. Without ``/proc`` the monitor falls back to
 ``ru_maxrss`` deltas (a lower bound) and says so in ``method``.
@@ -10,6 +11,8 @@ second model's peak once a bigger one has run. Without ``/proc`` the monitor fal
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import threading
@@ -18,6 +21,23 @@ from types import TracebackType
 
 _STATM = "/proc/self/statm"
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def release_free_memory() -> bool:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``) so RSS deltas start clean.
+
+    Without it, a model allocating into heap pages an earlier model freed (but glibc kept)
+    shows no RSS growth. Returns ``False`` where ``malloc_trim`` is unavailable.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def current_rss_bytes() -> int | None:
@@ -49,6 +69,8 @@ class ResourceMonitor:
         self._t0 = 0.0
 
     def __enter__(self) -> ResourceMonitor:
+        if self.method == "rss-sampling":
+            release_free_memory()
         self._t0 = time.perf_counter()
         if self.method == "rss-sampling":
             self._start_rss = self._peak = current_rss_bytes() or 0
