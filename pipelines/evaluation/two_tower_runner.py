@@ -18,7 +18,7 @@ fine-tune time as a fraction of the full training time and Recall@20 on the pare
 
 Settings: ``--opt two_tower.<field>=<value>`` for any :class:`pipelines.model.ModelConfig` field,
 ``two_tower.history_mode``, ``two_tower.warm_start=0/1``, ``two_tower.warm_fraction``,
-``two_tower.warm_epochs``, ``two_tower.new_items=0/1``.
+``two_tower.warm_epochs``, ``two_tower.warm_lr_scale``, ``two_tower.new_items=0/1``.
 
 New items: when the split has no cold items (e.g. the per-user temporal split), ``new_items.*`` keys
 come from a global-cutoff split of the same data where items first seen after the cutoff are cold
@@ -46,7 +46,7 @@ HYBRID_ALPHAS = (1.0, 0.9, 0.7, 0.5)
 # Per data set settings picked on the bench's own splits (see the commit messages for the runs).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "*": {"history_mode": "before", "optimizer": "lazy_adam", "epochs": 10, "warm_start": 1,
-          "warm_fraction": 0.05, "warm_epochs": 2, "new_items": 1},
+          "warm_fraction": 0.05, "warm_epochs": 2, "warm_lr_scale": 0.2, "new_items": 1},
     "gowalla": {"history_mode": "others", "epochs": 12, "warm_start": 0, "new_items": 0},
 }
 QUICK = {"epochs": 3, "warm_epochs": 1}
@@ -176,7 +176,8 @@ def warm_start_metrics(split: Split, dataset: Dataset, config: ModelConfig, extr
         parent_path = save(parent, tmp)
         loaded = Parent.load(parent_path)
         child = warm_start(loaded, training_input(split, dataset), dataclasses.replace(
-            config, epochs=int(extra["warm_epochs"])), since=cut)
+            config, epochs=int(extra["warm_epochs"]),
+            learning_rate=config.learning_rate * float(extra["warm_lr_scale"])), since=cut)
     old_users = np.flatnonzero(np.isin(np.asarray(split.user_ids, dtype=object),
                                        np.asarray(parent.space.users, dtype=object)))
     eval_users = np.intersect1d(split.test_users, old_users)
