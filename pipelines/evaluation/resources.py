@@ -1,12 +1,12 @@
 """Wall time and peak memory of a block of code.
 
-Peak memory is the process's resident set size (RSS) sampled every 10 ms by a background
-thread from ``/proc/self/statm`` (Linux); the reported figure is the peak minus the RSS at the
-start of the block, i.e. what the block added (MB); freed heap memory is handed back to the OS
-(``malloc_trim``) first, so memory an earlier model freed but glibc kept is not reused unseen.
+Peak memory is the process's resident set size (RSS) sampled every 10 ms by a background thread
+from ``/proc/self/statm`` (Linux); the reported figure is the peak minus the RSS at the start of
+the block, i.e. what the block added (MB). Freed heap memory is handed back to the OS
+(``malloc_trim``) first, so a model reusing pages an earlier model freed still shows its growth.
 ``tracemalloc`` would miss numpy/BLAS/TF native buffers, and ``ru_maxrss`` is a process-lifetime
-high-water mark that cannot see a second model's peak once a bigger one has run. Without ``/proc`` the monitor falls back to
-``ru_maxrss`` deltas (a lower bound) and says so in ``method``.
+high-water mark that cannot see a second model's peak once a bigger one has run. Without
+``/proc`` the monitor falls back to ``ru_maxrss`` deltas (a lower bound), as ``method`` says.
 """
 
 from __future__ import annotations
