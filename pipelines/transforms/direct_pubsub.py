@@ -24,7 +24,7 @@ from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
 
 _draining = threading.Event()
-_settings = {"max_messages": 500, "idle_sleep_s": 0.01}
+_settings = {"max_messages": 1000, "idle_sleep_s": 0.01}
 _original = transform_evaluator._PubSubReadEvaluator._read_from_pubsub
 _original_service_init = executor._ExecutorService.__init__
 _services: weakref.WeakSet = weakref.WeakSet()
@@ -55,11 +55,18 @@ def is_draining() -> bool:
 
 
 def _pull(evaluator: Any, max_messages: int) -> list[Any]:
+    """Up to ``max_messages``: pulls again while a backlog keeps answering (the emulator caps one
+    pull at ~100), so a backlog makes large bundles that coalesce per-user writes."""
     client = evaluator._get_subscriber_client(evaluator._applied_ptransform)
-    response = client.pull(request={"subscription": evaluator._sub_name,
-                                    "max_messages": max_messages, "return_immediately": True},
-                           timeout=30)
-    return list(response.received_messages)
+    received: list[Any] = []
+    while len(received) < max_messages:
+        response = client.pull(request={"subscription": evaluator._sub_name,
+                                        "max_messages": max_messages - len(received),
+                                        "return_immediately": True}, timeout=30)
+        if not response.received_messages:
+            break
+        received.extend(response.received_messages)
+    return received
 
 
 def _read_from_pubsub(self: Any, timestamp_attribute: str | None) -> list[Any]:
@@ -89,7 +96,7 @@ def _to_element(message: Any, timestamp_attribute: str | None) -> tuple[Any, Any
     return Timestamp.from_utc_datetime(message.publish_time), parsed
 
 
-def install(max_messages: int = 500, idle_sleep_s: float = 0.01) -> None:
+def install(max_messages: int = 1000, idle_sleep_s: float = 0.01) -> None:
     """Use the tuned read for every DirectRunner Pub/Sub source started after this call."""
     _settings.update(max_messages=max_messages, idle_sleep_s=idle_sleep_s)
     transform_evaluator._PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub

@@ -12,15 +12,18 @@ time a user is seen since start.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.transforms import activity
 from pipelines.transforms.parse import METRICS_NAMESPACE
@@ -86,6 +89,69 @@ class UserStore(Protocol):
     def get(self, user_id: str) -> UserDoc | None: ...
 
 
+@dataclass(frozen=True)
+class Seed:
+    """A prefetched ``users/{id}`` (``doc`` is None if there was none)."""
+
+    doc: UserDoc | None
+
+
+def get_many(store: UserStore, user_ids: Iterable[str]) -> dict[str, UserDoc | None]:
+    """Stored docs for ``user_ids``: one batched read if the store has ``get_many``."""
+    many = getattr(store, "get_many", None)
+    if many is not None:
+        return many(list(user_ids))
+    return {u: store.get(u) for u in user_ids}
+
+
+class _Prefetched:
+    """Users this process already prefetched (bounded; forgetting one only costs a re-read)."""
+
+    def __init__(self, max_users: int = 200_000) -> None:
+        self._users: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_users
+
+    def claim_new(self, user_ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            new = {u for u in user_ids if u not in self._users}
+            for u in new:
+                self._users[u] = None
+            while len(self._users) > self._max:
+                self._users.popitem(last=False)
+            return new
+
+
+_prefetched = _Prefetched()
+
+
+class PrefetchSeedsFn(beam.DoFn):
+    """Per bundle, reads ``users/{id}`` of users not seen before in one batch; emits
+    ``(user_id, (event, Seed | None))`` so the state step rarely reads Firestore itself."""
+
+    def __init__(self, store: UserStore | None) -> None:
+        self.store = store
+        self.batch = Metrics.distribution(METRICS_NAMESPACE, "seed_prefetch_batch_size")
+
+    def start_bundle(self) -> None:
+        self._buffer: list[tuple[ProductEvent, Any]] = []
+
+    def process(self, event: ProductEvent, timestamp: Any = beam.DoFn.TimestampParam) -> None:
+        self._buffer.append((event, timestamp))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        buffer, self._buffer = self._buffer, []
+        if not buffer:
+            return
+        new = _prefetched.claim_new({e.user_id for e, _ in buffer}) if self.store is not None else set()
+        docs = get_many(self.store, new) if new else {}
+        if new:
+            self.batch.update(len(new))
+        for event, ts in buffer:
+            seed = Seed(docs.get(event.user_id)) if event.user_id in new else None
+            yield WindowedValue((event.user_id, (event, seed)), ts, (GlobalWindow(),))
+
+
 class UpdateUserStateFn(beam.DoFn):
     """Keyed by user id: dedup, update history; emit the new ``UserState`` for accepted events.
 
@@ -105,21 +171,24 @@ class UpdateUserStateFn(beam.DoFn):
         self.too_old = Metrics.counter(METRICS_NAMESPACE, "events_too_old")
         self.seeded = Metrics.counter(METRICS_NAMESPACE, "users_seeded_from_firestore")
 
-    def _initial_state(self, user_id: str) -> UserState:
-        doc = self.store.get(user_id) if self.store is not None else None
+    def _initial_state(self, user_id: str, seed: Seed | None) -> UserState:
+        if seed is not None:
+            doc = seed.doc
+        else:
+            doc = self.store.get(user_id) if self.store is not None else None
         if doc is None:
             return UserState(user_id=user_id)
         self.seeded.inc()
         return UserState.from_doc(doc)
 
-    def process(self, element: tuple[str, ProductEvent],
+    def process(self, element: tuple[str, tuple[ProductEvent, Seed | None]],
                 state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE)) -> Iterator[object]:
         activity.touch()
-        user_id, event = element
+        user_id, (event, seed) = element
         current = state.read()
         first_sight = current is None
         if first_sight:
-            current = self._initial_state(user_id)
+            current = self._initial_state(user_id, seed)
         updated, outcome = apply_event(current, event, self.history_length)
         if outcome != ACCEPTED:
             (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
@@ -134,7 +203,10 @@ class UpdateUserStateFn(beam.DoFn):
 
 
 class UpdateUserState(beam.PTransform):
-    """Events -> ``UserState`` per accepted event, plus tagged ``accepted_events``."""
+    """Events -> ``UserState`` per accepted event, plus tagged ``accepted_events``.
+
+    Keyed by user id by the prefetch step, which also batches the seed reads.
+    """
 
     def __init__(self, history_length: int, store: UserStore | None) -> None:
         super().__init__()
@@ -143,8 +215,8 @@ class UpdateUserState(beam.PTransform):
 
     def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (events
-                | "KeyByUser" >> beam.Map(lambda e: (e.user_id, e)).with_output_types(
-                    tuple[str, ProductEvent])
+                | "PrefetchSeeds" >> beam.ParDo(PrefetchSeedsFn(self.store)).with_output_types(
+                    tuple[str, tuple[ProductEvent, Any]])
                 | "DedupAndUpdateHistory" >> beam.ParDo(
                     UpdateUserStateFn(self.history_length, self.store)).with_outputs(
                         ACCEPTED_EVENTS, main="states"))
