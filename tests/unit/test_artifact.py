@@ -176,3 +176,55 @@ def test_cli_trains_and_warm_starts(tmp_path, monkeypatch, data):
     meta = json.loads((second / "metadata.json").read_text())
     assert meta["parent_version"] == first.name and meta["dim"] == 8
     assert Path(models / second.name).is_dir()
+
+
+class _FakeBlob:
+    def __init__(self, store: dict, bucket: str, name: str) -> None:
+        self.store, self.bucket, self.name = store, bucket, name
+
+    def upload_from_filename(self, filename: str) -> None:
+        self.store[(self.bucket, self.name)] = Path(filename).read_bytes()
+
+    def download_to_filename(self, filename: str) -> None:
+        Path(filename).write_bytes(self.store[(self.bucket, self.name)])
+
+
+class _FakeBucket:
+    def __init__(self, store: dict, name: str) -> None:
+        self.store, self.name = store, name
+
+    def blob(self, name: str) -> _FakeBlob:
+        return _FakeBlob(self.store, self.name, name)
+
+
+class _FakeStorageClient:
+    """In-memory stand-in for google.cloud.storage.Client (bucket/blob/list_blobs only)."""
+
+    store: dict = {}
+
+    def bucket(self, name: str) -> _FakeBucket:
+        return _FakeBucket(self.store, name)
+
+    def list_blobs(self, bucket: str, prefix: str = "") -> list[_FakeBlob]:
+        return [_FakeBlob(self.store, b, n) for (b, n) in sorted(self.store)
+                if b == bucket and n.startswith(prefix)]
+
+
+def test_gs_upload_then_load_towers_from_the_cache(trained_and_saved, tmp_path, monkeypatch):
+    from google.cloud import storage
+
+    trained, path = trained_and_saved
+    _FakeStorageClient.store = {}
+    monkeypatch.setattr(storage, "Client", _FakeStorageClient)
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    uri = artifact.upload(path, "gs://bucket/models")
+    assert uri == f"gs://bucket/models/{path.name}"
+    names = [n for (_, n) in _FakeStorageClient.store]
+    assert names[-1].endswith("metadata.json")  # written last: a complete artefact when visible
+    towers = artifact.load_towers(uri)
+    assert towers.path == tmp_path / "cache" / "bucket" / "models" / path.name
+    items = trained.catalogue[:3]
+    np.testing.assert_allclose(towers.embed_items(items), artifact.load_towers(path).embed_items(items),
+                               rtol=1e-6)
+    with pytest.raises(artifact.ArtifactError, match="no artefact"):
+        artifact.load_towers("gs://bucket/models/v-missing")
