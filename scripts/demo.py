@@ -385,7 +385,10 @@ class Demo:
 
         plan = self._replay_plan(data.live)
         stop_probes = threading.Event()
-        probe_users = sorted({e.user_id for e in data.history})
+        # Probes go to users the live stream does not touch, or a live event for the same user
+        # could overtake the probe before the function is asked.
+        probe_users = sorted({e.user_id for e in data.history} - set(counts)) or \
+            [f"probe-user-{i}" for i in range(self.cfg.probes)]
         prober = threading.Thread(target=self._probe_loop, daemon=True,
                                   args=(rec, publisher, topic, probe_users, stop_probes))
         t0 = time.monotonic()
