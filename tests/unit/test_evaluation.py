@@ -227,8 +227,10 @@ def test_missing_plugin_is_reported_and_broken_plugin_fails(tmp_path: Path, monk
     sys.modules.pop("broken_runner_xyz", None)
 
 
-def test_bench_quality_writes_report(tmp_path: Path) -> None:
+def test_bench_quality_writes_report(tmp_path: Path, monkeypatch) -> None:
     from scripts import bench_quality
+
+    monkeypatch.setattr(registry, "PLUGIN_MODULES", ())  # baselines only: no TensorFlow import here
 
     data = tmp_path / "tinyshop"
     ds = generate_synthetic(n_users=80, n_items=120, mean_events_per_user=20, seed=2)
