@@ -25,6 +25,7 @@ PIPELINE = [
 ]
 TRAIN = PIPELINE + [
     "implicit==0.7.3",
+    "threadpoolctl>=3.5",
     "scipy>=1.13",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
