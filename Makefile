@@ -69,11 +69,14 @@ bench-quality: venv ## Offline quality vs baselines: make bench-quality DATA=syn
 bench-stream: venv ## Streaming freshness and throughput on DirectRunner + emulators
 	$(PY) -m scripts.bench_stream
 
-bench-serving: venv ## Recommend function latency/throughput vs bare read and find_nearest
+bench-serving: venv wrk ## Recommend function latency/throughput vs bare read and find_nearest
 	$(PY) -m scripts.bench_serving
+
+wrk: ## Install the wrk load generator (Debian package) if missing
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 clean: ## Remove caches and local state (not the venvs)
 	rm -rf .pytest_cache .ruff_cache .local build *.egg-info
 
 .PHONY: help venv tools test test-unit test-integration lint format terraform-check stack-start \
-	stack-stop stack-status demo bench-publish bench-quality bench-stream bench-serving clean
+	stack-stop stack-status wrk demo bench-publish bench-quality bench-stream bench-serving clean
