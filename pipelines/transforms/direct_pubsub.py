@@ -4,9 +4,10 @@ Beam 2.77's DirectRunner pulls at most 10 messages per call with a 30 s long pol
 worker thread. With two subscriptions, an idle one (catalogue updates) blocks the whole
 pipeline for ~30 s on the emulator, and 10 messages per bundle caps throughput. This module
 replaces that one method (``_PubSubReadEvaluator._read_from_pubsub``) with a pull that returns
-immediately and takes up to ``max_messages``. While other steps have bundles queued it does not
-pull at all (they go first: freshness, and a natural backpressure); when the pipeline is idle it
-sleeps ``idle_sleep_s`` after an empty pull instead of spinning. More worker threads are not an
+immediately and takes up to ``max_messages`` (several pulls while a backlog answers). After an
+empty pull it sleeps ``idle_sleep_s`` instead of spinning, but only when no other step has a
+bundle queued, so it never sleeps in front of real work. (Deferring pulls while anything else is
+queued was measured too: publish -> parse p50 0.13 s vs 0.08 s with this policy.) More worker threads are not an
 option: the runner's monitor then reports a "pipeline stall" between bundles.
 It also adds the drain the DirectRunner lacks: the runner acks on pull, so after
 :func:`start_drain` no more messages are pulled and in-flight ones can finish before exit.
@@ -70,15 +71,15 @@ def _pull(evaluator: Any, max_messages: int) -> list[Any]:
 
 
 def _read_from_pubsub(self: Any, timestamp_attribute: str | None) -> list[Any]:
-    """Like Beam's, but non-blocking, larger batches, and nothing while draining."""
+    """Like Beam's, but non-blocking, larger batches, no idle sleep in front of queued work,
+    and nothing while draining."""
     if _draining.is_set():
         time.sleep(_settings["idle_sleep_s"] * 5)
         return []
-    if downstream_work_queued():
-        return []
     received = _pull(self, int(_settings["max_messages"]))
     if not received:
-        time.sleep(_settings["idle_sleep_s"])
+        if not downstream_work_queued():
+            time.sleep(_settings["idle_sleep_s"])
         return []
     results = [_to_element(rm.message, timestamp_attribute) for rm in received]
     client = self._get_subscriber_client(self._applied_ptransform)
