@@ -20,6 +20,7 @@ Run ``python -m pipelines.train --help`` to train one.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = ["OOV_INDEX", "PAD_INDEX", "RESERVED", "ModelConfig", "TowerSizes", "T
 LOSSES = ("softmax", "bpr")
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 HISTORY_POOLING = ("mean", "recency")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ModelConfig:
     loss: str = "softmax"
     optimizer: str = "lazy_adam"
     learning_rate: float = 5e-3
+    lr_schedule: str = "constant"
     temperature: float = 0.1
     normalize: bool = True
     logq: bool = True
@@ -70,6 +73,8 @@ class ModelConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.history_pooling not in HISTORY_POOLING:
             raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, "
                              f"got {self.history_pooling!r}")
@@ -134,6 +139,13 @@ class LazyAdam(tf.keras.optimizers.Adam):
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
         return None
+
+
+def epoch_learning_rate(config: ModelConfig, epoch: int) -> float:
+    """Learning rate of an epoch (0-based): constant, or cosine decay from the full rate towards 0."""
+    if config.lr_schedule == "constant" or config.epochs <= 1:
+        return config.learning_rate
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
 def make_optimizer(config: ModelConfig) -> tf.keras.optimizers.Optimizer:

@@ -47,7 +47,14 @@ from pipelines.features import (  # noqa: E402
     fingerprint,
     item_content_table,
 )
-from pipelines.model import ModelConfig, TowerSizes, TwoTowerModel, assign_weights, build_model  # noqa: E402
+from pipelines.model import (  # noqa: E402
+    ModelConfig,
+    TowerSizes,
+    TwoTowerModel,
+    assign_weights,
+    build_model,
+    epoch_learning_rate,
+)
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
 
@@ -187,6 +194,7 @@ def fit(trained: TrainedModel, maker: BatchMaker, examples: Examples,
     start = time.monotonic()
     for epoch in range(cfg.epochs):
         t0 = time.monotonic()
+        trained.model.optimizer.learning_rate = epoch_learning_rate(cfg, epoch)
         hist = trained.model.fit(_tf_dataset(maker, examples, cfg.batch_size, rng, sample),
                                  epochs=1, verbose=0)
         loss = float(hist.history["loss"][-1])
