@@ -210,10 +210,15 @@ class BatchMaker:
         return out
 
     def _mixture_probability(self, items: np.ndarray, batch: int) -> np.ndarray:
-        """Proportional to how often ``items`` appear among a batch's candidate columns."""
-        p = batch * self.item_probability[items]
+        """Probability that a batch's candidate column holds each of ``items``.
+
+        A proper probability (<= 1): TFRS clips it to [1e-6, 1] before taking the log, so an
+        unnormalised count would silently cap the correction of popular items.
+        """
+        p = self.item_probability[items]
         if self.uniform_negatives:
-            p = p + self.uniform_negatives / max(self.n_item_rows - RESERVED, 1)
+            uniform = 1.0 / max(self.n_item_rows - RESERVED, 1)
+            p = (batch * p + self.uniform_negatives * uniform) / (batch + self.uniform_negatives)
         return p.astype(np.float32)
 
     def _sampled_histories(self, users: np.ndarray, last: np.ndarray,

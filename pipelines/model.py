@@ -281,7 +281,7 @@ class TwoTowerModel(tfrs.Model):
     ``sampling_probability [B]`` (float32, for log-Q), for BPR ``neg_*`` with an extra ``K`` axis,
     and with ``uniform_negatives`` ``mix_*`` (``[M]``, items sampled uniformly, shared by the batch,
     with ``mix_probability``). With mixed negatives the log-Q correction uses the mixture
-    ``B * p(item) + M / n_items`` for every column (in-batch and uniform).
+    ``(B * p(item) + M / n_items) / (B + M)`` for every column (in-batch and uniform).
     """
 
     def __init__(self, query_tower: tf.keras.Model, candidate_tower: tf.keras.Model,

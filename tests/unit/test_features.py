@@ -56,7 +56,7 @@ def test_mixed_negatives_probability_is_the_mixture():
     batch = maker.batch(ex, np.arange(4), np.random.default_rng(0))
     assert batch["mix_item"].shape == (5,) and batch["mix_tags"].shape == (5, 2)
     assert np.all(batch["mix_item"] >= 2)
-    expected = 4 * (1.0 / 30) + 5 / 28
+    expected = (4 * (1.0 / 30) + 5 / 28) / (4 + 5)
     np.testing.assert_allclose(batch["sampling_probability"], expected, rtol=1e-6)
     np.testing.assert_allclose(batch["mix_probability"], expected, rtol=1e-6)
 
