@@ -253,7 +253,7 @@ variable "recommend_max_instances" {
 variable "recommend_concurrency" {
   type        = number
   description = "Concurrent requests per recommend instance (match the serving WORKERS x THREADS)."
-  default     = 4
+  default     = 8
 
   validation {
     condition     = var.recommend_concurrency >= 1 && var.recommend_concurrency <= 1000
