@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,18 @@ def test_publish_rejects_oversized_batches(version_dir, firestore_client):
         publish.publish_version(version_dir, client=firestore_client, batch_size=501)
     assert not firestore_client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get().exists
     assert not list(firestore_client.collection(names.MODELS).stream())
+
+
+@pytest.mark.slow
+def test_train_cli_publishes_and_switches_current(tmp_path, firestore_client):
+    from pipelines.data import write_events_jsonl
+    from pipelines.train import run
+
+    ds = generate_synthetic(n_users=20, n_items=25, mean_events_per_user=6, seed=9)
+    write_events_jsonl(ds.events, tmp_path / "events.jsonl")
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(i.to_dict()) for i in ds.items))
+    path = run(["--data", str(tmp_path / "events.jsonl"), "--epochs", "1", "--dim", "8",
+                "--model-dir", str(tmp_path / "models"), "--publish", "--project", "demo-project"])
+    current = firestore_client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get().to_dict()
+    assert current["version"] == path.name
+    assert len(list(firestore_client.collection(names.ITEMS).stream())) == len(ds.items)
