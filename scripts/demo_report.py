@@ -112,7 +112,7 @@ def write_report(summary: dict[str, Any], details: dict[str, Any], reports_dir: 
         lines.append(f"- {role}: `{m['version']}` trained in {m['train_seconds']} s")
     if hr:
         lines.append(f"- hot reload: the function switched in {hr['function_switch_s']} s; the "
-                     f"pipeline embedded the next event with `{hr['user_doc_model_version']}` "
-                     f"without a restart.")
+                     f"pipeline embedded events with `{hr['user_doc_model_version']}` "
+                     f"{hr['pipeline_switch_s']} s after the switch, without a restart.")
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "report.md"
