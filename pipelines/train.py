@@ -65,6 +65,7 @@ log = logging.getLogger("pipelines.train")
 # level (0.139 -> 0.144) where the full rate lost 5.6% (0.149 -> 0.141).
 WARM_EPOCHS = 2
 WARM_LR_SCALE = 0.2
+CURRENT = "current"  # --init-from current: the version models/current names
 
 
 @dataclass
@@ -367,7 +368,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--history-mode", choices=("before", "others"), default=None,
                         help="history of a training example: interactions before it (default), or "
                              "the user's others with the target removed")
-    parser.add_argument("--init-from", default=None, help="warm start from this version (or path)")
+    parser.add_argument("--init-from", default=None,
+                        help="warm start from this version (or path); 'current' = the version "
+                             "models/current names in Firestore (full training if there is none)")
     parser.add_argument("--since", type=int, default=None,
                         help="warm start: events after this epoch-ms are new (default: parent's data end)")
     parser.add_argument("--publish", action="store_true", help="publish the version to Firestore")
@@ -376,6 +379,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="with --publish: also write fresh embeddings of known users")
     _config_flags(parser)
     return parser.parse_args(argv)
+
+
+def resolve_init_from(spec: str | None, project: str | None, client: Any = None) -> str | None:
+    """The parent version to warm start from: ``spec`` itself, or for ``"current"`` the version
+    that ``models/current`` names in Firestore (``None`` when no model was published yet)."""
+    if spec != CURRENT:
+        return spec
+    from schemas import names
+    from schemas.firestore import CurrentModelDoc
+
+    if client is None:
+        from google.cloud import firestore
+
+        client = firestore.Client(project=project)
+    snap = client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get()
+    if not snap.exists:
+        log.warning("--init-from current: no models/current yet, training from scratch")
+        return None
+    return CurrentModelDoc.from_document(snap.to_dict()).version
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,8 +412,9 @@ def run(argv: Sequence[str] | None = None) -> Path:
     log.info("loaded %d interactions, %d catalogue items from %s", len(data), len(data.catalogue), args.data)
     remote = str(args.model_dir).startswith("gs://")
     local_dir = artifact.cache_dir() / "staging" if remote else Path(args.model_dir)
-    if args.init_from:
-        parent = Parent.load(artifact.find_version(args.model_dir, args.init_from))
+    init_from = resolve_init_from(args.init_from, args.project)
+    if init_from:
+        parent = Parent.load(artifact.find_version(args.model_dir, init_from))
         overrides = _overrides(args)
         overrides.setdefault("epochs", WARM_EPOCHS)
         overrides.setdefault("learning_rate", parent.config().learning_rate * WARM_LR_SCALE)

@@ -482,8 +482,8 @@ variable "training_timeout_seconds" {
 
 variable "training_init_from" {
   type        = string
-  description = "Warm start each training run from this model version (--init-from); empty trains from scratch."
-  default     = ""
+  description = "Warm start each training run from this model version (--init-from): \"current\" fine-tunes the serving version on the events archived since it was trained (a full training when none is published yet); empty trains from scratch."
+  default     = "current"
 }
 
 variable "training_extra_args" {

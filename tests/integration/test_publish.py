@@ -9,8 +9,6 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-tf = pytest.importorskip("tensorflow")
-
 from pipelines import publish  # noqa: E402
 from pipelines.data import generate_synthetic  # noqa: E402
 from pipelines.model import ModelConfig  # noqa: E402
@@ -147,3 +145,22 @@ def test_train_cli_publishes_and_switches_current(tmp_path, firestore_client):
     current = firestore_client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get().to_dict()
     assert current["version"] == path.name
     assert len(list(firestore_client.collection(names.ITEMS).stream())) == len(ds.items)
+
+
+def test_init_from_current_warm_starts_from_the_published_version(tmp_path, firestore_client):
+    from pipelines.data import write_events_jsonl
+    from pipelines.train import resolve_init_from, run
+
+    assert resolve_init_from("current", "demo-project", client=firestore_client) is None
+    assert resolve_init_from("v1", "demo-project", client=firestore_client) == "v1"
+    ds = generate_synthetic(n_users=20, n_items=25, mean_events_per_user=6, seed=11)
+    write_events_jsonl(ds.events, tmp_path / "events.jsonl")
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(i.to_dict()) for i in ds.items))
+    common = ["--data", str(tmp_path / "events.jsonl"), "--epochs", "1", "--dim", "8",
+              "--model-dir", str(tmp_path / "models"), "--publish", "--project", "demo-project"]
+    first = run([*common, "--init-from", "current"])  # nothing published yet: full training
+    assert json.loads((first / "metadata.json").read_text())["parent_version"] is None
+    second = run([*common, "--init-from", "current"])
+    assert json.loads((second / "metadata.json").read_text())["parent_version"] == first.name
+    current = firestore_client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get()
+    assert current.to_dict()["version"] == second.name
