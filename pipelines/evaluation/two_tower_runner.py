@@ -49,8 +49,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
           "warm_fraction": 0.05, "warm_epochs": 2, "warm_lr_scale": 0.2, "new_items": 1},
     # synthetic: 3 epochs beat 5 and 10 (R@20 0.235 / 0.223 / 0.208): it overfits the small generator data
     "synthetic": {"epochs": 3},
-    "gowalla": {"history_mode": "others", "epochs": 12, "lr_schedule": "cosine", "warm_start": 0,
-                "new_items": 0},
+    # gowalla: dim 128 reached R@20 0.1751 in 863 s vs 0.1698 in 823 s at dim 64 (one run each)
+    "gowalla": {"history_mode": "others", "dim": 128, "epochs": 12, "lr_schedule": "cosine",
+                "warm_start": 0, "new_items": 0},
 }
 QUICK = {"epochs": 3, "warm_epochs": 1}
 
