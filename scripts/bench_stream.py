@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +36,7 @@ import numpy as np
 from pipelines.transforms import activity
 from schemas import names
 from schemas.events import ProductEvent
+from scripts.processes import ManagedProcess, python_module
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "reports" / "bench" / "stream.json"
@@ -89,24 +88,6 @@ def pipeline_env(pubsub_host: str, firestore_host: str, project: str) -> dict[st
                GOOGLE_CLOUD_PROJECT=project, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONUNBUFFERED="1")
     return env
-
-
-def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
-    """SIGTERM (the pipeline drains), then SIGKILL the group if it does not exit in time."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode
 
 
 def rss_mb(pid: int) -> float | None:
@@ -401,21 +382,21 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
     # 1. pass-through baseline on a backlog
     backlog = [workload.event("pt") for _ in range(args.events)]
     publish_backlog(pt_topic, backlog)
-    proc = start_process(["-c", PASSTHROUGH_CMD, "--subscription", pt_sub], env,
-                         work / "passthrough.log")
+    proc = ManagedProcess("passthrough", [sys.executable, "-c", PASSTHROUGH_CMD, "--subscription",
+                                          pt_sub], work / "passthrough.log", env).start()
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
             progress = passthrough_progress(work / "passthrough.log")
             if progress and progress[-1][0] >= args.events:
                 break
-            if proc.poll() is not None:
+            if not proc.alive():
                 raise RuntimeError(f"pass-through pipeline exited; see {work / 'passthrough.log'}")
             time.sleep(0.2)
         else:
             raise TimeoutError("pass-through pipeline did not finish the backlog")
     finally:
-        stop_process(proc)
+        proc.stop(timeout_s=60)
     first = next(t for n, t in progress if n > 0)
     first_n = next(n for n, t in progress if n > 0)
     pt_rate = (args.events - first_n) / max(progress[-1][1] - first, 1e-6)
@@ -423,9 +404,9 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
     # 2. full pipeline on the same-size backlog
     events_topic = publisher.topic_path(project, names.EVENTS_TOPIC)
     publish_backlog(events_topic, [workload.event("tp") for _ in range(args.events)])
-    proc = start_process(["-m", "pipelines.streaming", "--model-refresh-seconds", "5",
-                          "--inference", args.inference, "--archive-dir", str(work / "archive")],
-                         env, work / "pipeline.log")
+    proc = ManagedProcess("pipeline", python_module(
+        "pipelines.streaming", "--model-refresh-seconds", "5", "--inference", args.inference,
+        "--archive-dir", str(work / "archive")), work / "pipeline.log", env).start()
     sampler = RssSampler(proc.pid)
     sampler.start()
     poller = FreshnessPoller(db)
@@ -442,7 +423,7 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
     finally:
         poller.stop()
         sampler.stop()
-        stop_process(proc)
+        proc.stop(timeout_s=60)
     lat = np.array([poller.seen[e] - t for e, t in sent.items() if e in poller.seen])
     missing = sum(1 for e in sent if e not in poller.seen)
     total_events = args.events + len(sent)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data.dataset import EVENT_TYPE_CODES, DataError, Dataset, Interactions
+from pipelines.data.dataset import EVENT_TYPE_CODES, DataError, Dataset, Interactions, _intern
 from pipelines.data.eventio import iter_events_jsonl
 from pipelines.data.eventio import open_text as _open_text
 from pipelines.data.synthetic import generate_synthetic
@@ -558,10 +558,3 @@ def _finish(name: str, catalogue: list[CatalogItem], train: Interactions, test: 
         raise DataError(f"{name}: {e}") from e
     return Dataset.from_columns(name, catalogue, train, test, metadata=metadata)
 
-
-def _intern(index: dict[str, int], vocab: list[str], value: str) -> int:
-    i = index.get(value)
-    if i is None:
-        i = index[value] = len(vocab)
-        vocab.append(value)
-    return i

@@ -7,7 +7,7 @@ and republished. Nothing in here raises on bad input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -48,44 +48,49 @@ def dead_letter(data: bytes, attributes: Mapping[str, str], error: InvalidRecord
     return PubsubMessage(data=data, attributes=attrs)
 
 
-class ParseEventFn(beam.DoFn):
+class ParseFn(beam.DoFn):
+    """Message -> a validated record (via ``parse``), or a dead letter tagged with ``source``.
+
+    Valid and invalid messages are counted as ``<counter_prefix>_valid`` / ``_invalid``.
+    """
+
+    def __init__(self, parse: Callable[[bytes], Any], source: str, counter_prefix: str) -> None:
+        self.parse = parse
+        self.source = source
+        self.valid = Metrics.counter(METRICS_NAMESPACE, f"{counter_prefix}_valid")
+        self.invalid = Metrics.counter(METRICS_NAMESPACE, f"{counter_prefix}_invalid")
+
+    def process(self, message: Any) -> Iterator[Any]:
+        activity.touch()
+        data, attributes = message_parts(message)
+        try:
+            record = self.parse(data)
+        except InvalidRecord as e:
+            self.invalid.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(data, attributes, e, self.source))
+            return
+        self.valid.inc()
+        yield self.emit(record)
+
+    def emit(self, record: Any) -> Any:
+        return record
+
+
+class ParseEventFn(ParseFn):
     """Message -> ``ProductEvent`` timestamped with its event time, or a dead letter."""
 
     def __init__(self) -> None:
-        self.valid = Metrics.counter(METRICS_NAMESPACE, "events_valid")
-        self.invalid = Metrics.counter(METRICS_NAMESPACE, "events_invalid")
+        super().__init__(parse_event, SOURCE_EVENTS, "events")
 
-    def process(self, message: Any) -> Iterator[Any]:
-        activity.touch()
-        data, attributes = message_parts(message)
-        try:
-            event = parse_event(data)
-        except InvalidRecord as e:
-            self.invalid.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(data, attributes, e, SOURCE_EVENTS))
-            return
-        self.valid.inc()
-        yield TimestampedValue(event, event.timestamp / 1000.0)
+    def emit(self, event: Any) -> Any:
+        return TimestampedValue(event, event.timestamp / 1000.0)
 
 
-class ParseCatalogFn(beam.DoFn):
+class ParseCatalogFn(ParseFn):
     """Message -> ``CatalogItem``, or a dead letter."""
 
     def __init__(self) -> None:
-        self.valid = Metrics.counter(METRICS_NAMESPACE, "catalog_valid")
-        self.invalid = Metrics.counter(METRICS_NAMESPACE, "catalog_invalid")
-
-    def process(self, message: Any) -> Iterator[Any]:
-        activity.touch()
-        data, attributes = message_parts(message)
-        try:
-            item = parse_item(data)
-        except InvalidRecord as e:
-            self.invalid.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(data, attributes, e, SOURCE_CATALOG))
-            return
-        self.valid.inc()
-        yield item
+        super().__init__(parse_item, SOURCE_CATALOG, "catalog")
 
 
 class ParseEvents(beam.PTransform):

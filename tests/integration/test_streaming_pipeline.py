@@ -7,6 +7,7 @@ topics and subscriptions, and is always stopped (SIGTERM drains; SIGKILL if it h
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +20,8 @@ from schemas import names
 from schemas.catalog import CatalogItem
 from schemas.events import ProductEvent
 from schemas.firestore import ItemDoc, TrendingDoc, UserDoc
-from scripts.bench_stream import cached_tiny_artifact, pipeline_env, start_process, stop_process
+from scripts.bench_stream import cached_tiny_artifact, pipeline_env
+from scripts.processes import ManagedProcess
 from tests.conftest import pull_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,7 +68,8 @@ class Stack:
                 "--trending-window-seconds", "120", "--trending-period-seconds", "60",
                 "--trending-early-firing-seconds", "1", "--drain-idle-seconds", "2", *extra]
         env = pipeline_env(self.emulators.pubsub_host, self.emulators.firestore_host, self.project)
-        return start_process(args, env, self.log_dir / f"pipeline-{self.runs}.log")
+        return ManagedProcess("pipeline", [sys.executable, *args],
+                              self.log_dir / f"pipeline-{self.runs}.log", env).start()
 
     def publish(self, data: bytes, topic: str = "events", **attrs: str) -> None:
         self.publisher.publish(self.paths[topic][0], data, **attrs).result(timeout=30)
@@ -223,7 +226,7 @@ def test_events_catalogue_dead_letters_trending_archive_and_hot_reload(emulators
         np.testing.assert_allclose(doc.embedding, want, rtol=1e-5, atol=1e-6)
         assert proc.poll() is None, "the pipeline must not restart to reload"
     finally:
-        code = stop_process(proc)
+        code = proc.stop(timeout_s=60)
     assert code == 0, stack.log()
 
     # archive: every accepted event exactly once, readable by the training reader

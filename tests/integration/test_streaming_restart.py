@@ -14,7 +14,7 @@ import time
 import pytest
 
 from schemas.events import ProductEvent
-from scripts.bench_stream import cached_tiny_artifact, stop_process
+from scripts.bench_stream import cached_tiny_artifact
 from tests.integration.test_streaming_pipeline import HISTORY, Stack, expected_history, user_docs, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,7 +63,7 @@ def test_restart_mid_stream_loses_nothing_and_counts_nothing_twice(emulators, fi
         wait_until(lambda: sum(d.event_count for d in user_docs(db).values()) >= 40, 120,
                    "the first run to count 40 events", first, stack)
         assert publisher.is_alive(), "stop must happen mid-stream"
-        assert stop_process(first) == 0, stack.log(1)
+        assert first.stop(timeout_s=60) == 0, stack.log(1)
         counted_by_first = sum(d.event_count for d in user_docs(db).values())
         assert 0 < counted_by_first < len(events)
         # replays of events the first run already counted, published while it is down
@@ -91,6 +91,6 @@ def test_restart_mid_stream_loses_nothing_and_counts_nothing_twice(emulators, fi
             assert len(docs[user].history) == min(HISTORY, len(evs))
             assert docs[user].model_version == towers.version
     finally:
-        stop_process(first)
+        first.stop(timeout_s=60)
         if "second" in locals():
-            assert stop_process(second) == 0, stack.log(2)
+            assert second.stop(timeout_s=60) == 0, stack.log(2)
