@@ -39,6 +39,16 @@ def _env_int(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything tunable about serving; defaults suit the local stack and the cloud alike."""
@@ -64,6 +74,12 @@ class Settings:
     trending_ttl_seconds: float = 30.0
     firestore_timeout_seconds: float = 1.0
     items_poll_limit: int = 500
+    # Retrieval: "ivf" (approximate, partitions built at index load) or "exact" (full scan).
+    # IVF applies only to catalogues of at least ivf_min_items; ivf_nlist 0 = about 2 sqrt(N).
+    retrieval: str = "ivf"
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    ivf_min_items: int = 20_000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,4 +103,8 @@ class Settings:
             trending_ttl_seconds=_env_float("TRENDING_TTL_SECONDS", 30.0, 0.0, 86_400.0),
             firestore_timeout_seconds=_env_float("FIRESTORE_TIMEOUT_SECONDS", 1.0, 0.05, 60.0),
             items_poll_limit=_env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
+            retrieval=_env_choice("RETRIEVAL", "ivf", ("ivf", "exact")),
+            ivf_nlist=_env_int("IVF_NLIST", 0, 0, 1_000_000),
+            ivf_nprobe=_env_int("IVF_NPROBE", 16, 1, 1_000_000),
+            ivf_min_items=_env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
         )

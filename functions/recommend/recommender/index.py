@@ -8,6 +8,7 @@ a category filter is one ``np.isin`` over ints.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
 
+from .ivf import IvfIndex, default_nlist
 from .ranking import l2_normalize
 
 
@@ -75,6 +77,7 @@ class ItemIndex:
     loaded_at: float = field(default_factory=time.time)
     updated_through: int = 0  # largest items.indexed_at applied, epoch ms
     added: int = 0  # items appended after the snapshot
+    ivf: IvfIndex | None = None  # approximate retrieval (None: exact scan)
 
     @property
     def size(self) -> int:
@@ -122,6 +125,12 @@ class ItemIndex:
                          updated_through=max(snap.created_at, items_from or 0),
                          content_normalized=True)
 
+    def with_ivf(self, nlist: int, nprobe: int, seed: int = 0) -> ItemIndex:
+        """This index with an IVF partitioning of its embeddings (``nlist`` 0: the default)."""
+        ivf = IvfIndex.build(self.embeddings, self.norms, nlist or default_nlist(self.size), nprobe,
+                             seed=seed)
+        return dataclasses.replace(self, ivf=ivf)
+
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""
         seen: dict[int, None] = {}
@@ -148,6 +157,7 @@ class ItemIndex:
         emb, content = self.embeddings.copy(), self.content.copy()
         cats, stock, pop = self.categories.tolist(), self.in_stock.copy(), self.popularity.copy()
         ids = self.item_ids.tolist()
+        changed: list[int] = []  # rows whose embedding changed (for the IVF partitions)
         new_rows: dict[str, int] = {}
         new_emb, new_content, new_stock, new_pop = [], [], [], []
         through = self.updated_through
@@ -163,6 +173,7 @@ class ItemIndex:
             if row is not None and row < self.size:
                 if vec is not None:
                     emb[row] = vec
+                    changed.append(row)
                 if cvec is not None:
                     content[row] = cvec
                 cats[row] = doc.item.category
@@ -192,6 +203,12 @@ class ItemIndex:
             content = np.vstack([content, np.stack(new_content)])
             stock = np.concatenate([stock, np.array(new_stock, dtype=bool)])
             pop = np.concatenate([pop, np.array(new_pop, dtype=np.float32)])
-        return ItemIndex.build(self.version, self.created_at, np.array(ids), emb, content,
-                               np.array(cats), stock, pop, updated_through=through,
-                               added=self.added + len(new_emb), content_normalized=True)
+        out = ItemIndex.build(self.version, self.created_at, np.array(ids), emb, content,
+                              np.array(cats), stock, pop, updated_through=through,
+                              added=self.added + len(new_emb), content_normalized=True)
+        if self.ivf is None:
+            return out
+        # new rows and rows with a new embedding go to their nearest partition (centroids stay)
+        moved = np.concatenate([np.array(changed, dtype=np.int64),
+                                np.arange(self.size, out.size, dtype=np.int64)])
+        return dataclasses.replace(out, ivf=self.ivf.updated(out.embeddings, out.norms, moved))

@@ -10,8 +10,12 @@ alpha means what it says: alpha=1 ranks purely by CF, alpha=0 purely by content.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .ivf import IvfIndex
 
 NEG_INF = np.float32(-np.inf)
 
@@ -120,14 +124,25 @@ def hybrid_scores(cf_raw: np.ndarray, cb_raw: np.ndarray, alpha: float
     return alpha * cf + (1.0 - alpha) * cb, cf, cb
 
 
-def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.ndarray | None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``pool`` unblocked rows by dot product: ``(rows, scores)``, best first.
+def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.ndarray | None,
+             ivf: IvfIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``pool`` unblocked rows by dot product: ``(rows, scores)``, best first.
 
-    When most rows are blocked (a category filter), only the allowed rows are scored.
+    With an ``ivf`` index: the rows of the probed partitions are scored exactly; when filters
+    leave fewer than ``pool`` of them (or block most of the catalogue), the exact scan answers.
+    Exact: when most rows are blocked (a category filter), only the allowed rows are scored.
     """
     q = query.astype(np.float32, copy=False)
-    if blocked is not None and np.count_nonzero(blocked) > blocked.shape[0] // 2:
+    mostly_blocked = blocked is not None and np.count_nonzero(blocked) > blocked.shape[0] // 2
+    if ivf is not None and not mostly_blocked:
+        rows, scores = ivf.candidates(q)
+        if blocked is not None:
+            keep = ~blocked[rows]
+            rows, scores = rows[keep], scores[keep]
+        if rows.shape[0] >= pool:
+            local = top_k(scores, pool)
+            return rows[local], scores[local]
+    if mostly_blocked:
         allowed = np.flatnonzero(~blocked)
         scores = embeddings[allowed] @ q
         local = top_k(scores, pool)
@@ -139,8 +154,8 @@ def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.n
 
 def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
                 profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | None,
-                pool: int) -> Ranked:
-    """Exact CF retrieval of ``pool`` candidates by dot product, then hybrid re-ranking to ``k``.
+                pool: int, ivf: IvfIndex | None = None) -> Ranked:
+    """CF retrieval of ``pool`` candidates by dot product, then hybrid re-ranking to ``k``.
 
     Args:
         query: the user's query vector [D].
@@ -151,8 +166,9 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
         alpha: weight of CF in the final score; 1 - alpha weighs CB.
         blocked: rows that must not be returned, or None.
         pool: candidate pool size (>= k).
+        ivf: an approximate index over ``embeddings`` (None: exact scan); see :func:`retrieve`.
     """
-    cand, cf_raw = retrieve(query, embeddings, pool, blocked)
+    cand, cf_raw = retrieve(query, embeddings, pool, blocked, ivf)
     if profile is not None and cand.size:
         cb_raw = content[cand] @ profile
     else:

@@ -84,7 +84,20 @@ class Recommender:
                 log.error("cold start: %s", e)
 
     def _install(self, index: ItemIndex, seen: frozenset[str] = frozenset()) -> None:
+        index = self.with_retrieval(index)
         self._index, self._seen_at_through = index, seen  # one reference swap each: atomic
+
+    def with_retrieval(self, index: ItemIndex) -> ItemIndex:
+        """``index`` with the configured retrieval: IVF partitions built here (at load, not per request)."""
+        s = self.settings
+        if s.retrieval == "ivf" and index.ivf is None and index.size >= s.ivf_min_items:
+            t = time.perf_counter()
+            index = index.with_ivf(s.ivf_nlist, s.ivf_nprobe)
+            log.info("IVF index: %d partitions, nprobe %d, built in %.2f s", index.ivf.nlist,
+                     index.ivf.nprobe, time.perf_counter() - t)
+        elif s.retrieval == "exact" and index.ivf is not None:
+            index = dataclasses.replace(index, ivf=None)
+        return index
 
     def refresh(self) -> dict[str, Any]:
         """Follow ``models/current``, apply new items, renew trending; return what changed."""
@@ -189,7 +202,8 @@ class Recommender:
             prof = l2_normalize(index.content[query.profile_rows].mean(axis=0))
             profile = prof if np.any(prof) else None
         ranked = rank_hybrid(query.vector, index.embeddings, index.content, profile, p.k, p.alpha,
-                             blocked, pool_size(p.k, self.settings.min_pool, self.settings.pool_factor))
+                             blocked, pool_size(p.k, self.settings.min_pool, self.settings.pool_factor),
+                             index.ivf)
         items = [{"item_id": str(index.item_ids[r]), "score": _round(s), "cf_score": _round(cf),
                   "cb_score": _round(cb)}
                  for r, s, cf, cb in zip(ranked.rows.tolist(), ranked.score.tolist(),
@@ -330,5 +344,6 @@ class Recommender:
             "index_loaded_at": round(index.loaded_at, 3) if index is not None else None,
             "items_indexed_through": index.updated_through if index is not None else None,
             "trending_items": len(self._trending.items) if self._trending is not None else 0,
+            "retrieval": ("ivf" if index.ivf is not None else "exact") if index is not None else None,
         }
         return (200 if index is not None or has_trending else 503), body
