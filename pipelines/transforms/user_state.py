@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,34 +126,41 @@ _prefetched = _Prefetched()
 
 
 class PrefetchSeedsFn(beam.DoFn):
-    """Per bundle, reads ``users/{id}`` of users not seen before in one batch; emits
-    ``(user_id, (event, Seed | None))`` so the state step rarely reads Firestore itself."""
+    """Per bundle: reads ``users/{id}`` of users not seen before in one batch, and groups the
+    bundle's events by user (arrival order kept), emitting ``(user_id, (events, Seed | None))``
+    once per user. The state step then reads and writes each user's state once per bundle and
+    emits one updated state (the newest) instead of one per event."""
 
     def __init__(self, store: UserStore | None) -> None:
         self.store = store
         self.batch = Metrics.distribution(METRICS_NAMESPACE, "seed_prefetch_batch_size")
+        self.events_per_user = Metrics.distribution(METRICS_NAMESPACE, "events_per_user_per_bundle")
 
     def start_bundle(self) -> None:
-        self._buffer: list[tuple[ProductEvent, Any]] = []
+        self._buffer: dict[str, list[tuple[ProductEvent, Any]]] = {}
 
     def process(self, event: ProductEvent, timestamp: Any = beam.DoFn.TimestampParam) -> None:
-        self._buffer.append((event, timestamp))
+        self._buffer.setdefault(event.user_id, []).append((event, timestamp))
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        buffer, self._buffer = self._buffer, []
+        buffer, self._buffer = self._buffer, {}
         if not buffer:
             return
-        new = _prefetched.claim_new({e.user_id for e, _ in buffer}) if self.store is not None else set()
+        new = _prefetched.claim_new(buffer) if self.store is not None else set()
         docs = get_many(self.store, new) if new else {}
         if new:
             self.batch.update(len(new))
-        for event, ts in buffer:
-            seed = Seed(docs.get(event.user_id)) if event.user_id in new else None
-            yield WindowedValue((event.user_id, (event, seed)), ts, (GlobalWindow(),))
+        for user_id, pending in buffer.items():
+            seed = Seed(docs.get(user_id)) if user_id in new else None
+            self.events_per_user.update(len(pending))
+            # the earliest timestamp: never ahead of any of the grouped events
+            ts = min(t for _, t in pending)
+            yield WindowedValue((user_id, (tuple(e for e, _ in pending), seed)), ts, (GlobalWindow(),))
 
 
 class UpdateUserStateFn(beam.DoFn):
-    """Keyed by user id: dedup, update history; emit the new ``UserState`` for accepted events.
+    """Keyed by user id: dedup, update history with a bundle's events of one user (in arrival
+    order, one state read and write); emit the resulting ``UserState`` once if any was accepted.
 
     Accepted events also go to the ``accepted_events`` output (event-time timestamps) for
     trending and the archive, so duplicates are counted nowhere.
@@ -181,31 +188,38 @@ class UpdateUserStateFn(beam.DoFn):
         self.seeded.inc()
         return UserState.from_doc(doc)
 
-    def process(self, element: tuple[str, tuple[ProductEvent, Seed | None]],
+    def process(self, element: tuple[str, tuple[Sequence[ProductEvent], Seed | None]],
                 state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE)) -> Iterator[object]:
         activity.touch()
-        user_id, (event, seed) = element
+        user_id, (events, seed) = element
         current = state.read()
         first_sight = current is None
         if first_sight:
             current = self._initial_state(user_id, seed)
-        updated, outcome = apply_event(current, event, self.history_length)
-        if outcome != ACCEPTED:
-            (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
-            if first_sight:
-                state.write(current)  # remember the seed: Firestore is read once per user
+        accepted = []
+        for event in events:
+            current, outcome = apply_event(current, event, self.history_length)
+            if outcome == ACCEPTED:
+                accepted.append(event)
+            else:
+                (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
+        if accepted or first_sight:
+            state.write(current)  # on first sight even if nothing was accepted: Firestore is read once
+        if not accepted:
             return
-        self.accepted.inc()
-        state.write(updated)
-        yield updated
-        yield beam.pvalue.TaggedOutput(ACCEPTED_EVENTS,
-                                       TimestampedValue(event, event.timestamp / 1000.0))
+        self.accepted.inc(len(accepted))
+        yield current
+        for event in accepted:
+            yield beam.pvalue.TaggedOutput(ACCEPTED_EVENTS,
+                                           TimestampedValue(event, event.timestamp / 1000.0))
 
 
 class UpdateUserState(beam.PTransform):
-    """Events -> ``UserState`` per accepted event, plus tagged ``accepted_events``.
+    """Events -> the newest ``UserState`` per user and bundle with an accepted event, plus
+    tagged ``accepted_events`` (one per accepted event).
 
-    Keyed by user id by the prefetch step, which also batches the seed reads.
+    Keyed (and grouped per bundle) by user id by the prefetch step, which also batches the
+    seed reads.
     """
 
     def __init__(self, history_length: int, store: UserStore | None) -> None:
@@ -216,7 +230,7 @@ class UpdateUserState(beam.PTransform):
     def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (events
                 | "PrefetchSeeds" >> beam.ParDo(PrefetchSeedsFn(self.store)).with_output_types(
-                    tuple[str, tuple[ProductEvent, Any]])
+                    tuple[str, tuple[Any, Any]])
                 | "DedupAndUpdateHistory" >> beam.ParDo(
                     UpdateUserStateFn(self.history_length, self.store)).with_outputs(
                         ACCEPTED_EVENTS, main="states"))

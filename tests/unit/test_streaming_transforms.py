@@ -15,12 +15,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.data import read_events_jsonl
 from pipelines.streaming import RecommenderCore, StreamingConfig, parse_args
 from pipelines.transforms.archive import archive_file_naming, event_line
 from pipelines.transforms.embed import EmbedUsers, item_docs, user_docs
-from pipelines.transforms.firestore_io import MonotonicGuard, _trending_rank
+from pipelines.transforms.firestore_io import MonotonicGuard, _trending_rank, set_write_pb
 from pipelines.transforms.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
 from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
 from pipelines.transforms.trending import ComputeTrending, ItemCounts, ToTrendingDocFn, rank_items
@@ -28,7 +29,10 @@ from pipelines.transforms.user_state import (
     ACCEPTED,
     DUPLICATE,
     TOO_OLD,
+    PrefetchSeedsFn,
+    Seed,
     UpdateUserState,
+    UpdateUserStateFn,
     UserState,
     apply_event,
 )
@@ -198,11 +202,91 @@ def test_stateful_dedup_with_test_stream_and_seeding():
               .advance_watermark_to_infinity())
     with streaming_pipeline() as p:
         out = p | stream | UpdateUserState(history_length=10, store=MemoryStore({"u2": seed}))
+        # one state per user and bundle: u1's two events of the first bundle give one state
         assert_that(out.states | beam.Map(lambda s: (s.user_id, s.event_count, tuple(s.item_ids))),
-                    equal_to([("u1", 1, ("i1",)), ("u1", 2, ("i2", "i1")), ("u2", 5, ("i9", "i3"))]),
+                    equal_to([("u1", 2, ("i2", "i1")), ("u2", 5, ("i9", "i3"))]),
                     label="states")
         assert_that(out.accepted_events | beam.Map(lambda e: e.event_id), equal_to(["a1", "a2", "b1"]),
                     label="accepted")
+
+
+class FakeState:
+    """A ``ReadModifyWriteState`` for calling the state DoFn directly; counts reads and writes."""
+
+    def __init__(self) -> None:
+        self.value, self.reads, self.writes = None, 0, 0
+
+    def read(self):
+        self.reads += 1
+        return self.value
+
+    def write(self, value) -> None:
+        self.writes += 1
+        self.value = value
+
+
+def run_state_fn(fn: UpdateUserStateFn, state: FakeState, user: str, events, seed=None):
+    """(states emitted, accepted event ids) of one grouped element."""
+    outputs = list(fn.process((user, (tuple(events), seed)), state=state))
+    states = [o for o in outputs if isinstance(o, UserState)]
+    accepted = [o.value.value.event_id for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]
+    return states, accepted
+
+
+def test_prefetch_groups_a_bundles_events_per_user_in_arrival_order():
+    fn = PrefetchSeedsFn(store=None)
+    fn.start_bundle()
+    events = [ev("a1", "u1", ts=T0 + 5), ev("b1", "u2", ts=T0 + 1), ev("a2", "u1", ts=T0 + 3)]
+    for e in events:
+        fn.process(e, timestamp=Timestamp.of(e.timestamp / 1000))
+    out = list(fn.finish_bundle())
+    assert [(wv.value[0], [e.event_id for e in wv.value[1][0]]) for wv in out] == [
+        ("u1", ["a1", "a2"]), ("u2", ["b1"])]
+    # the group's timestamp is its earliest event's, so it never holds the watermark too late
+    assert out[0].timestamp == Timestamp.of((T0 + 3) / 1000)
+
+
+def test_state_step_writes_one_state_per_user_and_bundle_with_the_newest_event():
+    fn = UpdateUserStateFn(history_length=3, store=None)
+    state = FakeState()
+    bundle = [ev("e1", ts=T0 + 1, item="i1"), ev("e3", ts=T0 + 3, item="i3"), ev("e2", ts=T0 + 2, item="i2"),
+              ev("e1", ts=T0 + 1, item="i1")]  # the last one is a duplicate inside the bundle
+    states, accepted = run_state_fn(fn, state, "u1", bundle)
+    assert accepted == ["e1", "e3", "e2"]
+    assert len(states) == 1 and (state.reads, state.writes) == (1, 1)
+    only = states[0]
+    assert (only.event_count, only.last_event_id, only.item_ids) == (3, "e2", ["i1", "i2", "i3"])
+    assert only == state.value
+    # the same state as applying the events one by one
+    one_by_one = UserState("u1")
+    for e in bundle:
+        one_by_one, _ = apply_event(one_by_one, e, 3)
+    assert only == one_by_one
+
+
+def test_state_step_replay_of_old_events_emits_nothing_and_keeps_newer_state():
+    fn = UpdateUserStateFn(history_length=2, store=None)
+    state = FakeState()
+    run_state_fn(fn, state, "u1", [ev("e1", ts=T0 + 1), ev("e2", ts=T0 + 2), ev("e3", ts=T0 + 3)])
+    newest = state.value
+    assert (newest.event_count, newest.last_event_id) == (3, "e3")
+    # a replay of the whole stream (e1 was evicted: too old; e2, e3 are duplicates)
+    states, accepted = run_state_fn(fn, state, "u1",
+                                    [ev("e1", ts=T0 + 1), ev("e2", ts=T0 + 2), ev("e3", ts=T0 + 3)])
+    assert (states, accepted) == ([], [])
+    assert state.value == newest and state.writes == 1
+    # a newer event in a bundle with replays: one state, only the new event counted
+    states, accepted = run_state_fn(fn, state, "u1", [ev("e2", ts=T0 + 2), ev("e4", ts=T0 + 4)])
+    assert accepted == ["e4"] and [(s.event_count, s.last_event_id) for s in states] == [(4, "e4")]
+
+
+def test_state_step_remembers_the_seed_on_first_sight_even_if_nothing_is_accepted():
+    seed = UserDoc(user_id="u2", history=(HistoryEntry("old", "i9", "view", T0),), last_event_id="old",
+                   last_event_ts=T0, updated_at=0, event_count=4)
+    fn = UpdateUserStateFn(history_length=5, store=None)
+    state = FakeState()
+    assert run_state_fn(fn, state, "u2", [ev("old", "u2", "i9", T0)], Seed(seed)) == ([], [])
+    assert state.value.event_count == 4 and state.writes == 1
 
 
 # ---------------------------------------------------------------- embeddings
@@ -311,6 +395,24 @@ def test_monotonic_guard_skips_stale_docs_and_serialises_a_user():
     t.join(5)
     assert order == [("released-first", None), ("claimed", [4])]
     assert guard.claim([_doc("u1", 4), _doc("u2", 1)]) == []  # replays of written states
+
+
+def test_set_write_pb_is_the_write_the_client_builds():
+    from google.cloud.firestore_v1 import _helpers
+
+    history = tuple(HistoryEntry(f"e{i}", f"i{i}", "view", T0 + i) for i in range(50))
+    embedding = tuple(float(i) / 7 for i in range(16))
+    docs = [UserDoc("u1", history, "e49", T0 + 49, T0 + 100, "v3", embedding, 51),
+            UserDoc("u2", (), "", 0, 0, None, None, 0)]
+    path = "projects/p/databases/(default)/documents/users/"
+    for doc in docs:
+        data = doc.to_document()
+        data["flags"] = {"ok": True, "n": [1, 2.5, None]}  # every value type the encoder takes
+        expected = _helpers.pbs_for_set_no_merge(path + doc.user_id, data)
+        assert len(expected) == 1
+        assert set_write_pb(path + doc.user_id, data)._pb == expected[0]._pb
+    with pytest.raises(TypeError):
+        set_write_pb(path + "u3", {"when": object()})
 
 
 def test_trending_rank_prefers_newer_window_then_later_pane():
