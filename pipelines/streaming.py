@@ -55,7 +55,7 @@ from pipelines.transforms.firestore_io import (
 )
 from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
 from pipelines.transforms.trending import ComputeTrending
-from pipelines.transforms.user_state import ACCEPTED_EVENTS, UpdateUserState, UserStore
+from pipelines.transforms.user_state import ACCEPTED_BATCHES, UpdateUserState, UserStore
 from schemas import names
 
 LOG = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ class RecommenderCore(beam.PTransform):
     """The I/O-free middle: ``{"events", "catalog"}`` messages -> docs, dead letters, events.
 
     Output dict: ``user_docs``, ``item_docs``, ``trending`` (``TrendingDoc``), ``dead_letters``
-    (``PubsubMessage``) and ``accepted_events`` (deduplicated ``ProductEvent``\\s).
+    (``PubsubMessage``) and ``accepted_batches`` (deduplicated ``ProductEvent``\\s, a tuple
+    per bundle).
     """
 
     def __init__(self, config: StreamingConfig, models: ModelSource, user_store: UserStore | None) -> None:
@@ -161,7 +162,7 @@ class RecommenderCore(beam.PTransform):
         events = inputs["events"] | "ParseEvents" >> ParseEvents()
         catalog = inputs["catalog"] | "ParseCatalog" >> ParseCatalog()
         users = events.valid | "UpdateUserState" >> UpdateUserState(cfg.history_length, self.user_store)
-        accepted = users[ACCEPTED_EVENTS]
+        accepted = users[ACCEPTED_BATCHES]
         return {
             "user_docs": users.states | "EmbedUsers" >> EmbedUsers(self.models, cfg.inference),
             "item_docs": catalog.valid | "EmbedItems" >> EmbedItems(self.models),
@@ -169,7 +170,7 @@ class RecommenderCore(beam.PTransform):
                 cfg.trending_window_s, cfg.trending_period_s, cfg.trending_top_k,
                 cfg.trending_early_firing_s, cfg.allowed_lateness_s),
             "dead_letters": (events[DEAD_LETTER], catalog[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten(),
-            "accepted_events": accepted,
+            "accepted_batches": accepted,
         }
 
 
@@ -189,7 +190,7 @@ def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollecti
     out["item_docs"] | "WriteItems" >> beam.ParDo(WriteItemDocsFn(config.firestore))
     out["trending"] | "WriteTrending" >> beam.ParDo(WriteTrendingFn(config.firestore))
     if config.archive_dir:
-        out["accepted_events"] | "Archive" >> ArchiveEvents(config.archive_dir, config.archive_window_s)
+        out["accepted_batches"] | "Archive" >> ArchiveEvents(config.archive_dir, config.archive_window_s)
     return out
 
 

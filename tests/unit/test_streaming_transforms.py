@@ -19,14 +19,21 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.data import read_events_jsonl
 from pipelines.streaming import RecommenderCore, StreamingConfig, parse_args
-from pipelines.transforms.archive import archive_file_naming, event_line
+from pipelines.transforms.archive import archive_file_naming, batch_lines, event_line
 from pipelines.transforms.embed import EmbedUsers, item_docs, user_docs
 from pipelines.transforms.firestore_io import MonotonicGuard, _trending_rank, set_write_pb
 from pipelines.transforms.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
 from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
-from pipelines.transforms.trending import ComputeTrending, ItemCounts, ToTrendingDocFn, rank_items
+from pipelines.transforms.trending import (
+    ComputeTrending,
+    CountPerSlice,
+    ItemCounts,
+    ToTrendingDocFn,
+    rank_items,
+)
 from pipelines.transforms.user_state import (
     ACCEPTED,
+    ACCEPTED_BATCHES,
     DUPLICATE,
     TOO_OLD,
     PrefetchSeedsFn,
@@ -206,7 +213,8 @@ def test_stateful_dedup_with_test_stream_and_seeding():
         assert_that(out.states | beam.Map(lambda s: (s.user_id, s.event_count, tuple(s.item_ids))),
                     equal_to([("u1", 2, ("i2", "i1")), ("u2", 5, ("i9", "i3"))]),
                     label="states")
-        assert_that(out.accepted_events | beam.Map(lambda e: e.event_id), equal_to(["a1", "a2", "b1"]),
+        assert_that(out.accepted_batches | beam.FlatMap(lambda b: [e.event_id for e in b]),
+                    equal_to(["a1", "a2", "b1"]),
                     label="accepted")
 
 
@@ -226,10 +234,16 @@ class FakeState:
 
 
 def run_state_fn(fn: UpdateUserStateFn, state: FakeState, user: str, events, seed=None):
-    """(states emitted, accepted event ids) of one grouped element."""
-    outputs = list(fn.process((user, (tuple(events), seed)), state=state))
-    states = [o for o in outputs if isinstance(o, UserState)]
-    accepted = [o.value.value.event_id for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]
+    """(states emitted, accepted event ids) of a bundle with one grouped element."""
+    fn.start_bundle()
+    states = list(fn.process((user, (tuple(events), seed)), state=state))
+    assert all(isinstance(s, UserState) for s in states)
+    batches = list(fn.finish_bundle())
+    assert len(batches) <= 1 and all(b.tag == ACCEPTED_BATCHES for b in batches)
+    accepted = [e.event_id for b in batches for e in b.value.value]
+    if batches:  # timestamped with the batch's earliest event
+        batch = batches[0].value
+        assert batch.timestamp == Timestamp.of(min(e.timestamp for e in batch.value) / 1000)
     return states, accepted
 
 
@@ -448,17 +462,24 @@ def _tev(event_id: str, item: str, ts: int, kind: str = "view") -> TimestampedVa
     return TimestampedValue(ev(event_id, "u", item, ts, kind), ts / 1000)
 
 
-def test_trending_sliding_windows_with_early_and_late_firings():
+def _batch(*timestamped: TimestampedValue) -> list[TimestampedValue]:
+    """One batch of events as the state step emits it: a tuple, timestamped with the earliest."""
+    return [TimestampedValue(tuple(t.value for t in timestamped), min(t.timestamp for t in timestamped))]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["events", "batches"])
+def test_trending_sliding_windows_with_early_and_late_firings(batched):
     """Window size 4 min, period 1 min: the pane for the window ending after the newest event."""
+    group = _batch if batched else (lambda *t: list(t))
     stream = (TestStream()
               .advance_watermark_to(T0 / 1000)
-              .add_elements([_tev("1", "a", T0 + 1_000), _tev("2", "b", T0 + 2_000, "purchase"),
-                             _tev("3", "a", T0 + 3_000)])
+              .add_elements(group(_tev("1", "a", T0 + 1_000), _tev("2", "b", T0 + 2_000, "purchase"),
+                                  _tev("3", "a", T0 + 3_000)))
               .advance_processing_time(5)  # early firings
-              .add_elements([_tev("4", "c", T0 + 61_000), _tev("5", "c", T0 + 62_000, "add_to_cart")])
+              .add_elements(group(_tev("4", "c", T0 + 61_000), _tev("5", "c", T0 + 62_000, "add_to_cart")))
               .advance_watermark_to((T0 + 120_000) / 1000)
               .advance_processing_time(5)
-              .add_elements([_tev("late", "a", T0 + 30_000)])  # late but within allowed lateness
+              .add_elements(group(_tev("late", "a", T0 + 30_000)))  # late but within allowed lateness
               .advance_processing_time(5)
               .advance_watermark_to_infinity())
     with streaming_pipeline() as p:
@@ -480,6 +501,18 @@ def newest_pane_and_windows_match(panes: list) -> None:
     assert {end for end, _ in panes} == {60_000, 120_000}, panes
 
 
+def test_count_per_slice_splits_a_batch_into_its_slices():
+    batch = (ev("1", item="a", ts=T0 + 59_000), ev("2", item="b", ts=T0 + 61_000),
+             ev("3", item="a", ts=T0 + 1_000, kind="purchase"), ev("4", item="b", ts=T0 + 62_000))
+    out = sorted(CountPerSlice(period_s=60).process(batch), key=lambda tv: tv.timestamp)
+    assert [(tv.timestamp, tv.value.counts) for tv in out] == [
+        (Timestamp.of((T0 + 59_000) / 1000), {"a": [1, 0, 1]}),
+        (Timestamp.of((T0 + 62_000) / 1000), {"b": [2, 0, 0]})]
+    assert [tv.value.max_ts for tv in out] == [T0 + 59_000, T0 + 62_000]
+    single = list(CountPerSlice(period_s=60).process(ev("5", item="c", ts=T0)))
+    assert [(tv.timestamp, tv.value.counts) for tv in single] == [(Timestamp.of(T0 / 1000), {"c": [1, 0, 0]})]
+
+
 # ---------------------------------------------------------------- archive
 
 
@@ -488,6 +521,14 @@ def test_archive_lines_are_readable_by_the_training_reader(tmp_path):
     path = tmp_path / "events-x.jsonl"
     path.write_text("".join(event_line(e) + "\n" for e in events), encoding="utf-8")
     assert read_events_jsonl(path) == events
+
+
+def test_archive_batch_lines_read_back_as_the_batch(tmp_path):
+    batch = (ev("e1"), ProductEvent("e2", "purchase", "u2", "i2", T0 + 1, "s1", {"k": "v"}), ev("e3", "u3"))
+    path = tmp_path / "events-y.jsonl"
+    # what the text sink writes for two elements: each followed by a newline
+    path.write_text(batch_lines(batch) + "\n" + batch_lines(ev("e4")) + "\n", encoding="utf-8")
+    assert read_events_jsonl(path) == [*batch, ev("e4")]
 
 
 def test_archive_file_names_are_unique_per_run_and_pane():
@@ -543,5 +584,5 @@ def test_core_end_to_end_with_test_stream():
                     equal_to([("new1", "v1")]), label="items")
         assert_that(out["dead_letters"] | beam.Map(lambda m: m.attributes[names.DLQ_SOURCE_ATTR]),
                     equal_to(["events", "catalog"]), label="dead")
-        assert_that(out["accepted_events"] | beam.Map(lambda e: e.event_id),
+        assert_that(out["accepted_batches"] | beam.FlatMap(lambda b: [e.event_id for e in b]),
                     equal_to([e.event_id for e in events]), label="accepted")
