@@ -160,8 +160,11 @@ def passthrough_main(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--subscription", required=True)
+    parser.add_argument("--direct-pull-max-messages", type=int,
+                        default=streaming.StreamingConfig.direct_pull_max_messages,
+                        help="as the full pipeline's flag: the same reader settings for both")
     args = parser.parse_args(argv)
-    direct_pubsub.install()
+    direct_pubsub.install(max_messages=args.direct_pull_max_messages)
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
     p = beam.Pipeline(options=options)
