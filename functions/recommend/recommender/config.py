@@ -75,7 +75,7 @@ class Settings:
     firestore_timeout_seconds: float = 1.0
     items_poll_limit: int = 500
     # Retrieval: "ivf" (approximate, partitions built at index load) or "exact" (full scan).
-    # IVF applies only to catalogues of at least ivf_min_items; ivf_nlist 0 = about 2 sqrt(N).
+    # IVF applies only to catalogues of at least ivf_min_items; ivf_nlist 0 = about sqrt(N).
     retrieval: str = "ivf"
     ivf_nlist: int = 0
     ivf_nprobe: int = 16

@@ -107,6 +107,39 @@ def blocked_mask(n: int, out_of_stock: np.ndarray | None, category_codes: np.nda
 
 
 @dataclass(frozen=True)
+class Filter:
+    """What a request must not return, evaluated lazily: on candidate rows only, or as a full mask.
+
+    The IVF path checks only the rows it scored (a few thousand), so an unfiltered request never
+    builds (copies) an N-row mask; the exact scan and category filters use :meth:`mask`.
+    """
+
+    n: int
+    out_of_stock: np.ndarray | None = None
+    category_codes: np.ndarray | None = None
+    wanted_codes: np.ndarray | None = None
+    excluded_rows: np.ndarray | None = None
+
+    def mask(self) -> np.ndarray | None:
+        """The full [N] mask of :func:`blocked_mask`, or None when nothing is blocked."""
+        return blocked_mask(self.n, self.out_of_stock, self.category_codes, self.wanted_codes,
+                            self.excluded_rows)
+
+    def blocks(self, rows: np.ndarray) -> np.ndarray:
+        """``mask()[rows]`` without building the full mask."""
+        out = np.zeros(rows.shape[0], dtype=bool)
+        if self.out_of_stock is not None:
+            out |= self.out_of_stock[rows]
+        if self.wanted_codes is not None and self.category_codes is not None:
+            keep = np.zeros(int(self.category_codes.max(initial=-1)) + 1, dtype=bool)
+            keep[self.wanted_codes] = True
+            out |= ~keep[self.category_codes[rows]]
+        if self.excluded_rows is not None and self.excluded_rows.size:
+            out |= np.isin(rows, self.excluded_rows)
+        return out
+
+
+@dataclass(frozen=True)
 class Ranked:
     """The ranked items of one request: rows into the index and their scores."""
 
@@ -124,15 +157,27 @@ def hybrid_scores(cf_raw: np.ndarray, cb_raw: np.ndarray, alpha: float
     return alpha * cf + (1.0 - alpha) * cb, cf, cb
 
 
-def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.ndarray | None,
-             ivf: IvfIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int,
+             blocked: np.ndarray | Filter | None, ivf: IvfIndex | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``pool`` unblocked rows by dot product: ``(rows, scores)``, best first.
 
     With an ``ivf`` index: the rows of the probed partitions are scored exactly; when filters
     leave fewer than ``pool`` of them (or block most of the catalogue), the exact scan answers.
     Exact: when most rows are blocked (a category filter), only the allowed rows are scored.
+    ``blocked`` is a full mask or a :class:`Filter`; without a category filter, the IVF path
+    checks a Filter on its candidates only.
     """
     q = query.astype(np.float32, copy=False)
+    if isinstance(blocked, Filter):
+        if ivf is not None and blocked.wanted_codes is None:
+            rows, scores = ivf.candidates(q)
+            keep = ~blocked.blocks(rows)
+            rows, scores = rows[keep], scores[keep]
+            if rows.shape[0] >= pool:
+                local = top_k(scores, pool)
+                return rows[local], scores[local]
+        blocked = blocked.mask()
     mostly_blocked = blocked is not None and np.count_nonzero(blocked) > blocked.shape[0] // 2
     if ivf is not None and not mostly_blocked:
         rows, scores = ivf.candidates(q)
@@ -153,7 +198,7 @@ def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int, blocked: np.n
 
 
 def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
-                profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | None,
+                profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | Filter | None,
                 pool: int, ivf: IvfIndex | None = None) -> Ranked:
     """CF retrieval of ``pool`` candidates by dot product, then hybrid re-ranking to ``k``.
 
@@ -164,7 +209,7 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
         profile: the user's L2-normalised content profile [C], or None (then CB is 0).
         k: how many items to return.
         alpha: weight of CF in the final score; 1 - alpha weighs CB.
-        blocked: rows that must not be returned, or None.
+        blocked: rows that must not be returned (a mask or a :class:`Filter`), or None.
         pool: candidate pool size (>= k).
         ivf: an approximate index over ``embeddings`` (None: exact scan); see :func:`retrieve`.
     """

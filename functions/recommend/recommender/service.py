@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import NotFound, Unavailable
 from .index import ItemIndex, SnapshotLoadError, read_snapshot
 from .params import RecommendParams, SimilarParams
-from .ranking import blocked_mask, l2_normalize, pool_size, rank_cosine, rank_hybrid
+from .ranking import Filter, blocked_mask, l2_normalize, pool_size, rank_cosine, rank_hybrid
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,10 @@ class Recommender:
         query = self._query(index, p, user)
         if query is None:
             return self._cold_start(index, p, user, degraded=False)
-        blocked = blocked_mask(
-            index.size, index.out_of_stock if p.in_stock_only else None, index.category_codes,
-            index.category_codes_for(p.categories) if p.categories else None,
-            self._excluded_rows(index, p, user))
+        blocked = Filter(index.size, index.out_of_stock if p.in_stock_only else None,
+                         index.category_codes,
+                         index.category_codes_for(p.categories) if p.categories else None,
+                         self._excluded_rows(index, p, user))
         profile = None
         if query.profile_rows.size:
             prof = l2_normalize(index.content[query.profile_rows].mean(axis=0))
