@@ -83,6 +83,39 @@ def apply_event(state: UserState, event: ProductEvent, history_length: int) -> t
                      last_event_ts=event.timestamp), ACCEPTED
 
 
+def apply_events(state: UserState, events: Iterable[ProductEvent],
+                 history_length: int) -> tuple[UserState, list[str]]:
+    """Apply ``events`` in order: the same final state and outcomes as :func:`apply_event` one
+    by one, with the history kept in lists (one ``UserState`` built at the end, not per event)."""
+    history = list(state.history)
+    keys = [_order_key(h) for h in history]
+    ids = {h.event_id for h in history}
+    outcomes: list[str] = []
+    count, last_id, last_ts = state.event_count, state.last_event_id, state.last_event_ts
+    for event in events:
+        if event.event_id in ids:
+            outcomes.append(DUPLICATE)
+            continue
+        key = (event.timestamp, event.event_id)
+        if len(history) >= history_length and key < keys[0]:
+            outcomes.append(TOO_OLD)
+            continue
+        at = bisect.bisect_right(keys, key)
+        keys.insert(at, key)
+        history.insert(at, HistoryEntry(event_id=event.event_id, item_id=event.item_id,
+                                        event_type=event.event_type, timestamp=event.timestamp))
+        ids.add(event.event_id)
+        while len(history) > history_length:
+            ids.discard(history.pop(0).event_id)
+            keys.pop(0)
+        count, last_id, last_ts = count + 1, event.event_id, event.timestamp
+        outcomes.append(ACCEPTED)
+    if count == state.event_count:
+        return state, outcomes
+    return UserState(user_id=state.user_id, history=tuple(history), event_count=count,
+                     last_event_id=last_id, last_event_ts=last_ts), outcomes
+
+
 class UserStore(Protocol):
     """Where state is seeded from: ``get`` returns the stored document or ``None``."""
 
@@ -200,12 +233,10 @@ class UpdateUserStateFn(beam.DoFn):
         first_sight = current is None
         if first_sight:
             current = self._initial_state(user_id, seed)
-        accepted = []
-        for event in events:
-            current, outcome = apply_event(current, event, self.history_length)
-            if outcome == ACCEPTED:
-                accepted.append(event)
-            else:
+        current, outcomes = apply_events(current, events, self.history_length)
+        accepted = [e for e, outcome in zip(events, outcomes) if outcome == ACCEPTED]
+        for outcome in outcomes:
+            if outcome != ACCEPTED:
                 (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
         if accepted or first_sight:
             state.write(current)  # on first sight even if nothing was accepted: Firestore is read once

@@ -16,6 +16,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.data import read_events_jsonl
 from pipelines.streaming import RecommenderCore, StreamingConfig, parse_args
@@ -42,6 +44,7 @@ from pipelines.transforms.user_state import (
     UpdateUserStateFn,
     UserState,
     apply_event,
+    apply_events,
 )
 from schemas import names
 from schemas.catalog import CatalogItem
@@ -216,6 +219,25 @@ def test_stateful_dedup_with_test_stream_and_seeding():
         assert_that(out.accepted_batches | beam.FlatMap(lambda b: [e.event_id for e in b]),
                     equal_to(["a1", "a2", "b1"]),
                     label="accepted")
+
+
+@settings(max_examples=300, deadline=None)
+@given(history_length=st.integers(1, 5),
+       seed_events=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 20)), max_size=6),
+       events=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 20)), max_size=12))
+def test_apply_events_equals_apply_event_one_by_one(history_length, seed_events, events):
+    """Ids from a small pool and colliding timestamps: duplicates, evictions and too-old events."""
+    def as_events(pairs):
+        return [ev(f"e{i}", item=f"i{i}", ts=T0 + t) for i, t in pairs]
+
+    start = UserState("u1")
+    for e in as_events(seed_events):
+        start, _ = apply_event(start, e, history_length)
+    expected, outcomes = start, []
+    for e in as_events(events):
+        expected, outcome = apply_event(expected, e, history_length)
+        outcomes.append(outcome)
+    assert apply_events(start, as_events(events), history_length) == (expected, outcomes)
 
 
 class FakeState:
