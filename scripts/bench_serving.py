@@ -527,6 +527,18 @@ def server_env(stack: local_stack.StackConfig, workers: int, threads: int, one_b
     return env
 
 
+def _retrieval_seen(port: int, health_path: str, polls: int = 8) -> list[str]:
+    """The ``retrieval`` the workers report on /healthz after the warm-up (IVF builds in the background)."""
+    seen = set()
+    for _ in range(polls):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{health_path}", timeout=5) as resp:
+                seen.add(str(json.loads(resp.read()).get("retrieval")))
+        except (urllib.error.URLError, OSError, ValueError):
+            seen.add("error")
+    return sorted(seen)
+
+
 def load_test(name: str, target: str, source: Path, path_template: str, health_path: str,
               env: dict[str, str], user_ids: list[str], cfg: BenchConfig, work_dir: Path,
               emulator_pid: int, low_concurrency: bool = False) -> dict:
@@ -538,6 +550,7 @@ def load_test(name: str, target: str, source: Path, path_template: str, health_p
     server = serve(name, target, source, env, health_path, work_dir)
     try:
         run_wrk(server.port, path_template, user_ids, cfg, cfg.warmup_s, work_dir)
+        retrieval = _retrieval_seen(server.port, health_path) if health_path == "/healthz" else None
         cpu0, emu0 = cpu_seconds(server.proc.pid), cpu_seconds(emulator_pid)
         result = run_wrk(server.port, path_template, user_ids, cfg, cfg.duration_s, work_dir)
         cpu1, emu1 = cpu_seconds(server.proc.pid), cpu_seconds(emulator_pid)
@@ -547,6 +560,8 @@ def load_test(name: str, target: str, source: Path, path_template: str, health_p
         result.update(memory_mb(server.proc.pid))
         result["cold_start_s"] = server.cold_start_s
         result["cold_start_cpu_s"] = server.cold_start_cpu_s
+        if retrieval is not None:
+            result["retrieval_after_warmup"] = retrieval
         if low_concurrency:
             result["latency_at_connections"] = {
                 str(c): {k: round(v, 3) for k, v in run_wrk(

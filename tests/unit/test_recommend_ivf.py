@@ -198,3 +198,68 @@ def test_retrieval_setting_is_validated(monkeypatch):
     monkeypatch.setenv("RETRIEVAL", "hnsw")
     with pytest.raises(ConfigError, match="RETRIEVAL"):
         Settings.from_env()
+
+
+def test_filter_on_candidate_rows_matches_the_full_mask():
+    rng = np.random.default_rng(5)
+    n = 1000
+    codes = rng.integers(0, 7, n).astype(np.int32)
+    oos = rng.random(n) < 0.2
+    excluded = np.array([3, 10, 999])
+    for wanted in (None, np.array([2, 5], dtype=np.int32)):
+        f = ranking.Filter(n, oos, codes, wanted, excluded)
+        rows = rng.choice(n, 300, replace=False)
+        np.testing.assert_array_equal(f.blocks(rows), f.mask()[rows])
+    assert ranking.Filter(n).mask() is None
+    assert not ranking.Filter(n).blocks(np.arange(5)).any()
+
+
+def test_rank_hybrid_with_a_filter_equals_the_mask(clustered):
+    emb, queries = clustered
+    in_stock = np.arange(N) % 4 != 0
+    index = _index(emb, in_stock=in_stock).with_ivf(CLUSTERS, 6)
+    f = ranking.Filter(index.size, index.out_of_stock, index.category_codes, None, np.array([1, 2, 3]))
+    for q in queries[:20]:
+        a = ranking.rank_hybrid(q, index.embeddings, index.content, None, 10, 0.7, f, 200, index.ivf)
+        b = ranking.rank_hybrid(q, index.embeddings, index.content, None, 10, 0.7, f.mask(), 200, index.ivf)
+        assert a.rows.tolist() == b.rows.tolist()
+        assert not f.mask()[a.rows].any()
+
+
+class _NoFirestore:
+    def get_user(self, user_id):
+        return None
+
+    def get_current_model(self):
+        return None
+
+    def get_trending(self):
+        return None
+
+    def items_since(self, indexed_from, limit):
+        return []
+
+
+def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_path):
+    from recommender.params import RecommendParams
+
+    from schemas.index_snapshot import IndexSnapshot
+
+    emb, _ = clustered
+    snap = IndexSnapshot(version="v1", created_at=0, item_ids=np.array([f"i{i}" for i in range(N)]),
+                         embeddings=emb, content=np.ones((N, 4), np.float32) / 2.0,
+                         categories=np.array(["c"] * N), in_stock=np.ones(N, bool),
+                         popularity=np.ones(N, np.float32))
+    path = tmp_path / "item_index.npz"
+    snap.save(path)
+    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
+                          _NoFirestore())
+    service.start()
+    assert service.index.ivf is None  # cold start loads the snapshot only
+    body = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
+    assert body["strategy"] == "session" and len(body["items"]) == 5  # served (exact) meanwhile
+    service._ivf_thread.join(timeout=60)
+    assert service.index.ivf is not None and service.index.ivf.nlist == default_nlist(N)
+    assert service.health()[1]["retrieval"] == "ivf"
+    again = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
+    assert len(again["items"]) == 5

@@ -68,6 +68,8 @@ class Recommender:
         self._trending_at = 0.0
         self._last_check = 0.0
         self._refresh_lock = threading.Lock()
+        self._defer_ivf = False
+        self._ivf_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ index lifecycle
     @property
@@ -75,17 +77,49 @@ class Recommender:
         return self._index
 
     def start(self) -> None:
-        """Cold start: load the current model's snapshot (or ``INDEX_URI``) and trending."""
-        self.refresh()
-        if self._index is None and self.settings.index_uri:
-            try:
-                self._install(ItemIndex.from_snapshot(read_snapshot(self.settings.index_uri)))
-            except SnapshotLoadError as e:
-                log.error("cold start: %s", e)
+        """Cold start: load the current model's snapshot (or ``INDEX_URI``) and trending.
+
+        The IVF partitions are not built here: the first request of each serving process starts
+        that in the background (gunicorn forks its workers after this import, and a thread does
+        not cross a fork) and requests use the exact scan until it is swapped in.
+        """
+        self._defer_ivf = True
+        try:
+            self.refresh()
+            if self._index is None and self.settings.index_uri:
+                try:
+                    self._install(ItemIndex.from_snapshot(read_snapshot(self.settings.index_uri)))
+                except SnapshotLoadError as e:
+                    log.error("cold start: %s", e)
+        finally:
+            self._defer_ivf = False
 
     def _install(self, index: ItemIndex, seen: frozenset[str] = frozenset()) -> None:
-        index = self.with_retrieval(index)
+        if not self._defer_ivf:
+            index = self.with_retrieval(index)
         self._index, self._seen_at_through = index, seen  # one reference swap each: atomic
+
+    def _ivf_due(self, index: ItemIndex | None) -> bool:
+        s = self.settings
+        return (s.retrieval == "ivf" and index is not None and index.ivf is None
+                and index.size >= s.ivf_min_items)
+
+    def maybe_build_ivf(self) -> bool:
+        """Start building the IVF partitions of the current index in the background if due."""
+        if not self._ivf_due(self._index) or (self._ivf_thread is not None and self._ivf_thread.is_alive()):
+            return False
+        self._ivf_thread = threading.Thread(target=self._build_ivf, name="ivf-build", daemon=True)
+        self._ivf_thread.start()
+        return True
+
+    def _build_ivf(self) -> None:
+        index = self._index
+        if not self._ivf_due(index):
+            return
+        built = self.with_retrieval(index)
+        with self._refresh_lock:
+            if self._index is index:  # a refresh in between installed its own (already with IVF)
+                self._index = built
 
     def with_retrieval(self, index: ItemIndex) -> ItemIndex:
         """``index`` with the configured retrieval: IVF partitions built here (at load, not per request)."""
@@ -167,6 +201,8 @@ class Recommender:
     def recommend(self, p: RecommendParams) -> dict[str, Any]:
         """Recommendations for one request; degrades to in-memory trending if Firestore fails."""
         self.maybe_refresh()
+        if self._ivf_thread is None:
+            self.maybe_build_ivf()
         user: UserDoc | None = None
         if p.user_id is not None:
             try:
