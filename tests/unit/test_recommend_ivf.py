@@ -252,7 +252,8 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
                          popularity=np.ones(N, np.float32))
     path = tmp_path / "item_index.npz"
     snap.save(path)
-    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
+    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
+                                   ivf_build="background"),
                           _NoFirestore())
     service.start()
     assert service.index.ivf is None  # cold start loads the snapshot only
@@ -263,3 +264,20 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
     assert service.health()[1]["retrieval"] == "ivf"
     again = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
     assert len(again["items"]) == 5
+
+
+def test_cold_start_builds_the_ivf_by_default(clustered, tmp_path):
+    from schemas.index_snapshot import IndexSnapshot
+
+    emb, _ = clustered
+    snap = IndexSnapshot(version="v1", created_at=0, item_ids=np.array([f"i{i}" for i in range(N)]),
+                         embeddings=emb, content=np.ones((N, 4), np.float32) / 2.0,
+                         categories=np.array(["c"] * N), in_stock=np.ones(N, bool),
+                         popularity=np.ones(N, np.float32))
+    path = tmp_path / "item_index.npz"
+    snap.save(path)
+    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
+                          _NoFirestore())
+    service.start()
+    assert service.index.ivf is not None  # built before the first request (and before a fork)
+    assert not service.maybe_build_ivf()

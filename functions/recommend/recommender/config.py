@@ -80,6 +80,9 @@ class Settings:
     ivf_nlist: int = 0
     ivf_nprobe: int = 16
     ivf_min_items: int = 20_000
+    # When the IVF partitions of a freshly loaded snapshot are built: "startup" (cold start, before
+    # gunicorn forks, shared by the workers) or "background" (each process, after its first request).
+    ivf_build: str = "startup"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -107,4 +110,5 @@ class Settings:
             ivf_nlist=_env_int("IVF_NLIST", 0, 0, 1_000_000),
             ivf_nprobe=_env_int("IVF_NPROBE", 16, 1, 1_000_000),
             ivf_min_items=_env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
+            ivf_build=_env_choice("IVF_BUILD", "startup", ("startup", "background")),
         )

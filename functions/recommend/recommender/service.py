@@ -79,11 +79,12 @@ class Recommender:
     def start(self) -> None:
         """Cold start: load the current model's snapshot (or ``INDEX_URI``) and trending.
 
-        The IVF partitions are not built here: the first request of each serving process starts
-        that in the background (gunicorn forks its workers after this import, and a thread does
-        not cross a fork) and requests use the exact scan until it is swapped in.
+        With ``IVF_BUILD=background`` the IVF partitions are not built here: the first request of
+        each serving process starts that in the background (gunicorn forks its workers after this
+        import, and a thread does not cross a fork) and requests use the exact scan until it is
+        swapped in. With ``startup`` (default) they are built now, once, shared by the workers.
         """
-        self._defer_ivf = True
+        self._defer_ivf = self.settings.ivf_build == "background"
         try:
             self.refresh()
             if self._index is None and self.settings.index_uri:
