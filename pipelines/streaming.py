@@ -81,7 +81,7 @@ class StreamingConfig:
     allowed_lateness_s: int = 600
     model_refresh_s: float = 10.0
     inference: str = "bundle"
-    direct_pull_max_messages: int = 1000
+    direct_pull_max_messages: int = 5000
     drain_idle_s: float = 3.0
 
     @property
@@ -113,8 +113,9 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
     parser.add_argument("--allowed-lateness-seconds", type=int, default=600)
     parser.add_argument("--model-refresh-seconds", type=float, default=10.0)
     parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")
-    parser.add_argument("--direct-pull-max-messages", type=int, default=1000,
-                        help="DirectRunner only: messages per Pub/Sub pull")
+    parser.add_argument("--direct-pull-max-messages", type=int, default=5000,
+                        help="DirectRunner only: largest read bundle (pulls repeat while a backlog "
+                             "answers; a trickle makes small bundles)")
     parser.add_argument("--drain-idle-seconds", type=float, default=3.0,
                         help="DirectRunner only: idle time that ends a drain")
     args, beam_args = parser.parse_known_args(argv)

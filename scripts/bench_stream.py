@@ -177,7 +177,7 @@ def passthrough_main(argv: list[str]) -> None:
 
 
 class ProgressFn(beam.DoFn):
-    """Counts elements and prints ``PROGRESS <total> <epoch s>`` after every bundle."""
+    """Counts elements and prints ``PROGRESS <total> <epoch s> <process CPU s>`` after every bundle."""
 
     total = 0
     lock = threading.Lock()
@@ -193,7 +193,7 @@ class ProgressFn(beam.DoFn):
         if self.n:
             with ProgressFn.lock:
                 ProgressFn.total += self.n
-                print(f"PROGRESS {ProgressFn.total} {time.time():.3f}", flush=True)
+                print(f"PROGRESS {ProgressFn.total} {time.time():.3f} {time.process_time():.3f}", flush=True)
 
 
 def steady_rate(progress: list[tuple[int, float]], total: int, lo: float = 0.2,
@@ -214,14 +214,44 @@ def first_to_done_rate(progress: list[tuple[int, float]], total: int) -> float:
     return (total - n0) / max(progress[-1][1] - t0, 1e-6)
 
 
-def passthrough_progress(log_path: Path) -> list[tuple[int, float]]:
-    """The (count, time) progress lines the pass-through worker printed."""
+def passthrough_progress(log_path: Path, with_cpu: bool = False) -> list[tuple]:
+    """The (count, time[, process CPU s]) progress lines the pass-through worker printed."""
     out = []
     for line in log_path.read_text(errors="replace").splitlines():
         if line.startswith("PROGRESS "):
-            _, n, t = line.split()
-            out.append((int(n), float(t)))
+            _, n, t, cpu = line.split()
+            out.append((int(n), float(t), float(cpu)) if with_cpu else (int(n), float(t)))
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgids: list[int]) -> float:
+    """CPU seconds of every live process in the process groups ``pgids`` (the emulators)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def cpu_ms_per_event(marks: list[tuple[int, float]], total: int, lo: float = 0.2,
+                     hi: float = 0.8) -> float:
+    """CPU ms per event between the first (count, CPU s) samples at >= ``lo`` and >= ``hi``."""
+    (n1, c1), (n2, c2) = (next((n, c) for n, c in marks if n >= f * total) for f in (lo, hi))
+    return 1000.0 * (c2 - c1) / max(n2 - n1, 1)
 
 
 # ----------------------------------------------------------------------------- events and measurement
@@ -241,6 +271,27 @@ class Workload:
                             timestamp=int(time.time() * 1000))
 
 
+def seed_full_histories(client: Any, workload: Workload, history_length: int = 50) -> int:
+    """Write every user's document with a full history of older views, as a pipeline restart
+    finds them in steady state (the pipeline seeds its state from them); returns the sum of their
+    ``event_count``. Without it the throughput phase would start with empty histories, i.e.
+    smaller documents than a running system writes."""
+    from pipelines.transforms.firestore_io import commit_in_batches
+    from schemas.firestore import HistoryEntry, UserDoc
+
+    start = int(time.time() * 1000) - 3_600_000
+    coll = client.collection(names.USERS)
+    writes = []
+    for u, user in enumerate(workload.users):
+        history = tuple(HistoryEntry(event_id=f"seed-{u}-{i}", item_id=workload.rng.choice(workload.items),
+                                     event_type="view", timestamp=start + i) for i in range(history_length))
+        doc = UserDoc(user_id=user, history=history, last_event_id=history[-1].event_id,
+                      last_event_ts=history[-1].timestamp, updated_at=start, event_count=history_length)
+        writes.append((coll.document(user), doc.to_document()))
+    commit_in_batches(client, writes)
+    return history_length * len(workload.users)
+
+
 def publish_backlog(topic: str, events: list[ProductEvent]) -> None:
     from google.cloud import pubsub_v1
 
@@ -256,16 +307,18 @@ def users_event_total(client: Any) -> int:
                for d in client.collection(names.USERS).select(["event_count"]).stream())
 
 
-def wait_for_count(client: Any, expected: int, timeout_s: float,
-                   poll_s: float = 0.25) -> list[tuple[int, float]]:
-    """Poll ``users/*`` until the event counts sum to ``expected``; the (count, time) samples
-    from the first one with progress on."""
+def wait_for_count(client: Any, expected: int, timeout_s: float, poll_s: float = 0.25,
+                   cpu: Any = None, base: int = 0) -> list[tuple[int, float]]:
+    """Poll ``users/*`` until the event counts sum to ``base + expected``; the (count - base,
+    time) samples from the first one with progress on (``cpu(count)`` is called at each)."""
     progress: list[tuple[int, float]] = []
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        total = users_event_total(client)
+        total = users_event_total(client) - base
         if total > 0:
             progress.append((total, time.time()))
+            if cpu is not None:
+                cpu(total)
         if total >= expected:
             return progress
         time.sleep(poll_s)
@@ -361,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default=str(ROOT / "artifacts" / "bench-stream-model"))
     parser.add_argument("--retrain", action="store_true", help="train a new tiny artefact")
     parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")
+    parser.add_argument("--direct-pull-max-messages", type=int, default=None,
+                        help="both pipelines' largest Pub/Sub read bundle (default: the pipeline's)")
     parser.add_argument("--pubsub-port", type=int, default=int(os.environ.get("BENCH_PUBSUB_PORT", 18495)))
     parser.add_argument("--firestore-port", type=int,
                         default=int(os.environ.get("BENCH_FIRESTORE_PORT", 18496)))
@@ -384,12 +439,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     state = local_stack.start(config, state_dir=work / "stack")
     os.environ.update(config.client_env())
     try:
-        return _bench(args, config, work)
+        return _bench(args, config, work, list(state.pids.values()))
     finally:
         local_stack.stop_state(state)
 
 
-def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
+def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[int]) -> dict[str, Any]:
     from google.cloud import firestore, pubsub_v1
 
     from pipelines import publish
@@ -415,20 +470,29 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
     db = firestore.Client(project=project)
 
     # 1. pass-through baseline on a backlog
-    pt_runs = [run_passthrough(pt_topic, pt_sub, workload, args.events, env, work / "passthrough-1.log")]
+    pt_runs = [run_passthrough(pt_topic, pt_sub, workload, args.events, env, work / "passthrough-1.log",
+                               emulators, args.direct_pull_max_messages)]
 
-    # 2. full pipeline on the same-size backlog
+    # 2. full pipeline on the same-size backlog, users in steady state (full histories)
+    base = seed_full_histories(db, workload)
     events_topic = publisher.topic_path(project, names.EVENTS_TOPIC)
     publish_backlog(events_topic, [workload.event("tp") for _ in range(args.events)])
     proc = ManagedProcess("pipeline", python_module(
         "pipelines.streaming", "--model-refresh-seconds", "5", "--inference", args.inference,
+        *(["--direct-pull-max-messages", str(args.direct_pull_max_messages)]
+          if args.direct_pull_max_messages else []),
         "--archive-dir", str(work / "archive")), work / "pipeline.log", env).start()
     sampler = RssSampler(proc.pid)
     sampler.start()
     poller = FreshnessPoller(db)
     try:
-        full_progress = wait_for_count(db, args.events, timeout_s=600)
+        cpu_marks: list[tuple[int, float, float]] = []
+        full_progress = wait_for_count(
+            db, args.events, timeout_s=600, base=base,
+            cpu=lambda n: cpu_marks.append((n, cpu_seconds(proc.pid), group_cpu_seconds(emulators))))
         full_rate = steady_rate(full_progress, args.events)
+        full_cpu = {"pipeline": cpu_ms_per_event([(n, c) for n, c, _ in cpu_marks], args.events),
+                    "emulators": cpu_ms_per_event([(n, e) for n, _, e in cpu_marks], args.events)}
         # 3. freshness at a steady rate (also the memory run)
         poller.start()
         steady_start = sampler.samples[-1][0] if sampler.samples else 0.0
@@ -441,12 +505,17 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
         sampler.stop()
         proc.stop(timeout_s=60)
     # 5. pass-through again, interleaved after the full pipeline
-    pt_runs.append(run_passthrough(pt_topic, pt_sub, workload, args.events, env, work / "passthrough-2.log"))
+    pt_runs.append(run_passthrough(pt_topic, pt_sub, workload, args.events, env, work / "passthrough-2.log",
+                                   emulators, args.direct_pull_max_messages))
     pt_rate = float(np.mean([r["steady"] for r in pt_runs]))
+    from pipelines.streaming import StreamingConfig
+
+    pull_default = StreamingConfig.direct_pull_max_messages
+    pt_cpu = float(np.mean([r["cpu_pipeline"] + r["cpu_emulators"] for r in pt_runs]))
     lat = np.array([poller.seen[e] - t for e, t in sent.items() if e in poller.seen])
     missing = sum(1 for e in sent if e not in poller.seen)
     total_events = args.events + len(sent)
-    counted = users_event_total(db)
+    counted = users_event_total(db) - base
     return {
         "runner": "DirectRunner (BundleBased, streaming) + Pub/Sub and Firestore emulators",
         "inference": args.inference,
@@ -466,6 +535,15 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
         "passthrough_runs_events_per_s": [round(r["steady"], 1) for r in pt_runs],
         "events_per_s_first_to_done": round(first_to_done_rate(full_progress, args.events), 1),
         "passthrough_events_per_s_first_to_done": [round(r["first_to_done"], 1) for r in pt_runs],
+        "cpu_ms_per_event": {
+            "full": {k: round(v, 4) for k, v in full_cpu.items()},
+            "passthrough": [{"pipeline": round(r["cpu_pipeline"], 4),
+                             "emulators": round(r["cpu_emulators"], 4)} for r in pt_runs]},
+        "cpu_ratio": round(pt_cpu / (full_cpu["pipeline"] + full_cpu["emulators"]), 3),
+        "cpu_method": "CPU s of the pipeline process and of both emulators' process groups between the "
+                      "20% and 80% marks, per event; cpu_ratio = pass-through / full (a load-robust "
+                      "companion of ratio: CPU time barely depends on what else runs)",
+        "direct_pull_max_messages": args.direct_pull_max_messages or pull_default,
         "backlog_events": args.events,
         "events_counted_in_firestore": counted,
         "events_published": total_events,
@@ -476,25 +554,34 @@ def _bench(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:
 
 
 def run_passthrough(topic: str, subscription: str, workload: Workload, n: int, env: dict[str, str],
-                    log: Path) -> dict[str, float]:
-    """Publish a backlog of ``n`` views, let the pass-through pipeline work it off; its rates."""
+                    log: Path, emulators: list[int], pull_max: int | None = None) -> dict[str, float]:
+    """Publish a backlog of ``n`` views, let the pass-through pipeline work it off; its rates
+    and CPU ms per event (its own, as it printed them; the emulators', sampled every 0.05 s)."""
     publish_backlog(topic, [workload.event("pt") for _ in range(n)])
+    extra = ["--direct-pull-max-messages", str(pull_max)] if pull_max else []
     proc = ManagedProcess("passthrough", [sys.executable, "-c", PASSTHROUGH_CMD, "--subscription",
-                                          subscription], log, env).start()
+                                          subscription, *extra], log, env).start()
+    emulator_cpu: list[tuple[float, float]] = []
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
+            emulator_cpu.append((time.time(), group_cpu_seconds(emulators)))
             progress = passthrough_progress(log)
             if progress and progress[-1][0] >= n:
                 break
             if not proc.alive():
                 raise RuntimeError(f"pass-through pipeline exited; see {log}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         else:
             raise TimeoutError("pass-through pipeline did not finish the backlog")
     finally:
         proc.stop(timeout_s=60)
-    return {"steady": steady_rate(progress, n), "first_to_done": first_to_done_rate(progress, n)}
+    with_cpu = passthrough_progress(log, with_cpu=True)
+    times, emu = np.array([t for t, _ in emulator_cpu]), np.array([c for _, c in emulator_cpu])
+    return {"steady": steady_rate(progress, n), "first_to_done": first_to_done_rate(progress, n),
+            "cpu_pipeline": cpu_ms_per_event([(m, c) for m, _, c in with_cpu], n),
+            "cpu_emulators": cpu_ms_per_event(
+                [(m, float(np.interp(t, times, emu))) for m, t, _ in with_cpu], n)}
 
 
 def freshness_timeline(sent: dict[str, float], seen: dict[str, float], bucket_s: float = 10.0) -> list:

@@ -4,7 +4,9 @@ Beam 2.77's DirectRunner pulls at most 10 messages per call with a 30 s long pol
 worker thread. With two subscriptions, an idle one (catalogue updates) blocks the whole
 pipeline for ~30 s on the emulator, and 10 messages per bundle caps throughput. This module
 replaces that one method (``_PubSubReadEvaluator._read_from_pubsub``) with a pull that returns
-immediately and takes up to ``max_messages`` (several pulls while a backlog answers). After an
+immediately and takes up to ``max_messages`` (several pulls while a backlog answers; default
+5,000: under a backlog, bigger bundles coalesce more per-user writes, measured 0.2 -> 0.04
+``users/*`` writes per event with 200 active users; a trickle still makes bundles of a few). After an
 empty pull it sleeps ``idle_sleep_s`` instead of spinning, but only when no other step has a
 bundle queued, so it never sleeps in front of real work. (Deferring pulls while anything else is
 queued was measured too: publish -> parse p50 0.13 s vs 0.08 s with this policy.) More worker
@@ -25,7 +27,8 @@ from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
 
 _draining = threading.Event()
-_settings = {"max_messages": 1000, "idle_sleep_s": 0.01}
+_settings = {"max_messages": 5000, "idle_sleep_s": 0.01}
+ACK_CHUNK = 1000
 _original = transform_evaluator._PubSubReadEvaluator._read_from_pubsub
 _original_service_init = executor._ExecutorService.__init__
 _services: weakref.WeakSet = weakref.WeakSet()
@@ -83,7 +86,9 @@ def _read_from_pubsub(self: Any, timestamp_attribute: str | None) -> list[Any]:
         return []
     results = [_to_element(rm.message, timestamp_attribute) for rm in received]
     client = self._get_subscriber_client(self._applied_ptransform)
-    client.acknowledge(subscription=self._sub_name, ack_ids=[rm.ack_id for rm in received])
+    ack_ids = [rm.ack_id for rm in received]
+    for i in range(0, len(ack_ids), ACK_CHUNK):  # Pub/Sub caps a request at 512 KiB
+        client.acknowledge(subscription=self._sub_name, ack_ids=ack_ids[i:i + ACK_CHUNK])
     return results
 
 
@@ -97,7 +102,7 @@ def _to_element(message: Any, timestamp_attribute: str | None) -> tuple[Any, Any
     return Timestamp.from_utc_datetime(message.publish_time), parsed
 
 
-def install(max_messages: int = 1000, idle_sleep_s: float = 0.01) -> None:
+def install(max_messages: int = 5000, idle_sleep_s: float = 0.01) -> None:
     """Use the tuned read for every DirectRunner Pub/Sub source started after this call."""
     _settings.update(max_messages=max_messages, idle_sleep_s=idle_sleep_s)
     transform_evaluator._PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub
