@@ -1,11 +1,15 @@
-"""Content-feature encoder usable without TensorFlow.
+"""Content-feature encoder usable without TensorFlow, and the sparse rows that hold its output.
 
 Turns a catalogue item's attributes (category, brand, price bucket, tags) into a
 fixed-length, L2-normalised float32 vector. The training job fits it on the
 catalogue and saves it as JSON in the model artefact; the pipeline (new items)
 and the recommend function (content-based score) load that JSON. Unknown values
 map to nothing in their block, so a new brand does not break an old encoder.
+
+A vector has at most ``3 + max tags`` non-zeros out of hundreds of columns, so a catalogue's
+vectors are held as :class:`SparseRows` (CSR, numpy only: cheap to import in the function).
 """
+
 
 from __future__ import annotations
 
@@ -83,6 +87,12 @@ class ContentEncoder:
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
+    def encode_sparse(self, items: Sequence[CatalogItem], chunk: int = 4096) -> SparseRows:
+        """:meth:`encode_many` as :class:`SparseRows`, never holding more than ``chunk`` dense rows."""
+        parts = [SparseRows.from_dense(self.encode_many(items[s:s + chunk]))
+                 for s in range(0, len(items), chunk)]
+        return SparseRows.concat(parts, self.dim)
+
     def to_json(self) -> str:
         return json.dumps({"categories": self.categories, "brands": self.brands, "tags": self.tags,
                            "price_edges": self.price_edges, "weights": self.weights})
@@ -100,3 +110,165 @@ class ContentEncoder:
     @classmethod
     def load(cls, path: str | Path) -> ContentEncoder:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+class SparseRows:
+    """Rows of a sparse float32 matrix in CSR form (``indptr``, ``indices``, ``data``, ``dim``).
+
+    Row ``i`` holds ``data[indptr[i]:indptr[i+1]]`` at columns ``indices[indptr[i]:indptr[i+1]]``
+    (no duplicate columns in a row). Immutable by convention: updates return a new object.
+    """
+
+    __slots__ = ("indptr", "indices", "data", "dim", "_norms")
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dim: int) -> None:
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.dim = int(dim)
+        self._norms: np.ndarray | None = None
+        if self.indptr.ndim != 1 or self.indptr.shape[0] < 1 or self.indptr[0] != 0:
+            raise ValueError("sparse rows: indptr must be 1-D and start at 0")
+        nnz = int(self.indptr[-1])
+        if self.indices.shape != (nnz,) or self.data.shape != (nnz,):
+            raise ValueError(f"sparse rows: indptr ends at {nnz}, indices has {self.indices.shape[0]} "
+                             f"and data {self.data.shape[0]} entries")
+        if nnz and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.dim):
+            raise ValueError(f"sparse rows: a column index is outside [0, {self.dim})")
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def empty(cls, dim: int, n: int = 0) -> SparseRows:
+        """``n`` all-zero rows of width ``dim``."""
+        return cls(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), dim)
+
+    @classmethod
+    def from_dense(cls, x: np.ndarray) -> SparseRows:
+        """The non-zeros of a dense ``[N, C]`` array."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"sparse rows: expected a 2-D array, got shape {x.shape}")
+        rows, cols = np.nonzero(x)
+        indptr = np.zeros(x.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=x.shape[0]), out=indptr[1:])
+        return cls(indptr, cols, x[rows, cols], x.shape[1])
+
+    @classmethod
+    def concat(cls, parts: Sequence[SparseRows], dim: int) -> SparseRows:
+        """The rows of ``parts`` one after the other (all of width ``dim``)."""
+        if any(p.dim != dim for p in parts):
+            raise ValueError(f"sparse rows: cannot concatenate rows of another width than {dim}")
+        if not parts:
+            return cls.empty(dim)
+        offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
+        indptr = np.concatenate([np.zeros(1, np.int64)]
+                                + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+        return cls(indptr, np.concatenate([p.indices for p in parts]),
+                   np.concatenate([p.data for p in parts]), dim)
+
+    def to_dense(self) -> np.ndarray:
+        """The ``[N, C]`` float32 array (for tests and small exports)."""
+        return self.rows(np.arange(len(self)))
+
+    # ---------------------------------------------------------------- shape
+    def __len__(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.dim)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
+
+    # ---------------------------------------------------------------- math
+    @property
+    def norms(self) -> np.ndarray:
+        """L2 norm of every row, float32 ``[N]`` (computed once)."""
+        if self._norms is None:
+            self._norms = np.sqrt(self._row_sums(self.data * self.data)).astype(np.float32)
+        return self._norms
+
+    def _row_sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-row sums of ``values`` (one per stored entry): ``[N]`` float32."""
+        out = np.zeros(len(self), dtype=np.float32)
+        if values.shape[0]:
+            starts = self.indptr[:-1]
+            nonempty = starts < self.indptr[1:]
+            # segments between consecutive non-empty starts are exactly those rows' entries
+            out[nonempty] = np.add.reduceat(values, starts[nonempty])
+        return out
+
+    def dot(self, vec: np.ndarray) -> np.ndarray:
+        """``dense @ vec`` for a ``[C]`` vector: ``[N]`` float32."""
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dim:
+            raise ValueError(f"sparse rows: vector of length {vec.shape[0]}, rows have {self.dim} columns")
+        return self._row_sums(self.data * vec[self.indices])
+
+    def _entries(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For rows ``idx``: (position in ``idx`` of each entry, entry positions in data)."""
+        starts, ends = self.indptr[idx], self.indptr[idx + 1]
+        lens = ends - starts
+        total = int(lens.sum())
+        which = np.repeat(np.arange(idx.shape[0]), lens)
+        first = np.cumsum(lens) - lens
+        pos = np.arange(total, dtype=np.int64) - np.repeat(first - starts, lens)
+        return which, pos
+
+    def rows(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Rows ``idx`` as a dense float32 ``[len(idx), C]`` array."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
+            raise IndexError(f"sparse rows: row index out of range for {len(self)} rows")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        out = np.zeros((idx.shape[0], self.dim), dtype=np.float32)
+        which, pos = self._entries(idx)
+        out[which, self.indices[pos]] = self.data[pos]
+        return out
+
+    def l2_normalized(self) -> SparseRows:
+        """These rows scaled to unit L2 norm (all-zero rows stay zero)."""
+        norms = np.repeat(self.norms, np.diff(self.indptr))
+        data = np.divide(self.data, norms, out=np.zeros_like(self.data), where=norms > 0)
+        return SparseRows(self.indptr, self.indices, data, self.dim)
+
+    # ---------------------------------------------------------------- updates (new objects)
+    def append(self, rows: SparseRows | np.ndarray) -> SparseRows:
+        """These rows followed by ``rows`` (sparse, or dense ``[M, C]``)."""
+        other = rows if isinstance(rows, SparseRows) else SparseRows.from_dense(rows)
+        return SparseRows.concat([self, other], self.dim)
+
+    def with_rows(self, idx: np.ndarray | Sequence[int], rows: SparseRows | np.ndarray) -> SparseRows:
+        """These rows with rows ``idx`` (distinct) replaced by ``rows``; O(nnz), no dense copy."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        new = rows if isinstance(rows, SparseRows) else SparseRows.from_dense(rows)
+        if len(new) != idx.shape[0] or new.dim != self.dim:
+            raise ValueError("sparse rows: replacement rows do not match the row indices or width")
+        if not idx.size:
+            return self
+        if np.unique(idx).shape[0] != idx.shape[0]:
+            raise ValueError("sparse rows: replaced row indices must be distinct")
+        lens = np.diff(self.indptr)
+        new_lens = lens.copy()
+        new_lens[idx] = np.diff(new.indptr)
+        indptr = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(new_lens, out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        keep_row = np.ones(len(self), dtype=bool)
+        keep_row[idx] = False
+        kept = np.repeat(keep_row, lens)  # old entries that stay
+        row_of_entry = np.repeat(np.arange(len(self), dtype=np.int64), lens)[kept]
+        old_pos = np.flatnonzero(kept)
+        dest = indptr[row_of_entry] + (old_pos - self.indptr[row_of_entry])
+        indices[dest], data[dest] = self.indices[old_pos], self.data[old_pos]
+        which, pos = new._entries(np.arange(len(new)))
+        dest = indptr[idx[which]] + (pos - new.indptr[which])
+        indices[dest], data[dest] = new.indices[pos], new.data[pos]
+        return SparseRows(indptr, indices, data, self.dim)

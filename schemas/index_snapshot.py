@@ -4,6 +4,11 @@ Written by the training job into the model artefact (``<artifact>/item_index.npz
 so that a function instance loads 100,000 items in well under a second instead of
 scanning Firestore. Items added after the snapshot come from ``items`` in Firestore.
 Plain numpy arrays, no pickle.
+
+Content vectors are stored sparse (CSR: ``content_indptr`` int64 [N+1], ``content_indices``
+int32, ``content_data`` float32, ``content_dim``): a row has about a dozen non-zeros out of
+hundreds of columns, so dense they were ~90 % of the file. A snapshot written before that,
+with a dense ``content`` [N, C] array, still loads.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from schemas.content import SparseRows
 
 INDEX_FILE = "item_index.npz"
 
@@ -25,12 +32,14 @@ class IndexSnapshot:
     created_at: int
     item_ids: np.ndarray  # str, [N]
     embeddings: np.ndarray  # float32, [N, D]
-    content: np.ndarray  # float32, [N, C], L2-normalised rows
+    content: SparseRows  # [N, C], L2-normalised rows (a dense array is converted)
     categories: np.ndarray  # str, [N]
     in_stock: np.ndarray  # bool, [N]
     popularity: np.ndarray  # float32, [N]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.content, SparseRows):
+            self.content = SparseRows.from_dense(np.asarray(self.content, dtype=np.float32))
         n = len(self.item_ids)
         for name in ("embeddings", "content", "categories", "in_stock", "popularity"):
             if len(getattr(self, name)) != n:
@@ -39,24 +48,39 @@ class IndexSnapshot:
 
     def save(self, path: str | Path) -> None:
         with open(path, "wb") as f:
-            f.write(self.to_bytes())
+            self._write(f)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, version=np.array(self.version), created_at=np.array(self.created_at),
-                 item_ids=self.item_ids.astype(str), embeddings=self.embeddings.astype(np.float32),
-                 content=self.content.astype(np.float32), categories=self.categories.astype(str),
-                 in_stock=self.in_stock.astype(bool), popularity=self.popularity.astype(np.float32))
+        self._write(buf)
         return buf.getvalue()
+
+    def _write(self, target: io.BufferedIOBase) -> None:
+        np.savez(target, version=np.array(self.version), created_at=np.array(self.created_at),
+                 item_ids=self.item_ids.astype(str), embeddings=self.embeddings.astype(np.float32),
+                 content_indptr=self.content.indptr, content_indices=self.content.indices,
+                 content_data=self.content.data, content_dim=np.array(self.content.dim),
+                 categories=self.categories.astype(str),
+                 in_stock=self.in_stock.astype(bool), popularity=self.popularity.astype(np.float32))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> IndexSnapshot:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(version=str(z["version"]), created_at=int(z["created_at"]),
-                       item_ids=z["item_ids"], embeddings=z["embeddings"], content=z["content"],
-                       categories=z["categories"], in_stock=z["in_stock"],
-                       popularity=z["popularity"])
+        return cls._read(io.BytesIO(data))
 
     @classmethod
     def load(cls, path: str | Path) -> IndexSnapshot:
-        return cls.from_bytes(Path(path).read_bytes())
+        """Read a snapshot file directly (each array read once, no whole-file copy in memory)."""
+        return cls._read(Path(path))
+
+    @classmethod
+    def _read(cls, source: io.BytesIO | Path) -> IndexSnapshot:
+        with np.load(source, allow_pickle=False) as z:
+            if "content_indptr" in z.files:
+                content = SparseRows(z["content_indptr"], z["content_indices"], z["content_data"],
+                                     int(z["content_dim"]))
+            else:  # written before content was stored sparse
+                content = SparseRows.from_dense(z["content"])
+            return cls(version=str(z["version"]), created_at=int(z["created_at"]),
+                       item_ids=z["item_ids"], embeddings=z["embeddings"], content=content,
+                       categories=z["categories"], in_stock=z["in_stock"],
+                       popularity=z["popularity"])

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.catalog import CatalogItem, catalog_schema, parse_item, validate_item
-from schemas.content import ContentEncoder
+from schemas.content import ContentEncoder, SparseRows
 from schemas.errors import InvalidRecord
 from schemas.events import (
     MAX_CONTEXT_ENTRIES,
@@ -415,13 +415,43 @@ def test_index_snapshot_round_trip(tmp_path):
     snap.save(path)
     for again in (IndexSnapshot.load(path), IndexSnapshot.from_bytes(snap.to_bytes())):
         assert (again.version, again.created_at) == ("v1", NOW_MS)
-        for name in ("item_ids", "embeddings", "content", "categories", "in_stock", "popularity"):
+        for name in ("item_ids", "embeddings", "categories", "in_stock", "popularity"):
             np.testing.assert_array_equal(getattr(again, name), getattr(snap, name))
+        np.testing.assert_array_equal(again.content.to_dense(), snap.content.to_dense())
         assert again.embeddings.dtype == np.float32 and again.in_stock.dtype == bool
 
 
 @pytest.mark.parametrize("name", ["embeddings", "content", "categories", "in_stock", "popularity"])
 def test_index_snapshot_rejects_mismatched_rows(name):
     good = _snapshot()
+    short = good.content.to_dense()[:3] if name == "content" else getattr(good, name)[:3]
     with pytest.raises(ValueError, match=f"{name} has 3 rows, item_ids has 4"):
-        _snapshot(**{name: getattr(good, name)[:3]})
+        _snapshot(**{name: short})
+
+
+def test_index_snapshot_stores_content_sparse(tmp_path):
+    dense = np.zeros((4, 6), dtype=np.float32)
+    dense[0, [1, 4]], dense[2, 5], dense[3, 0] = [0.6, 0.8], 1.0, 1.0  # row 1 all zeros
+    snap = _snapshot(content=dense)
+    assert isinstance(snap.content, SparseRows) and snap.content.shape == (4, 6)
+    path = tmp_path / "item_index.npz"
+    snap.save(path)
+    with np.load(path) as z:
+        assert "content" not in z.files and int(z["content_dim"]) == 6
+        assert z["content_indptr"].tolist() == [0, 2, 2, 3, 4]
+        assert z["content_indices"].dtype == np.int32 and z["content_data"].dtype == np.float32
+    np.testing.assert_array_equal(IndexSnapshot.load(path).content.to_dense(), dense)
+
+
+def test_index_snapshot_loads_an_old_dense_snapshot(tmp_path):
+    """A snapshot written before content was stored sparse (a dense ``content`` array) still loads."""
+    snap = _snapshot()
+    dense = snap.content.to_dense()
+    path = tmp_path / "item_index.npz"
+    np.savez(path, version=np.array(snap.version), created_at=np.array(snap.created_at),
+             item_ids=snap.item_ids, embeddings=snap.embeddings, content=dense,
+             categories=snap.categories, in_stock=snap.in_stock, popularity=snap.popularity)
+    for old in (IndexSnapshot.load(path), IndexSnapshot.from_bytes(path.read_bytes())):
+        assert old.version == "v1" and old.content.nnz == np.count_nonzero(dense)
+        np.testing.assert_array_equal(old.content.to_dense(), dense)
+        np.testing.assert_array_equal(old.embeddings, snap.embeddings)
