@@ -127,7 +127,10 @@ def test_index_with_items_updates_and_appends_copy_on_write():
     assert new.categories.tolist() == ["x", "z", "x", "x"]
     np.testing.assert_allclose(new.embeddings[1], [0.0, 3.0])
     np.testing.assert_allclose(new.norms, [1.0, 3.0, math.sqrt(50), 0.0])  # d: other version
-    np.testing.assert_allclose(new.content[2], [0.0, 0.0, 1.0])  # content re-normalised
+    np.testing.assert_allclose(new.content.rows([2])[0], [0.0, 0.0, 1.0])  # content re-normalised
+    np.testing.assert_allclose(new.content.to_dense(), [[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]])
+    np.testing.assert_allclose(idx.content.to_dense(), [[1, 0, 0], [0, 1, 0]])  # untouched
+    np.testing.assert_allclose(new.content_norms, [1.0, 1.0, 1.0, 1.0])
     assert new.updated_through == 2000 and new.row_of["d"] == 3
 
 

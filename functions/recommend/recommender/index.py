@@ -2,7 +2,8 @@
 
 An :class:`ItemIndex` is immutable once built; updates build a new one (copy on write)
 and the service swaps the reference, so a request always sees one consistent index.
-Embeddings are C-contiguous float32 with precomputed norms; categories are int codes so
+Embeddings are C-contiguous float32 with precomputed norms; content vectors are sparse rows
+(:class:`schemas.content.SparseRows`, ~a dozen non-zeros per row); categories are int codes so
 a category filter is one ``np.isin`` over ints.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.content import SparseRows
 from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
 
@@ -64,7 +66,7 @@ class ItemIndex:
     item_ids: np.ndarray
     embeddings: np.ndarray  # float32 [N, D], C-contiguous
     norms: np.ndarray  # float32 [N]
-    content: np.ndarray  # float32 [N, C], L2-normalised rows
+    content: SparseRows  # [N, C], L2-normalised rows
     content_norms: np.ndarray  # float32 [N] (1 or 0)
     categories: np.ndarray
     category_codes: np.ndarray  # int32 [N]
@@ -89,11 +91,11 @@ class ItemIndex:
 
     @property
     def content_dim(self) -> int:
-        return int(self.content.shape[1])
+        return self.content.dim
 
     @classmethod
     def build(cls, version: str, created_at: int, item_ids: np.ndarray, embeddings: np.ndarray,
-              content: np.ndarray, categories: np.ndarray, in_stock: np.ndarray,
+              content: SparseRows | np.ndarray, categories: np.ndarray, in_stock: np.ndarray,
               popularity: np.ndarray, updated_through: int, added: int = 0,
               content_normalized: bool = False) -> ItemIndex:
         """Derive the lookup structures from the raw arrays.
@@ -103,13 +105,15 @@ class ItemIndex:
         """
         item_ids = np.asarray(item_ids).astype(str)
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        content = np.ascontiguousarray(content if content_normalized else l2_normalize(content),
-                                       dtype=np.float32)
+        if not isinstance(content, SparseRows):
+            content = SparseRows.from_dense(np.asarray(content, dtype=np.float32))
+        if not content_normalized:
+            content = content.l2_normalized()
         in_stock = np.asarray(in_stock, dtype=bool)
         popularity = np.asarray(popularity, dtype=np.float32)
         lookup, codes = _category_codes(categories)
         return cls(version=version, created_at=int(created_at), item_ids=item_ids, embeddings=emb,
-                   norms=_row_norms(emb), content=content, content_norms=_row_norms(content),
+                   norms=_row_norms(emb), content=content, content_norms=content.norms,
                    categories=np.asarray(categories).astype(str), category_codes=codes,
                    category_lookup=lookup, in_stock=in_stock, out_of_stock=~in_stock,
                    popularity=popularity,
@@ -154,7 +158,8 @@ class ItemIndex:
         """
         if not docs:
             return self
-        emb, content = self.embeddings.copy(), self.content.copy()
+        emb = self.embeddings.copy()
+        content_updates: dict[int, np.ndarray] = {}  # row -> new content vector (known items)
         cats, stock, pop = self.categories.tolist(), self.in_stock.copy(), self.popularity.copy()
         ids = self.item_ids.tolist()
         changed: list[int] = []  # rows whose embedding changed (for the IVF partitions)
@@ -175,7 +180,7 @@ class ItemIndex:
                     emb[row] = vec
                     changed.append(row)
                 if cvec is not None:
-                    content[row] = cvec
+                    content_updates[row] = cvec
                 cats[row] = doc.item.category
                 stock[row] = doc.item.in_stock
                 pop[row] = doc.popularity
@@ -198,9 +203,13 @@ class ItemIndex:
             cats[self.size + j] = doc.item.category
             new_stock[j] = doc.item.in_stock
             new_pop[j] = doc.popularity
+        content = self.content
+        if content_updates:
+            rows = np.fromiter(content_updates, dtype=np.int64, count=len(content_updates))
+            content = content.with_rows(rows, np.stack(list(content_updates.values())))
         if new_emb:
             emb = np.vstack([emb, np.stack(new_emb)])
-            content = np.vstack([content, np.stack(new_content)])
+            content = content.append(np.stack(new_content))
             stock = np.concatenate([stock, np.array(new_stock, dtype=bool)])
             pop = np.concatenate([pop, np.array(new_pop, dtype=np.float32)])
         out = ItemIndex.build(self.version, self.created_at, np.array(ids), emb, content,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from schemas.content import SparseRows
+
     from .ivf import IvfIndex
 
 NEG_INF = np.float32(-np.inf)
@@ -197,7 +199,7 @@ def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int,
     return rows, scores[rows]
 
 
-def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
+def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: SparseRows | np.ndarray,
                 profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | Filter | None,
                 pool: int, ivf: IvfIndex | None = None) -> Ranked:
     """CF retrieval of ``pool`` candidates by dot product, then hybrid re-ranking to ``k``.
@@ -205,7 +207,7 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
     Args:
         query: the user's query vector [D].
         embeddings: item embeddings [N, D], C-contiguous float32.
-        content: item content vectors [N, C], L2-normalised rows.
+        content: item content vectors [N, C] (sparse rows or dense), L2-normalised rows.
         profile: the user's L2-normalised content profile [C], or None (then CB is 0).
         k: how many items to return.
         alpha: weight of CF in the final score; 1 - alpha weighs CB.
@@ -215,7 +217,7 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
     """
     cand, cf_raw = retrieve(query, embeddings, pool, blocked, ivf)
     if profile is not None and cand.size:
-        cb_raw = content[cand] @ profile
+        cb_raw = (content[cand] if isinstance(content, np.ndarray) else content.rows(cand)) @ profile
     else:
         cb_raw = np.zeros(cand.size, dtype=np.float32)
     final, cf, cb = hybrid_scores(cf_raw, cb_raw, alpha)
@@ -224,13 +226,14 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: np.ndarray,
     return Ranked(rows=cand[order], score=final[order], cf=cf[order], cb=cb[order])
 
 
-def rank_cosine(vector: np.ndarray, matrix: np.ndarray, norms: np.ndarray, k: int,
+def rank_cosine(vector: np.ndarray, matrix: SparseRows | np.ndarray, norms: np.ndarray, k: int,
                 blocked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` rows of ``matrix`` by cosine with ``vector``: ``(rows, cosines)``."""
+    """Top ``k`` rows of ``matrix`` (dense or sparse rows) by cosine with ``vector``: ``(rows, cosines)``."""
     vnorm = float(np.linalg.norm(vector))
     if vnorm == 0.0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    dots = matrix @ vector.astype(np.float32, copy=False)
+    vector = vector.astype(np.float32, copy=False)
+    dots = matrix @ vector if isinstance(matrix, np.ndarray) else matrix.dot(vector)
     denom = norms * vnorm
     cos = np.divide(dots, denom, out=np.full_like(dots, NEG_INF), where=denom > 0)
     rows = top_k(cos, k, blocked)

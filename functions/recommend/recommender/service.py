@@ -236,7 +236,7 @@ class Recommender:
                          self._excluded_rows(index, p, user))
         profile = None
         if query.profile_rows.size:
-            prof = l2_normalize(index.content[query.profile_rows].mean(axis=0))
+            prof = l2_normalize(index.content.rows(query.profile_rows).mean(axis=0))
             profile = prof if np.any(prof) else None
         ranked = rank_hybrid(query.vector, index.embeddings, index.content, profile, p.k, p.alpha,
                              blocked, pool_size(p.k, self.settings.min_pool, self.settings.pool_factor),
@@ -358,10 +358,11 @@ class Recommender:
         blocked = blocked_mask(index.size, index.out_of_stock if p.in_stock_only else None,
                                None, None, np.array([row]))
         if index.norms[row] > 0:
-            basis, matrix, norms = "embedding", index.embeddings, index.norms
+            basis, vector, matrix, norms = "embedding", index.embeddings[row], index.embeddings, index.norms
         else:
-            basis, matrix, norms = "content", index.content, index.content_norms
-        rows, cos = rank_cosine(matrix[row], matrix, norms, p.k, blocked)
+            basis, vector, matrix, norms = ("content", index.content.rows([row])[0], index.content,
+                                            index.content_norms)
+        rows, cos = rank_cosine(vector, matrix, norms, p.k, blocked)
         return {"item_id": p.item_id, "model_version": index.version, "basis": basis,
                 "items": [{"item_id": str(index.item_ids[r]), "score": _round(c)}
                           for r, c in zip(rows.tolist(), cos.tolist())]}
