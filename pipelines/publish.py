@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
@@ -36,6 +37,7 @@ from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
 log = logging.getLogger("pipelines.publish")
 
 MAX_BATCH = 500  # Firestore's limit of writes per batch
+_DENSE_CHUNK = 1024  # content rows made dense at a time for item documents
 CATALOGUE_FILE = "catalogue.jsonl"  # same as pipelines.artifact.CATALOGUE_FILE (no TF import here)
 COMMIT_RETRY = gretry.Retry(
     predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted,
@@ -68,16 +70,18 @@ def read_catalogue(path: Path) -> dict[str, CatalogItem]:
 
 def item_docs(index: IndexSnapshot, catalogue: dict[str, CatalogItem], version: str,
               indexed_at: int) -> Iterator[ItemDoc]:
-    """One :class:`ItemDoc` per row of the index snapshot."""
-    for row, raw_id in enumerate(index.item_ids.tolist()):
-        item_id = str(raw_id)
-        item = catalogue.get(item_id) or CatalogItem(
-            item_id=item_id, title="", category=str(index.categories[row]), brand="", price=0.0,
-            tags=(), in_stock=bool(index.in_stock[row]), updated_at=0)
-        yield ItemDoc(item=item, embedding=tuple(float(x) for x in index.embeddings[row]),
-                      content_vector=tuple(float(x) for x in index.content[row]),
-                      model_version=version, popularity=float(index.popularity[row]),
-                      indexed_at=indexed_at)
+    """One :class:`ItemDoc` per row of the index snapshot (content vectors dense, as in Firestore)."""
+    ids = index.item_ids.tolist()
+    for start in range(0, len(ids), _DENSE_CHUNK):
+        content = index.content.rows(np.arange(start, min(start + _DENSE_CHUNK, len(ids))))
+        for row, cvec in enumerate(content.tolist(), start):
+            item_id = str(ids[row])
+            item = catalogue.get(item_id) or CatalogItem(
+                item_id=item_id, title="", category=str(index.categories[row]), brand="", price=0.0,
+                tags=(), in_stock=bool(index.in_stock[row]), updated_at=0)
+            yield ItemDoc(item=item, embedding=tuple(float(x) for x in index.embeddings[row]),
+                          content_vector=tuple(cvec), model_version=version,
+                          popularity=float(index.popularity[row]), indexed_at=indexed_at)
 
 
 def _chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:

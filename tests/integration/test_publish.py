@@ -103,7 +103,8 @@ def test_publish_writes_items_before_switching_current(version_dir, firestore_cl
     item = ItemDoc.from_document(snap.to_dict())
     assert item.model_version == version and item.indexed_at >= current.switched_at - 60_000
     np.testing.assert_allclose(item.embedding, index.embeddings[row], rtol=1e-6)
-    np.testing.assert_allclose(item.content_vector, index.content[row], rtol=1e-6)
+    np.testing.assert_allclose(item.content_vector, index.content.rows([row])[0], rtol=1e-6)
+    assert len(item.content_vector) == index.content.dim  # the Firestore contract stays dense
     assert item.popularity == pytest.approx(float(index.popularity[row]))
     assert item.item.category == str(index.categories[row]) and item.item.title
     assert len(list(firestore_client.collection(names.ITEMS).stream())) == len(index.item_ids)

@@ -50,7 +50,7 @@ def test_layout_and_metadata(trained_and_saved, data):
     enc = ContentEncoder.load(path / "content_encoder.json")
     index = IndexSnapshot.load(path / "item_index.npz")
     assert index.version == path.name and index.embeddings.shape == (len(data.catalogue), 16)
-    np.testing.assert_allclose(index.content, enc.encode_many(data.catalogue), rtol=1e-6)
+    np.testing.assert_allclose(index.content.to_dense(), enc.encode_many(data.catalogue), rtol=1e-6)
     assert index.popularity.sum() == pytest.approx(len(data))
 
 
