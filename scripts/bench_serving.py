@@ -51,6 +51,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from schemas import names  # noqa: E402
+from schemas.content import SparseRows  # noqa: E402
 from schemas.firestore import CurrentModelDoc, HistoryEntry, TrendingDoc, TrendingEntry, UserDoc  # noqa: E402
 from schemas.index_snapshot import INDEX_FILE, IndexSnapshot  # noqa: E402
 from scripts import local_stack  # noqa: E402
@@ -62,6 +63,7 @@ REPORT = ROOT / "reports" / "bench" / "serving.json"
 VECTORS = "bench_item_vectors"
 REFERENCE = {"latency_ms": 20.0, "rps": 500.0}
 VERSION = "vbench-000000-000000"
+SYNTHETIC_TAGS = 8  # non-category columns of a synthetic content row (the encoder's tag limit)
 
 
 @dataclass
@@ -97,18 +99,24 @@ class BenchConfig:
 
 
 def make_snapshot(cfg: BenchConfig, rng: np.random.Generator) -> IndexSnapshot:
-    """A synthetic catalogue: Zipf-ish categories, 95 % in stock, L2-normalised content rows."""
+    """A synthetic catalogue: Zipf-ish categories, 95 % in stock, L2-normalised content rows.
+
+    Content rows look like the encoder's (:class:`schemas.content.ContentEncoder`): the category's
+    column plus ``SYNTHETIC_TAGS`` random other columns, so about as sparse as real ones.
+    """
     n = cfg.items
     cat_weights = 1.0 / np.arange(1, cfg.categories + 1)
     cats = rng.choice(cfg.categories, size=n, p=cat_weights / cat_weights.sum())
-    content = rng.random((n, cfg.content_dim), dtype=np.float32) ** 4
-    content[np.arange(n), cats % cfg.content_dim] += 2.0
+    content = np.zeros((n, cfg.content_dim), dtype=np.float32)
+    tags = rng.integers(0, cfg.content_dim, size=(n, SYNTHETIC_TAGS))
+    content[np.repeat(np.arange(n), SYNTHETIC_TAGS), tags.reshape(-1)] = 0.5 / np.sqrt(SYNTHETIC_TAGS)
+    content[np.arange(n), cats % cfg.content_dim] = 1.0
     content /= np.linalg.norm(content, axis=1, keepdims=True)
     return IndexSnapshot(
         version=VERSION, created_at=int(time.time() * 1000) - 60_000,
         item_ids=np.array([f"i{i:06d}" for i in range(n)]),
         embeddings=(rng.standard_normal((n, cfg.dim), dtype=np.float32) / np.sqrt(cfg.dim)),
-        content=content, categories=np.array([f"c{c:02d}" for c in cats]),
+        content=SparseRows.from_dense(content), categories=np.array([f"c{c:02d}" for c in cats]),
         in_stock=rng.random(n) < 0.95,
         popularity=rng.pareto(1.5, n).astype(np.float32))
 
@@ -120,7 +128,7 @@ def trained_catalogue(cfg: BenchConfig) -> tuple[IndexSnapshot, list[UserDoc], d
     cat = cached_catalogue(CatalogueSpec(items=cfg.items, dim=cfg.dim))
     snap = IndexSnapshot.load(cat.artifact / INDEX_FILE)
     snap.version, snap.created_at = VERSION, int(time.time() * 1000) - 60_000
-    cfg.content_dim = int(snap.content.shape[1])
+    cfg.content_dim = snap.content.dim
     cfg.categories = int(np.unique(snap.categories).shape[0])
     now = int(time.time() * 1000)
     pick = np.random.default_rng(cfg.seed).choice(len(cat.user_ids), size=cfg.users, replace=False)
@@ -806,6 +814,10 @@ def main(argv: list[str] | None = None) -> int:
             "serving_configs": configs,
             "chosen": {"WORKERS": w, "THREADS": th, "OPENBLAS_NUM_THREADS": 1 if blas else "auto"},
             "seeding": seed,
+            "snapshot": {"bytes": Path(index_uri).stat().st_size,
+                         "content": {"format": "csr", "dim": snap.content.dim, "nnz": snap.content.nnz,
+                                     "bytes": snap.content.nbytes,
+                                     "dense_bytes": len(snap.content) * snap.content.dim * 4}},
         }
         report["targets"] = targets(report)
         REPORT.parent.mkdir(parents=True, exist_ok=True)
