@@ -134,6 +134,14 @@ def test_index_with_items_updates_and_appends_copy_on_write():
     assert new.updated_through == 2000 and new.row_of["d"] == 3
 
 
+def test_index_with_items_stock_update_shares_unchanged_arrays():
+    """A stock-only update (same content vector, embedding of another version) copies neither matrix."""
+    idx = _index().with_items([_doc("c", (5.0, 5.0))])  # row 2: content (0, 0, 1)
+    new = idx.with_items([_doc("c", (1.0, 1.0), version="v0", in_stock=False)])
+    assert new.content is idx.content and new.embeddings is idx.embeddings
+    assert new.in_stock.tolist() == [True, False, False] and idx.in_stock.tolist() == [True, False, True]
+
+
 def test_params_defaults_and_errors():
     s = Settings(default_alpha=0.7)
     p = recommend_params({"user_id": ["u"], "session_items": ["a, b,a"]}, s, from_query=True)

@@ -158,7 +158,7 @@ class ItemIndex:
         """
         if not docs:
             return self
-        emb = self.embeddings.copy()
+        emb = self.embeddings  # copied only when a known item's embedding changes
         content_updates: dict[int, np.ndarray] = {}  # row -> new content vector (known items)
         cats, stock, pop = self.categories.tolist(), self.in_stock.copy(), self.popularity.copy()
         ids = self.item_ids.tolist()
@@ -177,6 +177,8 @@ class ItemIndex:
             row = self.row_of.get(doc.item_id, new_rows.get(doc.item_id))
             if row is not None and row < self.size:
                 if vec is not None:
+                    if emb is self.embeddings:
+                        emb = emb.copy()
                     emb[row] = vec
                     changed.append(row)
                 if cvec is not None:
@@ -204,9 +206,12 @@ class ItemIndex:
             new_stock[j] = doc.item.in_stock
             new_pop[j] = doc.popularity
         content = self.content
-        if content_updates:
+        if content_updates:  # rows whose vector really changed (stock updates carry the same one)
             rows = np.fromiter(content_updates, dtype=np.int64, count=len(content_updates))
-            content = content.with_rows(rows, np.stack(list(content_updates.values())))
+            vecs = np.stack(list(content_updates.values()))
+            differ = np.any(content.rows(rows) != vecs, axis=1)
+            if differ.any():
+                content = content.with_rows(rows[differ], vecs[differ])
         if new_emb:
             emb = np.vstack([emb, np.stack(new_emb)])
             content = content.append(np.stack(new_content))
