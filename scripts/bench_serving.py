@@ -403,15 +403,18 @@ class Server:
 
 
 def serve(name: str, target: str, source: Path, env: dict[str, str], health_path: str,
-          log_dir: Path, timeout_s: float = 120.0) -> Server:
-    """Start functions-framework on a loopback port; time process start to the first 200."""
+          log_dir: Path, timeout_s: float = 120.0, cwd: Path = ROOT) -> Server:
+    """Start functions-framework on a loopback port; time process start to the first 200.
+
+    ``cwd`` is first on the server's ``sys.path`` (``python -m``): the tree whose ``schemas/`` it imports.
+    """
     port = free_port()
     log = open(log_dir / f"{name}.log", "wb")
     cmd = [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(source),
            "--host", "127.0.0.1", "--port", str(port)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(cwd))
     url = f"http://127.0.0.1:{port}{health_path}"
     while time.perf_counter() - t0 < timeout_s:
         if proc.poll() is not None:
