@@ -44,6 +44,7 @@ import numpy as np
 from pipelines.transforms import activity
 from schemas import names
 from schemas.events import ProductEvent
+from schemas.firestore import unpack_history
 from scripts.processes import ManagedProcess, python_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,8 +363,8 @@ class FreshnessPoller(threading.Thread):
             ids: dict[str, set[str]] = {}
             for snap in self.client.get_all(refs, field_paths=["last_event_id", "history"]):
                 doc = snap.to_dict() or {}
-                history = doc.get("history") or ()
-                ids[snap.id] = {doc.get("last_event_id")} | {h.get("event_id") for h in history}
+                history = unpack_history(doc.get("history"))
+                ids[snap.id] = {doc.get("last_event_id")} | {h.event_id for h in history}
             now = time.time()
             with self._lock:
                 for event_id, user_id in pending.items():

@@ -36,6 +36,8 @@ from schemas.firestore import (
     TrendingDoc,
     TrendingEntry,
     UserDoc,
+    pack_history,
+    unpack_history,
 )
 from schemas.index_snapshot import IndexSnapshot
 
@@ -345,6 +347,39 @@ def test_embeddings_are_stored_as_firestore_vectors_and_read_from_lists():
     doc["embedding"] = [0.5]
     assert ItemDoc.from_document(doc) == it
     assert UserDoc("u", (), "", 0, 0).to_document()["embedding"] is None
+
+
+def test_user_history_is_stored_as_one_json_string_of_rows_oldest_first():
+    user = UserDoc("u1", (HistoryEntry("e1", "i1", "view", NOW_MS - 5),
+                          HistoryEntry("é2", "i\"2", "purchase", NOW_MS)), "é2", NOW_MS, NOW_MS)
+    stored = user.to_document()["history"]
+    assert isinstance(stored, str)
+    assert json.loads(stored) == [["e1", "i1", "view", NOW_MS - 5], ["é2", 'i"2', "purchase", NOW_MS]]
+    assert stored == pack_history(user.history) and " " not in stored  # compact separators
+    assert unpack_history(stored) == user.history
+    assert unpack_history(stored.encode()) == user.history  # a bytes value reads the same
+    assert UserDoc("u", (), "", 0, 0).to_document()["history"] == "[]"
+
+
+def test_user_doc_reads_the_older_list_of_maps_history():
+    entries = (HistoryEntry("e1", "i1", "view", NOW_MS - 5), HistoryEntry("e2", "i2", "purchase", NOW_MS))
+    old = {"user_id": "u1", "history": [h.to_document() for h in entries], "last_event_id": "e2",
+           "last_event_ts": NOW_MS, "updated_at": NOW_MS, "model_version": "v1",
+           "embedding": Vector([0.5, 1.0]), "event_count": 2}
+    assert old["history"][0] == {"event_id": "e1", "item_id": "i1", "event_type": "view",
+                                 "timestamp": NOW_MS - 5}
+    expected = UserDoc("u1", entries, "e2", NOW_MS, NOW_MS, "v1", (0.5, 1.0), 2)
+    assert UserDoc.from_document(old) == expected
+    assert UserDoc.from_document({**old, "history": expected.to_document()["history"]}) == expected
+    for missing in (None, [], ""):
+        assert UserDoc.from_document({**old, "history": missing}).history == ()
+
+
+@pytest.mark.parametrize("bad", ["{", '{"e1": 1}', '[["e1", "i1", "view"]]', '[{"event_id": "e1"}]',
+                                 '[["e1", "i1", "view", "soon"]]', "[1]"])
+def test_malformed_packed_history_raises_a_value_error(bad):
+    with pytest.raises((ValueError, TypeError)):
+        UserDoc.from_document({"user_id": "u1", "history": bad})
 
 
 # ---------------------------------------------------------------------------- content encoder

@@ -443,7 +443,9 @@ def test_set_write_pb_is_the_write_the_client_builds():
     path = "projects/p/databases/(default)/documents/users/"
     for doc in docs:
         data = doc.to_document()
-        data["flags"] = {"ok": True, "n": [1, 2.5, None]}  # every value type the encoder takes
+        assert isinstance(data["history"], str)  # the packed history: one string value
+        # every value type the encoder takes (user documents no longer hold maps in arrays)
+        data["flags"] = {"ok": True, "n": [1, 2.5, None], "rows": [{"k": "v", "t": T0}]}
         expected = _helpers.pbs_for_set_no_merge(path + doc.user_id, data)
         assert len(expected) == 1
         assert set_write_pb(path + doc.user_id, data)._pb == expected[0]._pb
