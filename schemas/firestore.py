@@ -6,8 +6,8 @@ Collections (names in :mod:`schemas.names`):
   read by the recommend function. Its ``history`` is ONE string, the JSON array of
   ``[event_id, item_id, event_type, timestamp]`` rows, oldest first (:func:`pack_history`):
   Firestore stores and indexes one value instead of 4 x 50, which cut the emulator's CPU per
-  document write by about 75 % and its read+decode time by about 80 %; documents written
-  before (``history`` a list of maps) are still read.
+  document write by about 75 % and a client's ``get_all`` + decode by about 75 %; documents
+  written before (``history`` a list of maps) are still read.
 * ``items/{item_id}``: :class:`ItemDoc`, written by the training job (publish)
   and by the pipeline for catalogue updates, read by the recommend function.
 * ``models/{version}``: :class:`ModelDoc`; ``models/current``: :class:`CurrentModelDoc`,
