@@ -37,3 +37,25 @@ resource "google_firestore_index" "items_embedding" {
     }
   }
 }
+
+# Opaque payload fields are never queried: exempt them from Firestore's automatic single-field
+# indexes (an empty index_config disables them), so each write pays for no index entries.
+# users.history is one packed JSON string (up to 50 rows); items.content_vector is a dense
+# list of floats, which would otherwise get an array-contains entry per element.
+locals {
+  unindexed_fields = {
+    users_history        = { collection = "users", field = "history" }
+    items_content_vector = { collection = "items", field = "content_vector" }
+  }
+}
+
+resource "google_firestore_field" "unindexed" {
+  for_each = local.unindexed_fields
+
+  project    = var.project
+  database   = google_firestore_database.main.name
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {}
+}

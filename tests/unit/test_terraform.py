@@ -957,3 +957,19 @@ if __name__ == "__main__":  # pragma: no cover - handy when editing terraform/
                   unpinned_providers, unguarded_public_members):
         print(check.__name__, check(mod) or "ok")
     sys.exit(0)
+
+
+def test_unindexed_fields_are_real_document_fields_with_indexing_disabled(module: Module) -> None:
+    import dataclasses
+
+    from schemas.firestore import ItemDoc, UserDoc
+
+    documents = {names.USERS: UserDoc, names.ITEMS: ItemDoc}
+    exempt = module.locals["unindexed_fields"]
+    assert {(v["collection"], v["field"]) for v in exempt.values()} >= {(names.USERS, "history")}
+    for entry in exempt.values():
+        codec = documents[entry["collection"]]
+        assert entry["field"] in {f.name for f in dataclasses.fields(codec)}, entry
+    (field_resource,) = module.of_type("google_firestore_field").values()
+    assert field_resource["for_each"] == "${local.unindexed_fields}"
+    assert field_resource["index_config"] in ([{}], {}), "an empty index_config disables the indexes"
