@@ -191,3 +191,26 @@ def test_retrieve_scores_only_allowed_rows_when_most_are_blocked():
     np.testing.assert_array_equal(rows, np.argsort(-full, kind="stable")[:30])
     np.testing.assert_allclose(scores, full[rows], rtol=1e-6)
     assert not blocked[rows].any()
+
+
+def test_content_dot_and_mean_match_the_dense_rows():
+    """Candidate CB scores and the history profile from sparse entries equal the dense-row math."""
+    from schemas.content import SparseRows
+
+    rng = np.random.default_rng(3)
+    dense = np.zeros((300, 40), dtype=np.float32)
+    hit = rng.random(dense.shape) < 0.1
+    dense[hit] = rng.random(int(hit.sum()), dtype=np.float32)
+    dense[5] = 0.0  # an item without content
+    sparse = SparseRows.from_dense(dense)
+    rows = np.array([5, 0, 299, 17, 17, 120])  # repeats and an empty row, in any order
+    vec = rng.random(40, dtype=np.float32)
+    got = ranking.content_dot(sparse, rows, vec)
+    assert got.dtype == np.float32 and got.shape == (6,)
+    np.testing.assert_allclose(got, dense[rows] @ vec, rtol=1e-6, atol=1e-6)
+    assert got[0] == 0.0
+    np.testing.assert_allclose(ranking.content_dot(dense, rows, vec), dense[rows] @ vec, rtol=1e-6)
+    assert ranking.content_dot(sparse, np.array([], dtype=np.int64), vec).shape == (0,)
+    mean = ranking.content_mean(sparse, rows)
+    assert mean.dtype == np.float32 and mean.shape == (40,)
+    np.testing.assert_allclose(mean, dense[rows].mean(axis=0), rtol=1e-6, atol=1e-7)

@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import NotFound, Unavailable
 from .index import ItemIndex, SnapshotLoadError, read_snapshot
 from .params import RecommendParams, SimilarParams
-from .ranking import Filter, blocked_mask, l2_normalize, pool_size, rank_cosine, rank_hybrid
+from .ranking import Filter, blocked_mask, content_mean, l2_normalize, pool_size, rank_cosine, rank_hybrid
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Recommender:
                          self._excluded_rows(index, p, user))
         profile = None
         if query.profile_rows.size:
-            prof = l2_normalize(index.content.rows(query.profile_rows).mean(axis=0))
+            prof = l2_normalize(content_mean(index.content, query.profile_rows))
             profile = prof if np.any(prof) else None
         ranked = rank_hybrid(query.vector, index.embeddings, index.content, profile, p.k, p.alpha,
                              blocked, pool_size(p.k, self.settings.min_pool, self.settings.pool_factor),
