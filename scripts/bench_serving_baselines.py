@@ -1,6 +1,8 @@
 """Baseline HTTP functions for ``scripts/bench_serving.py``, served like the real one.
 
 * ``bare_read``: reads ``users/{user_id}`` and returns two fields: the Firestore I/O floor.
+  It reads with the function's own cheapest read (``recommender.store.read_document``, the
+  unary ``GetDocument`` RPC), so the floor is not made higher than what the function pays.
 * ``find_nearest``: reads the user's embedding, then retrieves the top k items with
   Firestore's own ``find_nearest`` vector query over ``FIND_NEAREST_COLLECTION``.
 
@@ -10,13 +12,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from pathlib import Path
 
 import flask
 import functions_framework
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_vector_query import DistanceMeasure
 from google.cloud.firestore_v1.vector import Vector
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "functions" / "recommend"))
+from recommender.store import read_document  # noqa: E402  (the function's own read)
 
 USERS = os.environ.get("USERS_COLLECTION", "users")
 VECTORS = os.environ.get("FIND_NEAREST_COLLECTION", "bench_item_vectors")
@@ -37,8 +44,7 @@ def _user(request: flask.Request) -> tuple[str, dict | None]:
     user_id = request.args.get("user_id", "")
     if not user_id or "/" in user_id:
         return user_id, None
-    snap = _db().collection(USERS).document(user_id).get(timeout=5)
-    return user_id, snap.to_dict() if snap.exists else None
+    return user_id, read_document(_db(), USERS, user_id, timeout=5)
 
 
 @functions_framework.http

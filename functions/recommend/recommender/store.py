@@ -31,6 +31,28 @@ _ERRORS = (gexc.GoogleAPIError, gexc.RetryError)
 _DOC_ERRORS = (KeyError, TypeError, ValueError)
 
 
+def read_document(client: Any, collection: str, doc_id: str, timeout: float,
+                  retry: gretry.Retry | None = None) -> dict[str, Any] | None:
+    """One document as a dict by the unary ``GetDocument`` RPC, or None when it does not exist.
+
+    ``DocumentReference.get`` goes through the server-streaming ``BatchGetDocuments``; in
+    gRPC Python every streaming call without another in flight starts a "channel spin"
+    thread that polls for its events and competes with the request thread for the GIL. In
+    process (100k-item catalogue, 1,000 requests) that read cost 0.9 ms CPU and made the
+    ranking after it ~0.4 ms dearer; the unary call costs 0.5 ms and leaves the ranking alone.
+    Same document, same decoding (``_helpers.decode_dict``, what ``to_dict`` returns). The
+    benchmark's bare-read baseline uses this same read, so the comparison stays fair.
+    Raises ``google.api_core`` errors other than NotFound.
+    """
+    path = client.collection(collection).document(doc_id)._document_path
+    try:
+        doc = client._firestore_api.get_document(
+            request={"name": path}, retry=retry, timeout=timeout, metadata=client._rpc_metadata)
+    except gexc.NotFound:
+        return None
+    return _helpers.decode_dict(doc.fields, client)
+
+
 class FirestoreStore:
     """Reads users, models/current, stats/trending and recent items."""
 
@@ -56,26 +78,12 @@ class FirestoreStore:
                             predicate=gretry.if_transient_error)
 
     def _get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        """One document by the unary ``GetDocument`` RPC, or None when it does not exist.
-
-        ``DocumentReference.get`` goes through the server-streaming ``BatchGetDocuments``; in
-        gRPC Python every streaming call without another in flight starts a "channel spin"
-        thread that polls for its events and competes with the request thread for the GIL. In
-        process (100k-item catalogue, 1,000 requests) that read cost 0.9 ms CPU and made the
-        ranking after it ~0.4 ms dearer; the unary call costs 0.5 ms and leaves the ranking alone.
-        Same document, same decoding (``_helpers.decode_dict``, what ``to_dict`` returns).
-        """
-        t = self._settings.firestore_timeout_seconds
-        client = self.client
+        """One document (see :func:`read_document`), or None when it does not exist."""
         try:
-            path = client.collection(collection).document(doc_id)._document_path
-            doc = client._firestore_api.get_document(
-                request={"name": path}, retry=self._retry(), timeout=t, metadata=client._rpc_metadata)
-        except gexc.NotFound:
-            return None
+            return read_document(self.client, collection, doc_id,
+                                 self._settings.firestore_timeout_seconds, self._retry())
         except _ERRORS as e:
             raise StoreUnavailable(f"reading {collection}/{doc_id}: {e}") from e
-        return _helpers.decode_dict(doc.fields, client)
 
     def get_user(self, user_id: str) -> UserDoc | None:
         """``users/{user_id}``, or None when the user is unknown."""
