@@ -240,18 +240,23 @@ class _NoFirestore:
         return []
 
 
-def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_path):
-    from recommender.params import RecommendParams
-
+def _saved_snapshot(emb: np.ndarray, tmp_path) -> Path:
+    """A one-version snapshot of ``emb`` (one category, all in stock) saved under ``tmp_path``."""
     from schemas.index_snapshot import IndexSnapshot
 
-    emb, _ = clustered
     snap = IndexSnapshot(version="v1", created_at=0, item_ids=np.array([f"i{i}" for i in range(N)]),
                          embeddings=emb, content=np.ones((N, 4), np.float32) / 2.0,
                          categories=np.array(["c"] * N), in_stock=np.ones(N, bool),
                          popularity=np.ones(N, np.float32))
     path = tmp_path / "item_index.npz"
     snap.save(path)
+    return path
+
+
+def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_path):
+    from recommender.params import RecommendParams
+
+    path = _saved_snapshot(clustered[0], tmp_path)
     service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
                                    ivf_build="background"),
                           _NoFirestore())
@@ -267,15 +272,7 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
 
 
 def test_cold_start_builds_the_ivf_by_default(clustered, tmp_path):
-    from schemas.index_snapshot import IndexSnapshot
-
-    emb, _ = clustered
-    snap = IndexSnapshot(version="v1", created_at=0, item_ids=np.array([f"i{i}" for i in range(N)]),
-                         embeddings=emb, content=np.ones((N, 4), np.float32) / 2.0,
-                         categories=np.array(["c"] * N), in_stock=np.ones(N, bool),
-                         popularity=np.ones(N, np.float32))
-    path = tmp_path / "item_index.npz"
-    snap.save(path)
+    path = _saved_snapshot(clustered[0], tmp_path)
     service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
                           _NoFirestore())
     service.start()
