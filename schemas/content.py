@@ -232,6 +232,20 @@ class SparseRows:
         out[which, self.indices[pos]] = self.data[pos]
         return out
 
+    def rows_dot(self, idx: np.ndarray | Sequence[int], vec: np.ndarray) -> np.ndarray:
+        """``rows(idx) @ vec`` as float32 ``[len(idx)]``, touching only those rows' stored entries."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        which, pos = self._entries(idx)
+        products = self.data[pos] * np.asarray(vec, dtype=np.float32)[self.indices[pos]]
+        return np.bincount(which, weights=products, minlength=idx.shape[0]).astype(np.float32)
+
+    def rows_mean(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
+        """``rows(idx).mean(axis=0)`` as float32 ``[C]`` (``idx`` non-empty), without dense rows."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        _, pos = self._entries(idx)
+        sums = np.bincount(self.indices[pos], weights=self.data[pos], minlength=self.dim)
+        return (sums / idx.shape[0]).astype(np.float32)
+
     def l2_normalized(self) -> SparseRows:
         """These rows scaled to unit L2 norm (all-zero rows stay zero)."""
         norms = np.repeat(self.norms, np.diff(self.indptr))

@@ -107,3 +107,14 @@ def test_encoder_encode_sparse_matches_encode_many():
     assert got.shape == (30, enc.dim)
     np.testing.assert_array_equal(got.to_dense(), enc.encode_many(items))
     assert enc.encode_sparse([]).shape == (0, enc.dim)
+
+
+def test_rows_dot_and_rows_mean_equal_the_dense_math():
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((40, 12)) < 0.3, rng.random((40, 12)), 0.0).astype(np.float32)
+    dense[5] = 0.0  # an empty row
+    sparse = SparseRows.from_dense(dense)
+    idx = np.array([5, 0, 39, 7, 7])
+    vec = rng.random(12).astype(np.float32)
+    np.testing.assert_allclose(sparse.rows_dot(idx, vec), dense[idx] @ vec, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sparse.rows_mean(idx), dense[idx].mean(axis=0), rtol=1e-5, atol=1e-6)

@@ -37,20 +37,14 @@ def content_dot(content: SparseRows | np.ndarray, rows: np.ndarray, vec: np.ndar
     """
     if isinstance(content, np.ndarray):
         return content[rows] @ vec
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    which, pos = content._entries(rows)
-    products = content.data[pos] * np.asarray(vec, dtype=np.float32)[content.indices[pos]]
-    return np.bincount(which, weights=products, minlength=rows.shape[0]).astype(np.float32)
+    return content.rows_dot(rows, vec)
 
 
 def content_mean(content: SparseRows | np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``content[rows].mean(axis=0)`` as float32 ``[C]`` (``rows`` non-empty), without dense rows."""
     if isinstance(content, np.ndarray):
         return content[rows].mean(axis=0)
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    _, pos = content._entries(rows)
-    sums = np.bincount(content.indices[pos], weights=content.data[pos], minlength=content.dim)
-    return (sums / rows.shape[0]).astype(np.float32)
+    return content.rows_mean(rows)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
