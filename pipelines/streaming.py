@@ -77,7 +77,7 @@ class StreamingConfig:
     trending_window_s: int = 3600
     trending_period_s: int = 60
     trending_top_k: int = 50
-    trending_early_firing_s: int = 2
+    trending_early_firing_s: int = 30
     allowed_lateness_s: int = 600
     model_refresh_s: float = 10.0
     inference: str = "bundle"
@@ -109,7 +109,11 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
     parser.add_argument("--trending-window-seconds", type=int, default=3600)
     parser.add_argument("--trending-period-seconds", type=int, default=60)
     parser.add_argument("--trending-top-k", type=int, default=50)
-    parser.add_argument("--trending-early-firing-seconds", type=int, default=2)
+    parser.add_argument("--trending-early-firing-seconds", type=int, default=30,
+                        help="processing-time interval of trending's early panes; each firing "
+                             "re-emits every open sliding window (size / period of them), so a "
+                             "short interval costs freshness of user documents (measured: 2 s "
+                             "pushed p95 from 0.2 s to 1.5 s over 10 minutes)")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=600)
     parser.add_argument("--model-refresh-seconds", type=float, default=10.0)
     parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")

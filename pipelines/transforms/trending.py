@@ -137,7 +137,7 @@ class ComputeTrending(beam.PTransform):
     every few seconds."""
 
     def __init__(self, size_s: int = 3600, period_s: int = 60, top_k: int = 50,
-                 early_firing_s: int = 2, allowed_lateness_s: int = 600) -> None:
+                 early_firing_s: int = 30, allowed_lateness_s: int = 600) -> None:
         super().__init__()
         if size_s % period_s:
             raise ValueError(f"trending window size {size_s}s must be a multiple of the period {period_s}s")
