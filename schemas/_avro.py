@@ -57,14 +57,20 @@ def decode_json_payload(data: bytes | str) -> dict[str, Any]:
 
 
 def unwrap_unions(record: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    """Accept Avro's JSON encoding of unions (``{"string": "x"}``) as well as plain values."""
+    """Accept Avro's JSON encoding of unions (``{"string": "x"}``) as well as plain values.
+
+    A one-entry object is read as a wrapped union value only if its key names a non-null branch
+    and its value is of that branch (Avro JSON writes null as plain ``null``): a plain map such
+    as ``{"null": ""}`` or ``{"map": "x"}`` stays a map.
+    """
     out = dict(record)
     for field in schema["fields"]:
         name, ftype = field["name"], field["type"]
         if isinstance(ftype, list) and isinstance(out.get(name), dict) and len(out[name]) == 1:
             (branch, value), = out[name].items()
-            branch_names = {t if isinstance(t, str) else t.get("type") for t in ftype}
-            if branch in branch_names:
+            branches = {t if isinstance(t, str) else t.get("type"): t for t in ftype}
+            if branch != "null" and branch in branches and validate(value, branches[branch],
+                                                                     raise_errors=False):
                 out[name] = value
     return out
 
