@@ -72,6 +72,9 @@ class HistoryEntry:
 
     @classmethod
     def from_row(cls, row: Any) -> HistoryEntry:
+        if type(row) is list and len(row) == 4 and type(row[0]) is str and type(row[1]) is str \
+                and type(row[2]) is str and type(row[3]) is int:
+            return cls(*row)  # the stored form: no conversions (a serving request reads ~50 rows)
         if not isinstance(row, list) or len(row) != 4:
             raise ValueError(f"a history row is [event_id, item_id, event_type, timestamp], got {row!r}")
         event_id, item_id, event_type, timestamp = row

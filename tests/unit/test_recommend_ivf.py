@@ -205,10 +205,11 @@ def test_filter_on_candidate_rows_matches_the_full_mask():
     n = 1000
     codes = rng.integers(0, 7, n).astype(np.int32)
     oos = rng.random(n) < 0.2
-    excluded = np.array([3, 10, 999])
+    excluded = np.array([999, 3, 10, 3])  # unsorted, a duplicate (history rows come as they are)
     for wanted in (None, np.array([2, 5], dtype=np.int32)):
         f = ranking.Filter(n, oos, codes, wanted, excluded)
-        rows = rng.choice(n, 300, replace=False)
+        # the excluded rows, rows below / between / above them, and a random sample
+        rows = np.concatenate([[3, 999, 0, 2, 4, 11, 998, 10], rng.choice(n, 300, replace=False)])
         np.testing.assert_array_equal(f.blocks(rows), f.mask()[rows])
     assert ranking.Filter(n).mask() is None
     assert not ranking.Filter(n).blocks(np.arange(5)).any()
@@ -224,6 +225,27 @@ def test_rank_hybrid_with_a_filter_equals_the_mask(clustered):
         b = ranking.rank_hybrid(q, index.embeddings, index.content, None, 10, 0.7, f.mask(), 200, index.ivf)
         assert a.rows.tolist() == b.rows.tolist()
         assert not f.mask()[a.rows].any()
+
+
+def test_retrieve_checks_the_filter_on_the_best_candidates_only_when_that_is_exact(clustered):
+    """The IVF path filters the top ``pool`` + headroom; with most of those blocked it filters all."""
+    emb, queries = clustered
+    in_stock = np.arange(N) % 4 != 0
+    index = _index(emb, in_stock=in_stock).with_ivf(CLUSTERS, 6)
+    for q in queries[:10]:
+        rows, scores = index.ivf.candidates(q)
+        best = rows[np.argsort(-scores, kind="stable")]
+        for excluded in (np.array([1, 2, 3]), best[:5], best[:300]):  # the last forces the full filter
+            f = ranking.Filter(index.size, index.out_of_stock, None, None, excluded)
+            got_rows, got_scores = ranking.retrieve(q, index.embeddings, 200, f, index.ivf)
+            mask_rows, mask_scores = ranking.retrieve(q, index.embeddings, 200, f.mask(), index.ivf)
+            assert sorted(got_rows.tolist()) == sorted(mask_rows.tolist())
+            np.testing.assert_array_equal(got_scores, mask_scores)
+            assert np.all(np.diff(got_scores) <= 0) and not f.mask()[got_rows].any()
+            allowed = ~f.blocks(rows)
+            if allowed.sum() >= 200:  # enough candidates pass: the best of them, not an exact scan
+                want = np.argsort(-scores[allowed], kind="stable")[:200]
+                assert sorted(got_rows.tolist()) == sorted(rows[allowed][want].tolist())
 
 
 class _NoFirestore:

@@ -109,12 +109,26 @@ def test_encoder_encode_sparse_matches_encode_many():
     assert enc.encode_sparse([]).shape == (0, enc.dim)
 
 
-def test_rows_dot_and_rows_mean_equal_the_dense_math():
+@pytest.mark.parametrize("padded", [False, True], ids=["csr", "padded"])
+def test_rows_dot_and_rows_mean_equal_the_dense_math(padded):
     rng = np.random.default_rng(3)
     dense = np.where(rng.random((40, 12)) < 0.3, rng.random((40, 12)), 0.0).astype(np.float32)
     dense[5] = 0.0  # an empty row
     sparse = SparseRows.from_dense(dense)
+    assert sparse.pad() if padded else True
     idx = np.array([5, 0, 39, 7, 7])
     vec = rng.random(12).astype(np.float32)
-    np.testing.assert_allclose(sparse.rows_dot(idx, vec), dense[idx] @ vec, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(sparse.rows_mean(idx), dense[idx].mean(axis=0), rtol=1e-5, atol=1e-6)
+    got_dot, got_mean = sparse.rows_dot(idx, vec), sparse.rows_mean(idx)
+    assert got_dot.dtype == np.float32 and got_mean.dtype == np.float32
+    np.testing.assert_allclose(got_dot, dense[idx] @ vec, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_mean, dense[idx].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_pad_only_when_rows_are_narrow():
+    dense = np.zeros((3, 10), np.float32)
+    dense[1, :9] = 1.0  # one row of 9 entries
+    assert not SparseRows.from_dense(dense).pad(max_width=8)
+    s = SparseRows.from_dense(dense)
+    assert s.pad(max_width=9)
+    np.testing.assert_allclose(s.rows_dot([1, 0], np.arange(10, dtype=np.float32)), [36.0, 0.0])
+    assert SparseRows.empty(4, 2).pad()  # no entries at all: width 1 of padding

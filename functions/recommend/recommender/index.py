@@ -109,6 +109,7 @@ class ItemIndex:
             content = SparseRows.from_dense(np.asarray(content, dtype=np.float32))
         if not content_normalized:
             content = content.l2_normalized()
+        content.pad()  # fixed-width rows for the per-request CB math (skipped if a row is too wide)
         in_stock = np.asarray(in_stock, dtype=bool)
         popularity = np.asarray(popularity, dtype=np.float32)
         lookup, codes = _category_codes(categories)

@@ -155,8 +155,15 @@ class Filter:
             keep[self.wanted_codes] = True
             out |= ~keep[self.category_codes[rows]]
         if self.excluded_rows is not None and self.excluded_rows.size:
-            out |= np.isin(rows, self.excluded_rows)
+            out |= _members(rows, self.excluded_rows)
         return out
+
+
+def _members(rows: np.ndarray, few: np.ndarray) -> np.ndarray:
+    """``np.isin(rows, few)`` for a short ``few`` (a history): a binary search per row."""
+    few = np.sort(few)
+    pos = np.minimum(np.searchsorted(few, rows), few.shape[0] - 1)
+    return few[pos] == rows
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,9 @@ def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int,
     if isinstance(blocked, Filter):
         if ivf is not None and blocked.wanted_codes is None:
             rows, scores = ivf.candidates(q)
+            found = _top_unblocked(rows, scores, pool, blocked)
+            if found is not None:
+                return found
             keep = ~blocked.blocks(rows)
             rows, scores = rows[keep], scores[keep]
             if rows.shape[0] >= pool:
@@ -215,6 +225,26 @@ def retrieve(query: np.ndarray, embeddings: np.ndarray, pool: int,
     scores = embeddings @ q
     rows = top_k(scores, pool, blocked)
     return rows, scores[rows]
+
+
+def _top_unblocked(rows: np.ndarray, scores: np.ndarray, pool: int, blocked: Filter
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The best ``pool`` unblocked candidates, checking the filter on the best few only.
+
+    Takes the top ``pool`` plus headroom (the excluded rows, and a quarter for out-of-stock
+    items); if at least ``pool`` of those pass, they are exactly the top ``pool`` that pass
+    (every candidate left out scores no higher). Otherwise None: the caller filters them all.
+    """
+    excluded = blocked.excluded_rows.shape[0] if blocked.excluded_rows is not None else 0
+    want = pool + excluded + pool // 4
+    if want >= rows.shape[0]:
+        return None
+    local = top_k(scores, want)
+    local = local[~blocked.blocks(rows[local])]
+    if local.shape[0] < pool:
+        return None
+    local = local[:pool]
+    return rows[local], scores[local]
 
 
 def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: SparseRows | np.ndarray,

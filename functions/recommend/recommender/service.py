@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import NotFound, Unavailable
 from .index import ItemIndex, SnapshotLoadError, read_snapshot
 from .params import RecommendParams, SimilarParams
-from .ranking import Filter, blocked_mask, content_mean, l2_normalize, pool_size, rank_cosine, rank_hybrid
+from .ranking import Filter, blocked_mask, content_mean, pool_size, rank_cosine, rank_hybrid
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,17 @@ class Query:
 
 def _round(x: float) -> float:
     return round(float(x), 6)
+
+
+def _rounded(x: np.ndarray) -> list[float]:
+    """``[_round(v) for v in x]`` for a float array, in one numpy call."""
+    return np.round(x.astype(np.float64, copy=False), 6).tolist()
+
+
+def _unit_or_none(v: np.ndarray) -> np.ndarray | None:
+    """``v`` scaled to unit L2 norm, or None when it is all zeros (no content profile)."""
+    norm = float(np.sqrt(np.dot(v, v)))
+    return v / np.float32(norm) if norm > 0 else None
 
 
 class Recommender:
@@ -227,38 +238,38 @@ class Recommender:
         """Pick the strategy for this user/session and rank; no Firestore access."""
         if index is None:
             return self._cold_start(None, p, user, degraded=True)
-        query = self._query(index, p, user)
+        history = index.rows(self._history_ids(user))
+        query = self._query(index, p, user, history)
         if query is None:
             return self._cold_start(index, p, user, degraded=False)
         blocked = Filter(index.size, index.out_of_stock if p.in_stock_only else None,
                          index.category_codes,
                          index.category_codes_for(p.categories) if p.categories else None,
-                         self._excluded_rows(index, p, user))
+                         self._excluded_rows(index, p, history))
         profile = None
         if query.profile_rows.size:
-            prof = l2_normalize(content_mean(index.content, query.profile_rows))
-            profile = prof if np.any(prof) else None
+            profile = _unit_or_none(content_mean(index.content, query.profile_rows))
         ranked = rank_hybrid(query.vector, index.embeddings, index.content, profile, p.k, p.alpha,
                              blocked, pool_size(p.k, self.settings.min_pool, self.settings.pool_factor),
                              index.ivf)
-        items = [{"item_id": str(index.item_ids[r]), "score": _round(s), "cf_score": _round(cf),
-                  "cb_score": _round(cb)}
-                 for r, s, cf, cb in zip(ranked.rows.tolist(), ranked.score.tolist(),
-                                         ranked.cf.tolist(), ranked.cb.tolist())]
+        items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
+                 for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(), _rounded(ranked.score),
+                                         _rounded(ranked.cf), _rounded(ranked.cb))]
         strategy = SESSION if query.source == "session_mean" else PERSONALIZED
         return self._response(index, p, user, strategy, items, query=query.source)
 
     def _history_ids(self, user: UserDoc | None) -> list[str]:
         return [h.item_id for h in user.history] if user is not None else []
 
-    def _excluded_rows(self, index: ItemIndex, p: RecommendParams, user: UserDoc | None
-                       ) -> np.ndarray | None:
+    @staticmethod
+    def _excluded_rows(index: ItemIndex, p: RecommendParams, history: np.ndarray) -> np.ndarray | None:
         if not p.exclude_seen:
             return None
-        return index.rows([*self._history_ids(user), *p.session_items])
+        return np.concatenate([history, index.rows(p.session_items)]) if p.session_items else history
 
-    def _query(self, index: ItemIndex, p: RecommendParams, user: UserDoc | None) -> Query | None:
-        history = index.rows(self._history_ids(user))
+    def _query(self, index: ItemIndex, p: RecommendParams, user: UserDoc | None,
+               history: np.ndarray) -> Query | None:
+        """The query vector: the user's embedding, else their history's mean, else the session's."""
         if user is not None:
             emb = user.embedding
             if emb is not None and user.model_version == index.version and len(emb) == index.dim:
