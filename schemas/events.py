@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas._avro import (
@@ -46,8 +46,12 @@ class ProductEvent:
     context: dict[str, str] | None = field(default=None, compare=True)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (unions not wrapped)."""
-        return asdict(self)
+        """Plain JSON-able dict (unions not wrapped), fields in schema order."""
+        # explicit rather than dataclasses.asdict (a recursive deep copy): the pipeline archives
+        # every accepted event, and asdict was 4% of its worker thread's time under a backlog
+        return {"event_id": self.event_id, "event_type": self.event_type, "user_id": self.user_id,
+                "item_id": self.item_id, "timestamp": self.timestamp, "session_id": self.session_id,
+                "context": dict(self.context) if self.context is not None else None}
 
     def to_pubsub_data(self) -> bytes:
         """The Pub/Sub message body: Avro JSON encoding."""

@@ -3,6 +3,7 @@ the content encoder and the item-index snapshot."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -253,6 +254,8 @@ EVENTS = st.builds(
 @settings(max_examples=200, deadline=None)
 @given(EVENTS)
 def test_event_round_trips(ev):
+    assert ev.to_dict() == dataclasses.asdict(ev)  # every field, in schema order
+    assert list(ev.to_dict()) == [f["name"] for f in event_schema()["fields"]]
     assert parse_event(ev.to_pubsub_data()) == ev
     assert validate_event(ev.to_dict()) == ev
     assert parse_event(json.dumps(ev.to_dict())) == ev
