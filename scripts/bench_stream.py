@@ -19,8 +19,9 @@ Throughput is the *steady-state* rate, the same way for both pipelines: events p
 between the progress samples where 20 % and 80 % of the backlog were done, so start-up and the
 first and last bundles do not count (with 1,000-message pulls, a 3,000-event backlog was just
 three bundles; with today's 5,000-message bundles the default 60,000 puts ~7 between the marks,
-where 20,000 gave ratios of 0.46-0.72 from run to run). ``ratio`` = full / mean of the two pass-through rates. The rates from the first
-progress to the end of the backlog are reported too (``*_first_to_done``).
+where 20,000 gave ratios of 0.46-0.72 from run to run). ``ratio`` = full / mean of the two
+pass-through rates. The rates from the first progress to the end of the backlog are reported too
+(``*_first_to_done``).
 
 Prints a table and writes ``reports/bench/stream.json``.
 """
