@@ -228,23 +228,34 @@ def test_rank_hybrid_with_a_filter_equals_the_mask(clustered):
 
 
 def test_retrieve_checks_the_filter_on_the_best_candidates_only_when_that_is_exact(clustered):
-    """The IVF path filters the top ``pool`` + headroom; with most of those blocked it filters all."""
+    """The IVF path filters the top ``pool`` + headroom; with most of those blocked it filters all.
+
+    Both paths are asserted to run (pool 50): with 10 % out of stock, the best 50 + headroom
+    hold enough that pass, even when the best 300 are excluded (exclusions count as headroom);
+    with the best 100 out of stock they do not, and every candidate is filtered. Both paths
+    equal the full-mask path.
+    """
     emb, queries = clustered
-    in_stock = np.arange(N) % 4 != 0
-    index = _index(emb, in_stock=in_stock).with_ivf(CLUSTERS, 6)
+    index = _index(emb, in_stock=np.arange(N) % 10 != 0).with_ivf(CLUSTERS, 6)
+    pool = 50
     for q in queries[:10]:
         rows, scores = index.ivf.candidates(q)
         best = rows[np.argsort(-scores, kind="stable")]
-        for excluded in (np.array([1, 2, 3]), best[:5], best[:300]):  # the last forces the full filter
-            f = ranking.Filter(index.size, index.out_of_stock, None, None, excluded)
-            got_rows, got_scores = ranking.retrieve(q, index.embeddings, 200, f, index.ivf)
-            mask_rows, mask_scores = ranking.retrieve(q, index.embeddings, 200, f.mask(), index.ivf)
+        top_out = index.out_of_stock.copy()
+        top_out[best[:100]] = True
+        cases = ((index.out_of_stock, np.array([1, 2, 3]), True), (index.out_of_stock, best[:5], True),
+                 (index.out_of_stock, best[:300], True), (top_out, np.array([1, 2, 3]), False))
+        for out_of_stock, excluded, fast in cases:
+            f = ranking.Filter(index.size, out_of_stock, None, None, excluded)
+            assert (ranking._top_unblocked(rows, scores, pool, f) is not None) == fast
+            got_rows, got_scores = ranking.retrieve(q, index.embeddings, pool, f, index.ivf)
+            mask_rows, mask_scores = ranking.retrieve(q, index.embeddings, pool, f.mask(), index.ivf)
             assert sorted(got_rows.tolist()) == sorted(mask_rows.tolist())
             np.testing.assert_array_equal(got_scores, mask_scores)
             assert np.all(np.diff(got_scores) <= 0) and not f.mask()[got_rows].any()
             allowed = ~f.blocks(rows)
-            if allowed.sum() >= 200:  # enough candidates pass: the best of them, not an exact scan
-                want = np.argsort(-scores[allowed], kind="stable")[:200]
+            if allowed.sum() >= pool:  # enough candidates pass: the best of them, not an exact scan
+                want = np.argsort(-scores[allowed], kind="stable")[:pool]
                 assert sorted(got_rows.tolist()) == sorted(rows[allowed][want].tolist())
 
 
