@@ -262,8 +262,8 @@ class SparseRows:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         vec = np.asarray(vec, dtype=np.float32)
         if self._padded is not None:
-            cols, vals = self._padded
-            return np.einsum("ij,ij->i", vals[idx], vec[cols[idx]])
+            cols, vals = self._padded  # take(): ~2x faster than fancy indexing for row gathers
+            return np.einsum("ij,ij->i", vals.take(idx, axis=0), vec.take(cols.take(idx, axis=0)))
         which, pos = self._entries(idx)
         products = self.data[pos] * vec[self.indices[pos]]
         return np.bincount(which, weights=products, minlength=idx.shape[0]).astype(np.float32)
@@ -273,7 +273,8 @@ class SparseRows:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if self._padded is not None:
             cols, vals = self._padded
-            sums = np.bincount(cols[idx].ravel(), weights=vals[idx].ravel(), minlength=self.dim)
+            sums = np.bincount(cols.take(idx, axis=0).ravel(), weights=vals.take(idx, axis=0).ravel(),
+                               minlength=self.dim)
             return (sums / idx.shape[0]).astype(np.float32)
         _, pos = self._entries(idx)
         sums = np.bincount(self.indices[pos], weights=self.data[pos], minlength=self.dim)

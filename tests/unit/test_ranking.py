@@ -97,6 +97,16 @@ def test_rank_hybrid_filters_still_return_k():
     np.testing.assert_allclose(r.cf, [1.0, 0.0])
 
 
+@pytest.mark.parametrize("k", [1, 10, 199, 200, 300])
+def test_best_first_matches_a_full_lexsort(k):
+    rng = np.random.default_rng(k)
+    final = rng.integers(0, 20, 200).astype(np.float64) / 20  # many ties on the final score
+    cf_raw = rng.integers(0, 5, 200).astype(np.float32)  # and on the raw CF score
+    rows = rng.permutation(10_000)[:200]
+    expected = np.lexsort((rows, -cf_raw, -final))[:k]
+    np.testing.assert_array_equal(ranking.best_first(final, cf_raw, rows, k), expected)
+
+
 def test_rank_cosine_skips_zero_vectors():
     m = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
     rows, cos = ranking.rank_cosine(np.array([2.0, 0.0]), m, np.linalg.norm(m, axis=1), 3, None)
@@ -160,18 +170,19 @@ def test_settings_reject_bad_environment(monkeypatch):
     assert Settings.from_env().default_alpha == 0.4
 
 
-@pytest.mark.parametrize("k", [1, 10, 200, 900])
-def test_top_k_is_exact_on_large_arrays(k):
+@pytest.mark.parametrize("n,k", [(20_000, 1), (20_000, 10), (20_000, 200), (20_000, 900),
+                                 (4_550, 270), (2_048, 256), (2_047, 10)])
+def test_top_k_is_exact_on_large_arrays(n, k):
     rng = np.random.default_rng(k)
-    scores = rng.standard_normal(20_000).astype(np.float32)
-    scores[rng.random(20_000) < 0.3] = -np.inf  # blocked rows
+    scores = rng.standard_normal(n).astype(np.float32)
+    scores[rng.random(n) < 0.3] = -np.inf  # blocked rows
     scores[:50] = 2.5  # ties
     expected = np.argsort(-scores, kind="stable")[:k]
     got = ranking.top_k(scores, k)
     np.testing.assert_array_equal(np.sort(scores[got])[::-1], scores[expected])
     assert len(set(got.tolist())) == k
     # with a blocked mask (here the whole top 5 %, so the threshold shortcut must fall back too)
-    for blocked in (rng.random(20_000) < 0.5, scores >= np.quantile(scores[np.isfinite(scores)], 0.95)):
+    for blocked in (rng.random(n) < 0.5, scores >= np.quantile(scores[np.isfinite(scores)], 0.95)):
         masked = np.where(blocked, -np.inf, scores)
         expected = np.argsort(-masked, kind="stable")[:k]
         got = ranking.top_k(scores, k, blocked)

@@ -118,6 +118,7 @@ class IvfIndex:
     def candidates(self, query: np.ndarray, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the probed partitions plus the tail, and their exact dot products with ``query``."""
         nprobe = min(nprobe or self.nprobe, self.nlist)
+        query = np.ascontiguousarray(query, dtype=np.float32)
         cscores = self.centroids @ query
         probe = np.argpartition(cscores, self.nlist - nprobe)[self.nlist - nprobe:] \
             if nprobe < self.nlist else np.arange(self.nlist)
@@ -127,11 +128,11 @@ class IvfIndex:
         total = int(sizes.sum())
         rows = np.empty(total + self.tail.shape[0], dtype=np.int64)
         scores = np.empty(total + self.tail.shape[0], dtype=np.float32)
-        pos = 0
+        pos, emb, order, dot = 0, self.sorted_emb, self.order, np.dot
         for s, e in zip(starts.tolist(), ends.tolist()):
-            if e > s:
-                np.matmul(self.sorted_emb[s:e], query, out=scores[pos:pos + e - s])
-                rows[pos:pos + e - s] = self.order[s:e]
+            if e > s:  # np.dot(out=) costs ~1.5 us less per call than np.matmul(out=)
+                dot(emb[s:e], query, out=scores[pos:pos + e - s])
+                rows[pos:pos + e - s] = order[s:e]
                 pos += e - s
         if self.tail.size:  # all-zero embeddings: score 0, as in the exact scan
             rows[total:] = self.tail

@@ -55,9 +55,9 @@ def _round(x: float) -> float:
     return round(float(x), 6)
 
 
-def _rounded(x: np.ndarray) -> list[float]:
-    """``[_round(v) for v in x]`` for a float array, in one numpy call."""
-    return np.round(x.astype(np.float64, copy=False), 6).tolist()
+def _rounded(*columns: np.ndarray) -> list[list[float]]:
+    """``[[_round(v) for v in x] for x in columns]`` for equal-length float arrays, in one numpy call."""
+    return np.round(np.array(columns, dtype=np.float64), 6).tolist()
 
 
 def _unit_or_none(v: np.ndarray) -> np.ndarray | None:
@@ -253,8 +253,8 @@ class Recommender:
                              blocked, pool_size(p.k, self.settings.min_pool, self.settings.pool_factor),
                              index.ivf)
         items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
-                 for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(), _rounded(ranked.score),
-                                         _rounded(ranked.cf), _rounded(ranked.cb))]
+                 for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(),
+                                         *_rounded(ranked.score, ranked.cf, ranked.cb))]
         strategy = SESSION if query.source == "session_mean" else PERSONALIZED
         return self._response(index, p, user, strategy, items, query=query.source)
 
