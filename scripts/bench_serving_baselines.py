@@ -24,6 +24,9 @@ from google.cloud.firestore_v1.vector import Vector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "functions" / "recommend"))
 from recommender.store import read_document  # noqa: E402  (the function's own read)
+from recommender.workers import spread_connections  # noqa: E402
+
+spread_connections()  # served like the function: one listening socket per gunicorn worker
 
 USERS = os.environ.get("USERS_COLLECTION", "users")
 VECTORS = os.environ.get("FIND_NEAREST_COLLECTION", "bench_item_vectors")

@@ -33,10 +33,12 @@ from recommender.errors import ApiError, InvalidParameter, MethodNotAllowed, Not
 from recommender.params import recommend_params, similar_params  # noqa: E402
 from recommender.service import Recommender  # noqa: E402
 from recommender.store import FirestoreStore  # noqa: E402
+from recommender.workers import spread_connections  # noqa: E402
 
 log = logging.getLogger("recommend")
 
 SETTINGS = Settings.from_env()
+spread_connections()  # one listening socket per gunicorn worker (see recommender/workers.py)
 SERVICE = Recommender(SETTINGS, FirestoreStore(SETTINGS))
 SERVICE.start()  # cold start: index snapshot + trending, before the first request
 
