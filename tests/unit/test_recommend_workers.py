@@ -19,9 +19,12 @@ from recommender.workers import reuse_port_wanted, spread_connections  # noqa: E
 
 @pytest.fixture
 def original_application(monkeypatch):
-    """Restore functions-framework's gunicorn application class after the test."""
-    monkeypatch.setattr(ff_gunicorn, "GunicornApplication", ff_gunicorn.GunicornApplication)
-    return ff_gunicorn.GunicornApplication
+    """functions-framework's own gunicorn application class for the test (an earlier import of
+    main.py in this process may have patched it), restored to what it was afterwards."""
+    current = ff_gunicorn.GunicornApplication
+    original = next(c for c in current.__mro__ if not getattr(c, "reuse_port", False))
+    monkeypatch.setattr(ff_gunicorn, "GunicornApplication", original)
+    return original
 
 
 def test_reuse_port_is_on_by_default_and_can_be_turned_off():
