@@ -572,7 +572,8 @@ def load_test(name: str, target: str, source: Path, path_template: str, health_p
         result["server_cpu_ms_per_request"] = (cpu1 - cpu0) * 1000 / n
         # each worker's share of the workers' CPU: ~1/WORKERS each when connections are spread
         busy = [b - a for a, b in zip(per0, per1)]
-        result["worker_cpu_share"] = [round(x / sum(busy), 3) if sum(busy) > 0 else 0.0 for x in busy]
+        total = sum(busy)
+        result["worker_cpu_share"] = [round(x / total, 3) if total > 0 else 0.0 for x in busy]
         result["emulator_cpu_ms_per_request"] = (emu1 - emu0) * 1000 / n
         result.update(memory_mb(server.proc.pid))
         result["cold_start_s"] = server.cold_start_s
