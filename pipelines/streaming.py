@@ -31,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import apache_beam as beam
@@ -43,7 +43,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines.transforms import activity, direct_pubsub
+from pipelines.transforms import activity, direct_pubsub, trending
 from pipelines.transforms.archive import ArchiveEvents
 from pipelines.transforms.embed import EmbedItems, EmbedUsers, ModelSource, WatchedModel
 from pipelines.transforms.firestore_io import (
@@ -74,11 +74,11 @@ class StreamingConfig:
     archive_dir: str | None = None
     archive_window_s: int = 60
     history_length: int = 50
-    trending_window_s: int = 3600
-    trending_period_s: int = 60
-    trending_top_k: int = 50
-    trending_early_firing_s: int = 30
-    allowed_lateness_s: int = 600
+    trending_window_s: int = trending.WINDOW_S
+    trending_period_s: int = trending.PERIOD_S
+    trending_top_k: int = trending.TOP_K
+    trending_early_firing_s: int = trending.EARLY_FIRING_S
+    allowed_lateness_s: int = trending.ALLOWED_LATENESS_S
     model_refresh_s: float = 10.0
     inference: str = "bundle"
     direct_pull_max_messages: int = 5000
@@ -95,32 +95,33 @@ def _path(project: str, kind: str, name: str) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions]:
     """Own flags -> ``StreamingConfig``; the rest (plus ``--project``) -> ``PipelineOptions``."""
+    d = {f.name: f.default for f in fields(StreamingConfig)}  # one source for the defaults
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events-subscription", default=names.EVENTS_SUBSCRIPTION,
                         help="name or projects/.../subscriptions/... path")
     parser.add_argument("--catalog-subscription", default=names.CATALOG_SUBSCRIPTION)
     parser.add_argument("--dead-letter-topic", default=names.DEAD_LETTER_TOPIC)
-    parser.add_argument("--firestore-database", default="(default)")
+    parser.add_argument("--firestore-database", default=d["firestore_database"])
     parser.add_argument("--model-dir", default=None,
                         help="artefact dir (or dir of versions) used until models/current exists")
     parser.add_argument("--archive-dir", default=None, help="event archive (local dir or gs://)")
-    parser.add_argument("--archive-window-seconds", type=int, default=60)
-    parser.add_argument("--history-length", type=int, default=50)
-    parser.add_argument("--trending-window-seconds", type=int, default=3600)
-    parser.add_argument("--trending-period-seconds", type=int, default=60)
-    parser.add_argument("--trending-top-k", type=int, default=50)
-    parser.add_argument("--trending-early-firing-seconds", type=int, default=30,
+    parser.add_argument("--archive-window-seconds", type=int, default=d["archive_window_s"])
+    parser.add_argument("--history-length", type=int, default=d["history_length"])
+    parser.add_argument("--trending-window-seconds", type=int, default=d["trending_window_s"])
+    parser.add_argument("--trending-period-seconds", type=int, default=d["trending_period_s"])
+    parser.add_argument("--trending-top-k", type=int, default=d["trending_top_k"])
+    parser.add_argument("--trending-early-firing-seconds", type=int, default=d["trending_early_firing_s"],
                         help="processing-time interval of trending's early panes; each firing "
                              "re-emits every open sliding window (size / period of them), so a "
-                             "short interval costs freshness of user documents (measured: 2 s "
-                             "pushed p95 from 0.2 s to 1.5 s over 10 minutes)")
-    parser.add_argument("--allowed-lateness-seconds", type=int, default=600)
-    parser.add_argument("--model-refresh-seconds", type=float, default=10.0)
-    parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")
-    parser.add_argument("--direct-pull-max-messages", type=int, default=5000,
+                             "short interval costs freshness of user documents (see "
+                             "pipelines/transforms/trending.py EARLY_FIRING_S)")
+    parser.add_argument("--allowed-lateness-seconds", type=int, default=d["allowed_lateness_s"])
+    parser.add_argument("--model-refresh-seconds", type=float, default=d["model_refresh_s"])
+    parser.add_argument("--inference", choices=["bundle", "runinference"], default=d["inference"])
+    parser.add_argument("--direct-pull-max-messages", type=int, default=d["direct_pull_max_messages"],
                         help="DirectRunner only: largest read bundle (pulls repeat while a backlog "
                              "answers; a trickle makes small bundles)")
-    parser.add_argument("--drain-idle-seconds", type=float, default=3.0,
+    parser.add_argument("--drain-idle-seconds", type=float, default=d["drain_idle_s"],
                         help="DirectRunner only: idle time that ends a drain")
     args, beam_args = parser.parse_known_args(argv)
     options = PipelineOptions(beam_args)

@@ -127,6 +127,13 @@ class ToTrendingDocFn(beam.DoFn):
                               window_end=end_ms, updated_at=now_ms())
 
 
+# Defaults, also the streaming pipeline's (pipelines/streaming.py StreamingConfig and its flags).
+WINDOW_S, PERIOD_S, TOP_K, ALLOWED_LATENESS_S = 3600, 60, 50, 600
+# Each early firing re-emits every open sliding window (WINDOW_S / PERIOD_S of them): at 2 s that
+# pushed the p95 freshness of user documents from 0.2 s to 1.5 s over 10 minutes of bench-stream.
+EARLY_FIRING_S = 30
+
+
 def _early_trigger(early_firing_s: int) -> trigger.TriggerFn:
     return trigger.AfterWatermark(early=trigger.AfterProcessingTime(early_firing_s),
                                   late=trigger.AfterCount(1))
@@ -136,8 +143,9 @@ class ComputeTrending(beam.PTransform):
     """Batches of events (or single events) -> ``TrendingDoc`` for the current sliding window,
     every few seconds."""
 
-    def __init__(self, size_s: int = 3600, period_s: int = 60, top_k: int = 50,
-                 early_firing_s: int = 30, allowed_lateness_s: int = 600) -> None:
+    def __init__(self, size_s: int = WINDOW_S, period_s: int = PERIOD_S, top_k: int = TOP_K,
+                 early_firing_s: int = EARLY_FIRING_S, allowed_lateness_s: int = ALLOWED_LATENESS_S
+                 ) -> None:
         super().__init__()
         if size_s % period_s:
             raise ValueError(f"trending window size {size_s}s must be a multiple of the period {period_s}s")

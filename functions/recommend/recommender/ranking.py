@@ -69,7 +69,7 @@ def minmax(x: np.ndarray) -> np.ndarray:
 def top_k(scores: np.ndarray, k: int, blocked: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``k`` largest finite, unblocked scores, best first (exact).
 
-    On large arrays (n >= 8k) a threshold ``t`` from a strided sample first narrows the candidates to
+    On large arrays (n >= 2,048 and n >= 8k) a threshold ``t`` from a strided sample narrows the candidates to
     about 2k (``scores >= t``, minus blocked rows). Whenever at least ``k`` candidates remain,
     every one of the true top k is among them (each scores >= the k-th candidate >= t), so
     ``argpartition`` over the candidates is exact; otherwise a full masked ``argpartition``.

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 from .config import ConfigError
 
 _OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on")
 
 
-def reuse_port_wanted(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+def reuse_port_wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """``REUSE_PORT`` (default on) and the platform supports ``SO_REUSEPORT``."""
     raw = environ.get("REUSE_PORT", "")
     value = raw.strip().lower()
@@ -35,7 +36,7 @@ def reuse_port_wanted(environ: os._Environ[str] | dict[str, str] = os.environ) -
     return value in _ON and hasattr(socket, "SO_REUSEPORT")
 
 
-def spread_connections(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+def spread_connections(environ: Mapping[str, str] = os.environ) -> bool:
     """Give every gunicorn worker its own ``SO_REUSEPORT`` socket; True when in effect."""
     if not reuse_port_wanted(environ):
         return False
