@@ -1,9 +1,9 @@
 """Flex Template entry point: the Dataflow launcher runs this file with the job's parameters.
 
 The launcher passes every template parameter as ``--<name>=<value>``. Template parameter
-names use underscores (``events_subscription``), while ``pipelines.streaming`` spells its
+names use underscores (``events_subscription``), while ``pipelines.streaming.pipeline`` spells its
 own flags with dashes (``--events-subscription``); Beam's options keep their underscores.
-:func:`normalize_flags` bridges the two, then ``pipelines.streaming.run`` takes over. The
+:func:`normalize_flags` bridges the two, then ``pipelines.streaming.pipeline.run`` takes over. The
 pipeline package is installed in the image (docker/pipeline.Dockerfile).
 """
 
@@ -31,7 +31,7 @@ def main(argv: Sequence[str]) -> None:
     """Run the streaming pipeline with the launcher's arguments."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import streaming
+    from pipelines.streaming import pipeline as streaming
 
     beam_options = PipelineOptions([]).get_all_options(drop_default=False).keys()
     # The package is installed in the image, so the main session need not be pickled.

@@ -76,8 +76,8 @@ def train_catalogue(spec: CatalogueSpec, model_dir: Path) -> TrainedCatalogue:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pipelines.data import generate_synthetic
-    from pipelines.model import ModelConfig
-    from pipelines.train import TrainingInput, save, train
+    from pipelines.training.model import ModelConfig
+    from pipelines.training.train import TrainingInput, save, train
 
     t0 = time.perf_counter()
     data = generate_synthetic(n_users=spec.users, n_items=spec.items,
@@ -98,7 +98,7 @@ def train_catalogue(spec: CatalogueSpec, model_dir: Path) -> TrainedCatalogue:
     for u, (s, e) in enumerate(zip(starts, ends)):
         h = items_sorted[max(s, e - spec.history):e]
         hist[u, spec.history - len(h):] = h
-    from pipelines.artifact import Towers
+    from pipelines.training.artifact import Towers
 
     towers = Towers(version_dir)
     emb = np.concatenate([towers.embed_users(list(uniq[s:s + 4096]),
@@ -129,8 +129,8 @@ def ivf_recall_on_artifact(artifact: Path, data: str, users: int = 1000, seed: i
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pipelines.artifact import Towers
-    from pipelines.train import load_input
+    from pipelines.training.artifact import Towers
+    from pipelines.training.train import load_input
     from schemas.firestore import HistoryEntry, UserDoc
     from scripts import bench_serving as bs
 

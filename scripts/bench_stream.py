@@ -5,7 +5,7 @@ Starts its own Pub/Sub and Firestore emulators (``--pubsub-port``/``--firestore-
 
 1. **pass-through baseline**: a pipeline that only reads the events subscription, parses and
    acks; works off a backlog of ``--events`` events, printing its count after every bundle;
-2. **full pipeline** (:mod:`pipelines.streaming`) on the same-size backlog (distinct event ids):
+2. **full pipeline** (:mod:`pipelines.streaming.pipeline`) on the same-size backlog (distinct event ids):
    the events counted in ``users/*``, polled every 0.25 s, until all are;
 3. **freshness**: views published at a steady ``--rate`` for ``--duration`` seconds; for each,
    publish time -> first time a poller (``get_all`` of the users with events in flight, rounds of
@@ -43,7 +43,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipelines.transforms import activity
 from schemas import names
 from schemas.events import ProductEvent
 from schemas.firestore import unpack_history
@@ -66,8 +65,8 @@ def train_tiny_artifact(model_dir: str | Path, seed: int = 0, n_users: int = 200
     """Train a small two-tower artefact on synthetic data; return its version directory."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from pipelines.data import generate_synthetic
-    from pipelines.model import ModelConfig
-    from pipelines.train import TrainingInput, save, train
+    from pipelines.training.model import ModelConfig
+    from pipelines.training.train import TrainingInput, save, train
 
     data = TrainingInput.from_dataset(generate_synthetic(n_users=n_users, n_items=n_items,
                                                          mean_events_per_user=12, seed=seed))
@@ -157,9 +156,9 @@ def passthrough_main(argv: list[str]) -> None:
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from pipelines import streaming
-    from pipelines.transforms import direct_pubsub
-    from pipelines.transforms.parse import ParseEvents
+    from pipelines import direct_runner
+    from pipelines.streaming import pipeline as streaming
+    from pipelines.streaming.parse import ParseEvents
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--subscription", required=True)
@@ -167,7 +166,7 @@ def passthrough_main(argv: list[str]) -> None:
                         default=streaming.StreamingConfig.direct_pull_max_messages,
                         help="as the full pipeline's flag: the same reader settings for both")
     args = parser.parse_args(argv)
-    direct_pubsub.install(max_messages=args.direct_pull_max_messages)
+    direct_runner.install(max_messages=args.direct_pull_max_messages)
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
     p = beam.Pipeline(options=options)
@@ -176,7 +175,7 @@ def passthrough_main(argv: list[str]) -> None:
     parsed.valid | "Count" >> beam.ParDo(ProgressFn())
     result = p.run()
     config, _ = streaming.parse_args([])
-    streaming.serve_direct(result, config)
+    direct_runner.serve(result, config.drain_idle_s, settle_s=0.0)
 
 
 class ProgressFn(beam.DoFn):
@@ -192,7 +191,6 @@ class ProgressFn(beam.DoFn):
         self.n += 1
 
     def finish_bundle(self) -> None:
-        activity.touch()
         if self.n:
             with ProgressFn.lock:
                 ProgressFn.total += self.n
@@ -279,7 +277,7 @@ def seed_full_histories(client: Any, workload: Workload, history_length: int = 5
     finds them in steady state (the pipeline seeds its state from them); returns the sum of their
     ``event_count``. Without it the throughput phase would start with empty histories, i.e.
     smaller documents than a running system writes."""
-    from pipelines.transforms.firestore_io import commit_in_batches
+    from pipelines.streaming.firestore_io import commit_in_batches
     from schemas.firestore import HistoryEntry, UserDoc
 
     start = int(time.time() * 1000) - 3_600_000
@@ -459,8 +457,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[int]) -> dict[str, Any]:
     from google.cloud import firestore, pubsub_v1
 
-    from pipelines import publish
-    from pipelines.artifact import load_towers
+    from pipelines.training import publish
+    from pipelines.training.artifact import load_towers
 
     artifact = None if args.retrain else existing_artifact(args.model_dir)
     if artifact is None:
@@ -490,7 +488,7 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
     events_topic = publisher.topic_path(project, names.EVENTS_TOPIC)
     publish_backlog(events_topic, [workload.event("tp") for _ in range(args.events)])
     proc = ManagedProcess("pipeline", python_module(
-        "pipelines.streaming", "--model-refresh-seconds", "5", "--inference", args.inference,
+        "pipelines.streaming.pipeline", "--model-refresh-seconds", "5", "--inference", args.inference,
         *(["--direct-pull-max-messages", str(args.direct_pull_max_messages)]
           if args.direct_pull_max_messages else []),
         "--archive-dir", str(work / "archive")), work / "pipeline.log", env).start()
@@ -520,7 +518,7 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
     pt_runs.append(run_passthrough(pt_topic, pt_sub, workload, args.events, env, work / "passthrough-2.log",
                                    emulators, args.direct_pull_max_messages))
     pt_rate = float(np.mean([r["steady"] for r in pt_runs]))
-    from pipelines.streaming import StreamingConfig
+    from pipelines.streaming.pipeline import StreamingConfig
 
     pull_default = StreamingConfig.direct_pull_max_messages
     pt_cpu = float(np.mean([r["cpu_pipeline"] + r["cpu_emulators"] for r in pt_runs]))

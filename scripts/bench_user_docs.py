@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.transforms import firestore_io
+from pipelines.streaming import firestore_io
 from schemas.firestore import HistoryEntry, UserDoc, pack_history, unpack_history
 from scripts import local_stack
 from scripts.bench_stream import group_cpu_seconds

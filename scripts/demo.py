@@ -322,7 +322,7 @@ class Demo:
         step(4, "Train the two-tower model, publish it to Firestore, seed users")
         models = self.cfg.work_dir / "models"
         self._run_step("train", python_module(
-            "pipelines.train", "--data", str(data.data_dir), "--model-dir", str(models),
+            "pipelines.training", "--data", str(data.data_dir), "--model-dir", str(models),
             "--epochs", str(self.cfg.epochs), "--publish"))
         version = UserReader(self.stack.project).current_version()
         if version is None:
@@ -338,7 +338,7 @@ class Demo:
     def start_services(self, model_dir: Path) -> tuple[RecommendClient, str]:
         step(5, "Start the streaming pipeline (DirectRunner) and the two functions")
         pipeline = ManagedProcess("pipeline", python_module(
-            "pipelines.streaming", "--model-dir", str(model_dir),
+            "pipelines.streaming.pipeline", "--model-dir", str(model_dir),
             "--archive-dir", str(self.cfg.work_dir / "archive"), "--archive-window-seconds", "5",
             "--model-refresh-seconds", "2", "--trending-window-seconds", "600",
             "--trending-period-seconds", "60"), self.logs / "pipeline.log", env=self.env)
@@ -637,7 +637,7 @@ class Demo:
                    self.cfg.timeout_s)
         time.sleep(6)  # let the current archive window close
         self._run_step("warm_start", python_module(
-            "pipelines.train", "--data", str(archive), "--model-dir", str(model_dir),
+            "pipelines.training", "--data", str(archive), "--model-dir", str(model_dir),
             "--init-from", first, "--epochs", str(max(1, self.cfg.epochs // 2)), "--publish"))
         second = users.current_version()
         if second == first:

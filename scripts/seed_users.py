@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from google.cloud import firestore
 
-    from pipelines.artifact import load_towers
     from pipelines.data import load_dataset
+    from pipelines.training.artifact import load_towers
 
     client = firestore.Client(project=args.project)
     snap = client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get()

@@ -16,7 +16,7 @@ entry also gets ``warm_start.*``: a parent model is trained on the train events 
 fine-tune time as a fraction of the full training time and Recall@20 on the parent's users
 (old test users) for the parent (before), the warm-started child (after) and the full retrain.
 
-Settings: ``--opt two_tower.<field>=<value>`` for any :class:`pipelines.model.ModelConfig` field,
+Settings: ``--opt two_tower.<field>=<value>`` for any :class:`pipelines.training.model.ModelConfig` field,
 ``two_tower.history_mode``, ``two_tower.warm_start=0/1``, ``two_tower.warm_fraction``,
 ``two_tower.warm_epochs``, ``two_tower.warm_lr_scale``, ``two_tower.new_items=0/1``.
 
@@ -38,7 +38,7 @@ from pipelines.evaluation.metrics import Scorer, evaluate
 from pipelines.evaluation.registry import RunOptions, entry, register
 from pipelines.evaluation.resources import ResourceMonitor
 from pipelines.evaluation.splits import Split
-from pipelines.model import ModelConfig
+from pipelines.training.model import ModelConfig
 from schemas.content import ContentEncoder
 
 HYBRID_ALPHAS = (1.0, 0.9, 0.7, 0.5)
@@ -88,8 +88,8 @@ def _convert(raw: str, like: Any) -> Any:
 
 
 def training_input(split: Split, dataset: Dataset, rows: np.ndarray | None = None):  # noqa: ANN201
-    """The split's train events (optionally a subset of rows) as :class:`pipelines.train.TrainingInput`."""
-    from pipelines.train import TrainingInput
+    """The split's train events (optionally a subset of rows) (a ``TrainingInput``)."""
+    from pipelines.training.train import TrainingInput
 
     r = split.train_rows
     sel = slice(None) if rows is None else rows
@@ -175,7 +175,7 @@ def warm_start_metrics(split: Split, dataset: Dataset, config: ModelConfig, extr
     """Parent on older train events, warm start on the newest ones; compare with the full retrain."""
     import tempfile
 
-    from pipelines.train import Parent, save, train, warm_start
+    from pipelines.training.train import Parent, save, train, warm_start
 
     times = split.train_rows.timestamps
     cut = int(np.quantile(times, 1.0 - float(extra["warm_fraction"])))
@@ -216,7 +216,7 @@ def new_item_metrics(dataset: Dataset, config: ModelConfig, extra: dict[str, Any
     """
     from pipelines.evaluation.baselines import popularity
     from pipelines.evaluation.splits import cutoff_split
-    from pipelines.train import train
+    from pipelines.training.train import train
 
     split = cutoff_split(dataset)
     cold = split.cold_items()
@@ -241,7 +241,7 @@ def new_item_metrics(dataset: Dataset, config: ModelConfig, extra: dict[str, Any
 @register("two_tower", order=0)
 def run_two_tower(split: Split, dataset: Dataset, options: RunOptions) -> dict[str, dict[str, float]]:
     """The two-tower model and the hybrids built on it."""
-    from pipelines.train import train
+    from pipelines.training.train import train
 
     config, extra = settings(dataset, options)
     print(f"  two_tower: {config} history_mode={extra['history_mode']}")

@@ -9,10 +9,10 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-from pipelines import publish  # noqa: E402
 from pipelines.data import generate_synthetic  # noqa: E402
-from pipelines.model import ModelConfig  # noqa: E402
-from pipelines.train import TrainingInput, save, train  # noqa: E402
+from pipelines.training import publish  # noqa: E402
+from pipelines.training.model import ModelConfig  # noqa: E402
+from pipelines.training.train import TrainingInput, save, train  # noqa: E402
 from schemas import names  # noqa: E402
 from schemas.firestore import CurrentModelDoc, HistoryEntry, ItemDoc, ModelDoc, UserDoc  # noqa: E402
 from schemas.index_snapshot import IndexSnapshot  # noqa: E402
@@ -120,7 +120,7 @@ def test_publish_users_refreshes_embedding_and_keeps_history(version_dir, firest
     got = UserDoc.from_document(
         firestore_client.collection(names.USERS).document(user.user_id).get().to_dict())
     assert got.model_version == version_dir.name and got.history == hist and got.event_count == 3
-    from pipelines.artifact import load_towers
+    from pipelines.training.artifact import load_towers
 
     expected = load_towers(version_dir).embed_users([user.user_id], [[h.item_id for h in hist]])[0]
     np.testing.assert_allclose(got.embedding, expected, rtol=1e-5)
@@ -136,7 +136,7 @@ def test_publish_rejects_oversized_batches(version_dir, firestore_client):
 @pytest.mark.slow
 def test_train_cli_publishes_and_switches_current(tmp_path, firestore_client):
     from pipelines.data import write_events_jsonl
-    from pipelines.train import run
+    from pipelines.training.train import run
 
     ds = generate_synthetic(n_users=20, n_items=25, mean_events_per_user=6, seed=9)
     write_events_jsonl(ds.events, tmp_path / "events.jsonl")
@@ -150,7 +150,7 @@ def test_train_cli_publishes_and_switches_current(tmp_path, firestore_client):
 
 def test_init_from_current_warm_starts_from_the_published_version(tmp_path, firestore_client):
     from pipelines.data import write_events_jsonl
-    from pipelines.train import resolve_init_from, run
+    from pipelines.training.train import resolve_init_from, run
 
     assert resolve_init_from("current", "demo-project", client=firestore_client) is None
     assert resolve_init_from("v1", "demo-project", client=firestore_client) == "v1"

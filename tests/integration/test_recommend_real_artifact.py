@@ -1,6 +1,6 @@
 """The recommend function on a real trained artefact (tiny synthetic data, one epoch).
 
-Trains with pipelines.train, publishes to the Firestore emulator with pipelines.publish,
+Trains with pipelines.training.train, publishes to the Firestore emulator with pipelines.training.publish,
 writes a user whose embedding comes from the artefact's query tower, and checks that the
 function (which never imports TensorFlow) ranks exactly like a brute-force dot product over
 the artefact's item index.
@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_function_serves_a_trained_and_published_model(firestore_client, tmp_path, monkeypatch):
-    from pipelines import artifact, publish
     from pipelines.data import generate_synthetic
-    from pipelines.model import ModelConfig
-    from pipelines.train import TrainingInput, save, train
+    from pipelines.training import artifact, publish
+    from pipelines.training.model import ModelConfig
+    from pipelines.training.train import TrainingInput, save, train
     from schemas import names
     from schemas.firestore import HistoryEntry, UserDoc
 

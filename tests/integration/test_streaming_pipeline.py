@@ -59,7 +59,7 @@ class Stack:
 
     def start(self, *extra: str):
         self.runs += 1
-        args = ["-m", "pipelines.streaming",
+        args = ["-m", "pipelines.streaming.pipeline",
                 "--events-subscription", self.paths["events"][1],
                 "--catalog-subscription", self.paths["catalog"][1],
                 "--dead-letter-topic", self.paths["dlq"][0],
@@ -107,8 +107,8 @@ def expected_history(events: list[ProductEvent]) -> list[ProductEvent]:
 
 def test_events_catalogue_dead_letters_trending_archive_and_hot_reload(emulators, firestore_client, tmp_path,
                                                                       artifacts):
-    from pipelines import publish
-    from pipelines.artifact import load_towers
+    from pipelines.training import publish
+    from pipelines.training.artifact import load_towers
 
     art1, art2 = artifacts
     towers1, towers2 = load_towers(art1), load_towers(art2)

@@ -40,8 +40,8 @@ class SteadyPublisher(threading.Thread):
 
 
 def test_restart_mid_stream_loses_nothing_and_counts_nothing_twice(emulators, firestore_client, tmp_path):
-    from pipelines import publish
-    from pipelines.artifact import load_towers
+    from pipelines.training import publish
+    from pipelines.training.artifact import load_towers
 
     artifact = cached_tiny_artifact(seed=0)
     towers = load_towers(artifact)

@@ -11,11 +11,11 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from pipelines import artifact  # noqa: E402
 from pipelines.data import generate_synthetic  # noqa: E402
-from pipelines.features import OOV_INDEX  # noqa: E402
-from pipelines.model import ModelConfig  # noqa: E402
-from pipelines.train import Parent, TrainingInput, run, save, train, warm_start  # noqa: E402
+from pipelines.training import artifact  # noqa: E402
+from pipelines.training.features import OOV_INDEX  # noqa: E402
+from pipelines.training.model import ModelConfig  # noqa: E402
+from pipelines.training.train import Parent, TrainingInput, run, save, train, warm_start  # noqa: E402
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
 from schemas.index_snapshot import IndexSnapshot  # noqa: E402

@@ -11,7 +11,7 @@ import socket
 import pytest
 from apache_beam.runners.runner import PipelineState
 
-from pipelines import streaming
+from pipelines.streaming import pipeline as streaming
 
 DATAFLOW_ARGS = [
     "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=test-project",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.features import BatchMaker, Sequences, build_examples
+from pipelines.training.features import BatchMaker, Sequences, build_examples
 
 
 def _seqs() -> Sequences:

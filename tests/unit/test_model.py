@@ -10,8 +10,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from pipelines.data import generate_synthetic  # noqa: E402
-from pipelines.features import OOV_INDEX, PAD_INDEX, Sequences, build_examples  # noqa: E402
-from pipelines.model import (  # noqa: E402
+from pipelines.training.features import OOV_INDEX, PAD_INDEX, Sequences, build_examples  # noqa: E402
+from pipelines.training.model import (  # noqa: E402
     BPRTask,
     ModelConfig,
     TowerSizes,
@@ -20,7 +20,7 @@ from pipelines.model import (  # noqa: E402
     build_model,
     build_towers,
 )
-from pipelines.train import TrainingInput, train  # noqa: E402
+from pipelines.training.train import TrainingInput, train  # noqa: E402
 
 SIZES = TowerSizes(users=7, items=9, categories=5, brands=4, price_buckets=3, tags=6)
 
@@ -196,7 +196,7 @@ def test_model_learns_planted_tastes_and_beats_popularity():
 
 
 def test_lazy_adam_updates_only_rows_in_the_batch_by_adam_first_step():
-    from pipelines.model import LazyAdam
+    from pipelines.training.model import LazyAdam
 
     table = tf.Variable(np.arange(12, dtype=np.float32).reshape(4, 3))
     opt = LazyAdam(learning_rate=0.1)

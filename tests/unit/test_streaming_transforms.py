@@ -20,20 +20,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.data import read_events_jsonl
-from pipelines.streaming import RecommenderCore, StreamingConfig, parse_args
-from pipelines.transforms.archive import archive_file_naming, batch_lines, event_line
-from pipelines.transforms.embed import EmbedUsers, item_docs, user_docs
-from pipelines.transforms.firestore_io import MonotonicGuard, _trending_rank, set_write_pb
-from pipelines.transforms.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
-from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
-from pipelines.transforms.trending import (
+from pipelines.streaming.archive import archive_file_naming, batch_lines, event_line
+from pipelines.streaming.embed import EmbedUsers, item_docs, user_docs
+from pipelines.streaming.firestore_io import MonotonicGuard, _trending_rank, set_write_pb
+from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
+from pipelines.streaming.parse import DEAD_LETTER, ParseCatalog, ParseEvents
+from pipelines.streaming.pipeline import RecommenderCore, StreamingConfig, parse_args
+from pipelines.streaming.trending import (
     ComputeTrending,
     CountPerSlice,
     ItemCounts,
     ToTrendingDocFn,
     rank_items,
 )
-from pipelines.transforms.user_state import (
+from pipelines.streaming.user_state import (
     ACCEPTED,
     ACCEPTED_BATCHES,
     DUPLICATE,

@@ -24,8 +24,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.transforms import activity
-from pipelines.transforms.parse import METRICS_NAMESPACE
+from pipelines.streaming.parse import METRICS_NAMESPACE
 from schemas import names
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
 
@@ -247,7 +246,6 @@ class WriteUserDocsFn(beam.DoFn):
         self.written.inc(len(fresh))
         self.batch_size.update(len(fresh))
         self._buffer = []
-        activity.touch()
 
 
 class WriteItemDocsFn(beam.DoFn):
@@ -278,7 +276,6 @@ class WriteItemDocsFn(beam.DoFn):
         commit_in_batches(self._client, writes, merge=True)
         self.written.inc(len(self._buffer))
         self._buffer = {}
-        activity.touch()
 
 
 def _without_popularity(doc: dict[str, Any]) -> dict[str, Any]:
@@ -333,7 +330,6 @@ class WriteTrendingFn(beam.DoFn):
             self.written.inc()
         else:
             self.skipped.inc()
-        activity.touch()
 
     def _write_if_newer(self, doc: TrendingDoc) -> bool:
         from google.cloud import firestore

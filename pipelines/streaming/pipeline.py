@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
-import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -43,19 +40,20 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines.transforms import activity, direct_pubsub, trending
-from pipelines.transforms.archive import ArchiveEvents
-from pipelines.transforms.embed import EmbedItems, EmbedUsers, ModelSource, WatchedModel
-from pipelines.transforms.firestore_io import (
+from pipelines import direct_runner
+from pipelines.streaming import trending
+from pipelines.streaming.archive import ArchiveEvents
+from pipelines.streaming.embed import EmbedItems, EmbedUsers, ModelSource, WatchedModel
+from pipelines.streaming.firestore_io import (
     FirestoreSettings,
     FirestoreUserStore,
     WriteItemDocsFn,
     WriteTrendingFn,
     WriteUserDocsFn,
 )
-from pipelines.transforms.parse import DEAD_LETTER, ParseCatalog, ParseEvents
-from pipelines.transforms.trending import ComputeTrending
-from pipelines.transforms.user_state import ACCEPTED_BATCHES, UpdateUserState, UserStore
+from pipelines.streaming.parse import DEAD_LETTER, ParseCatalog, ParseEvents
+from pipelines.streaming.trending import ComputeTrending
+from pipelines.streaming.user_state import ACCEPTED_BATCHES, UpdateUserState, UserStore
 from schemas import names
 
 LOG = logging.getLogger(__name__)
@@ -114,7 +112,7 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
                         help="processing-time interval of trending's early panes; each firing "
                              "re-emits every open sliding window (size / period of them), so a "
                              "short interval costs freshness of user documents (see "
-                             "pipelines/transforms/trending.py EARLY_FIRING_S)")
+                             "pipelines/streaming/trending.py EARLY_FIRING_S)")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=d["allowed_lateness_s"])
     parser.add_argument("--model-refresh-seconds", type=float, default=d["model_refresh_s"])
     parser.add_argument("--inference", choices=["bundle", "runinference"], default=d["inference"])
@@ -200,67 +198,19 @@ def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollecti
     return out
 
 
-def _is_direct(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or "Direct" in str(runner)
-
-
-def serve_direct(result: Any, config: StreamingConfig) -> None:
-    """Block until SIGTERM/SIGINT (then drain) or until the pipeline stops by itself."""
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    failures: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            result.wait_until_finish()
-        except BaseException as e:  # noqa: B036 - re-raised in the main thread below
-            failures.append(e)
-
-    waiter = threading.Thread(target=wait, name="pipeline-wait", daemon=True)
-    waiter.start()
-    while not stop.wait(0.5) and waiter.is_alive():
-        pass
-    if failures:
-        raise failures[0]
-    if stop.is_set():
-        drain(result, config)
-
-
-def drain(result: Any, config: StreamingConfig, timeout_s: float = 120.0) -> None:
-    """Stop pulling, let in-flight work (and the open archive window) finish, then stop."""
-    LOG.info("draining: no more pulls; waiting for in-flight work")
-    direct_pubsub.start_drain()
-    started = time.monotonic()
-    settle_s = config.drain_idle_s + (config.archive_window_s + 1 if config.archive_dir else 0)
-    while time.monotonic() - started < timeout_s:
-        if activity.idle_seconds() >= config.drain_idle_s and time.monotonic() - started >= settle_s:
-            break
-        time.sleep(0.2)
-    LOG.info("drained after %.1f s; stopping", time.monotonic() - started)
-    result.cancel()
-
-
 def run(argv: list[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None) -> Any:
     """Build and run the pipeline; on DirectRunner serve until SIGTERM/SIGINT, then drain."""
     config, options = parse_args(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
-    direct = _is_direct(options)
+    direct = direct_runner.is_direct(options)
     if direct:
-        direct_pubsub.install(max_messages=config.direct_pull_max_messages)
+        direct_runner.install(max_messages=config.direct_pull_max_messages)
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, config)
     result = p.run()
     if direct and test_pipeline is None:
-        serve_direct(result, config)
+        settle_s = config.archive_window_s + 1 if config.archive_dir else 0.0
+        direct_runner.serve(result, config.drain_idle_s, settle_s)
     return result
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run()
-    logging.shutdown()
-    os._exit(0)  # the DirectRunner's executor threads are not daemons; the drain already finished

@@ -1,6 +1,6 @@
 """The TFRS two-tower retrieval model: a history-aware query tower and a content-aware candidate tower.
 
-The towers work on integer indices (fast training); :mod:`pipelines.artifact` wraps them in
+The towers work on integer indices (fast training); :mod:`pipelines.training.artifact` wraps them in
 string-keyed serving signatures. Index conventions shared by training and serving, for every
 vocabulary (users, items, categories, brands, tags): ``0`` is the padding / empty string, ``1`` the
 out-of-vocabulary bucket and ``vocab[i]`` maps to ``i + 2``. Price is bucketised with the content
@@ -15,7 +15,7 @@ encoder's quantile edges (``np.searchsorted(edges, price, side="right")``).
 * Losses: ``softmax`` (TFRS in-batch sampled softmax, optional popularity log-Q correction,
   temperature) or ``bpr`` (pairwise with uniformly sampled negatives).
 
-Run ``python -m pipelines.train --help`` to train one.
+Run ``python -m pipelines.training --help`` to train one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from pipelines.features import OOV_INDEX, PAD_INDEX, RESERVED  # noqa: E402
+from pipelines.training.features import OOV_INDEX, PAD_INDEX, RESERVED  # noqa: E402
 
 __all__ = ["OOV_INDEX", "PAD_INDEX", "RESERVED", "ModelConfig", "TowerSizes", "TwoTowerModel",
            "build_model", "build_towers", "bpr_loss"]

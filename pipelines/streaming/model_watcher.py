@@ -42,7 +42,7 @@ Loader = Callable[[str], LoadedModel]
 
 def load_model(uri: str) -> LoadedModel:
     """Load towers and content encoder from an artefact directory (local path or ``gs://``)."""
-    from pipelines.artifact import load_towers  # TensorFlow is imported only when a model is loaded
+    from pipelines.training.artifact import load_towers  # TensorFlow is imported only when a model is loaded
 
     towers = load_towers(uri)
     encoder = getattr(towers, "content_encoder", None)

@@ -1,6 +1,6 @@
 """Training examples for the two-tower model: vocabularies, per-user sequences, batches.
 
-Plain numpy, no TensorFlow. Index conventions are those of :mod:`pipelines.model`
+Plain numpy, no TensorFlow. Index conventions are those of :mod:`pipelines.training.model`
 (``0`` padding, ``1`` out of vocabulary, ``vocab[i] -> i + 2``).
 
 History modes (no label leakage in either):
@@ -53,7 +53,7 @@ class FeatureSpace:
         return len(self.encoder.price_edges) + 1
 
     def sizes(self) -> dict[str, int]:
-        """Table sizes (reserved rows included) for :class:`pipelines.model.TowerSizes`."""
+        """Table sizes (reserved rows included) for :class:`pipelines.training.model.TowerSizes`."""
         return {"users": len(self.users) + RESERVED, "items": len(self.items) + RESERVED,
                 "categories": len(self.encoder.categories) + RESERVED,
                 "brands": len(self.encoder.brands) + RESERVED,
@@ -162,7 +162,7 @@ def build_examples(seqs: Sequences, users: np.ndarray | None = None,
 
 @dataclass
 class BatchMaker:
-    """Turns shuffled examples into feature dicts for :class:`pipelines.model.TwoTowerModel`."""
+    """Turns shuffled examples into feature dicts for :class:`pipelines.training.model.TwoTowerModel`."""
 
     seqs: Sequences
     content: dict[str, np.ndarray]

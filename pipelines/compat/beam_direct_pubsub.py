@@ -1,4 +1,6 @@
-"""DirectRunner only: a Pub/Sub read that suits a multi-source streaming pipeline, and a drain.
+"""Compatibility shim for Beam 2.77's DirectRunner internals: a tuned Pub/Sub read, drain, idle clock.
+
+Pinned to apache-beam 2.77.0 (``tests/unit/test_compat.py`` checks the patched names exist).
 
 Beam 2.77's DirectRunner pulls at most 10 messages per call with a 30 s long poll, on its single
 worker thread. With two subscriptions, an idle one (catalogue updates) blocks the whole
@@ -12,7 +14,8 @@ bundle queued, so it never sleeps in front of real work. (Deferring pulls while 
 queued was measured too: publish -> parse p50 0.13 s vs 0.08 s with this policy.) More worker
 threads are not an option: the runner's monitor then reports a "pipeline stall" between bundles.
 It also adds the drain the DirectRunner lacks: the runner acks on pull, so after
-:func:`start_drain` no more messages are pulled and in-flight ones can finish before exit.
+:func:`start_drain` no more messages are pulled and in-flight ones can finish before exit;
+:func:`idle_seconds` tells when no step but a read has had a non-empty bundle for a while.
 Dataflow uses its own Pub/Sub source and ``gcloud dataflow jobs drain``; nothing here runs there.
 """
 
@@ -31,12 +34,37 @@ _settings = {"max_messages": 5000, "idle_sleep_s": 0.01}
 ACK_CHUNK = 1000
 _original = transform_evaluator._PubSubReadEvaluator._read_from_pubsub
 _original_service_init = executor._ExecutorService.__init__
+_original_call = executor.TransformExecutor.call
 _services: weakref.WeakSet = weakref.WeakSet()
+_activity = {"running": 0, "last": time.monotonic()}
+_activity_lock = threading.Lock()
 
 
 def _register_service(self: Any, num_workers: int) -> None:
     _original_service_init(self, num_workers)
     _services.add(self)
+
+
+def _tracked_call(self: Any, state_sampler: Any) -> Any:
+    """Beam's ``TransformExecutor.call``, recording when a non-read step works on elements or timers."""
+    busy = not isinstance(self._applied_ptransform.transform, _DirectReadFromPubSub) and (
+        self._input_bundle.has_elements() or bool(self._fired_timers))
+    if not busy:
+        return _original_call(self, state_sampler)
+    with _activity_lock:
+        _activity["running"] += 1
+    try:
+        return _original_call(self, state_sampler)
+    finally:
+        with _activity_lock:
+            _activity["running"] -= 1
+            _activity["last"] = time.monotonic()
+
+
+def idle_seconds() -> float:
+    """Seconds since a step other than a Pub/Sub read last finished a bundle (0 while one runs)."""
+    with _activity_lock:
+        return 0.0 if _activity["running"] else time.monotonic() - _activity["last"]
 
 
 def downstream_work_queued() -> bool:
@@ -55,6 +83,7 @@ def start_drain() -> None:
 
 
 def is_draining() -> bool:
+    """True once :func:`start_drain` was called."""
     return _draining.is_set()
 
 
@@ -107,10 +136,12 @@ def install(max_messages: int = 5000, idle_sleep_s: float = 0.01) -> None:
     _settings.update(max_messages=max_messages, idle_sleep_s=idle_sleep_s)
     transform_evaluator._PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub
     executor._ExecutorService.__init__ = _register_service
+    executor.TransformExecutor.call = _tracked_call
 
 
 def uninstall() -> None:
     """Restore Beam's own read (tests)."""
     transform_evaluator._PubSubReadEvaluator._read_from_pubsub = _original
     executor._ExecutorService.__init__ = _original_service_init
+    executor.TransformExecutor.call = _original_call
     _draining.clear()

@@ -15,7 +15,6 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.transforms import activity
 from schemas import names
 from schemas.catalog import parse_item
 from schemas.errors import InvalidRecord
@@ -61,7 +60,6 @@ class ParseFn(beam.DoFn):
         self.invalid = Metrics.counter(METRICS_NAMESPACE, f"{counter_prefix}_invalid")
 
     def process(self, message: Any) -> Iterator[Any]:
-        activity.touch()
         data, attributes = message_parts(message)
         try:
             record = self.parse(data)

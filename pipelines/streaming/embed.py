@@ -9,7 +9,7 @@ Two interchangeable ways to batch user embeddings (``--inference``):
   ``KeyedModelHandler`` around :class:`TowersModelHandler`; ``BatchElements`` batches inside
   the bundle too.
 
-Both read the towers from a :class:`~pipelines.transforms.model_watcher.ModelWatcher`, so a new
+Both read the towers from a :class:`~pipelines.streaming.model_watcher.ModelWatcher`, so a new
 ``models/current`` is used from the next batch on, without a restart.
 """
 
@@ -25,11 +25,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.transforms import activity
-from pipelines.transforms.firestore_io import FirestoreCurrentModel, FirestoreSettings
-from pipelines.transforms.model_watcher import LoadedModel, ModelWatcher, shared_watcher
-from pipelines.transforms.parse import METRICS_NAMESPACE
-from pipelines.transforms.user_state import UserState
+from pipelines.streaming.firestore_io import FirestoreCurrentModel, FirestoreSettings
+from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, shared_watcher
+from pipelines.streaming.parse import METRICS_NAMESPACE
+from pipelines.streaming.user_state import UserState
 from schemas.catalog import CatalogItem
 from schemas.firestore import ItemDoc, UserDoc
 
@@ -129,7 +128,6 @@ class EmbedUsersFn(beam.DoFn):
         self.batch_size.update(len(docs))
         if model is None:
             self.no_model.inc(len(docs))
-        activity.touch()
         for doc, (_, ts) in zip(docs, pending):
             yield _global(doc, ts)
 
@@ -158,7 +156,6 @@ class EmbedItemsFn(beam.DoFn):
         docs = item_docs([i for i, _ in pending], model)
         if model is None:
             self.no_model.inc(len(docs))
-        activity.touch()
         for doc, (_, ts) in zip(docs, pending):
             yield _global(doc, ts)
 

@@ -25,8 +25,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.transforms import activity
-from pipelines.transforms.parse import METRICS_NAMESPACE
+from pipelines.streaming.parse import METRICS_NAMESPACE
 from schemas.events import ProductEvent
 from schemas.firestore import HistoryEntry, UserDoc
 
@@ -227,7 +226,6 @@ class UpdateUserStateFn(beam.DoFn):
 
     def process(self, element: tuple[str, tuple[Sequence[ProductEvent], Seed | None]],
                 state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE)) -> Iterator[object]:
-        activity.touch()
         user_id, (events, seed) = element
         current = state.read()
         first_sight = current is None

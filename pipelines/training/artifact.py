@@ -34,7 +34,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines.features import OOV_INDEX, PAD_INDEX, RESERVED, FeatureSpace  # noqa: E402
+from pipelines.training.features import OOV_INDEX, PAD_INDEX, RESERVED, FeatureSpace  # noqa: E402
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
 from schemas.index_snapshot import INDEX_FILE, IndexSnapshot  # noqa: E402

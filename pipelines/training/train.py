@@ -1,8 +1,8 @@
 """Train the two-tower model and write a versioned artefact (optionally publish it to Firestore).
 
-    python -m pipelines.train --data synthetic --epochs 1 --model-dir artifacts/models
-    python -m pipelines.train --data ../shared/data/ml-latest-small --epochs 10 --publish
-    python -m pipelines.train --data events/ --init-from v20260101-120000-abc123   # warm start
+    python -m pipelines.training --data synthetic --epochs 1 --model-dir artifacts/models
+    python -m pipelines.training --data ../shared/data/ml-latest-small --epochs 10 --publish
+    python -m pipelines.training --data events/ --init-from v20260101-120000-abc123   # warm start
 
 ``--data`` is a data set name (``synthetic``, ``ml-latest-small``, ``gowalla``, ``ml-100k``), a
 JSON-lines/CSV events file, or a directory (e.g. the pipeline's event archive of JSON-lines files),
@@ -36,8 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import artifact  # noqa: E402
-from pipelines.features import (  # noqa: E402
+from pipelines.training import artifact  # noqa: E402
+from pipelines.training.features import (  # noqa: E402
     RESERVED,
     BatchMaker,
     Examples,
@@ -47,7 +47,7 @@ from pipelines.features import (  # noqa: E402
     fingerprint,
     item_content_table,
 )
-from pipelines.model import (  # noqa: E402
+from pipelines.training.model import (  # noqa: E402
     ModelConfig,
     TowerSizes,
     TwoTowerModel,
@@ -58,7 +58,7 @@ from pipelines.model import (  # noqa: E402
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
 
-log = logging.getLogger("pipelines.train")
+log = logging.getLogger("pipelines.training.train")
 
 # Warm-start defaults (override with --epochs / --learning-rate). On ml-latest-small (newest 5% of
 # train events, 2 epochs) a 0.2x learning rate kept Recall@20 of old test users at the parent's
@@ -317,7 +317,7 @@ def warm_start(parent: Parent, data: TrainingInput, config: ModelConfig, since: 
 
 def _merge_catalogue(parent: Parent, catalogue: list[CatalogItem]) -> list[CatalogItem]:
     """The new catalogue plus the parent's indexed items it does not mention."""
-    from pipelines.publish import read_catalogue
+    from pipelines.training.publish import read_catalogue
 
     by_id = {i.item_id: i for i in catalogue}
     kept = [item for item_id, item in read_catalogue(parent.path).items() if item_id not in by_id]
@@ -426,7 +426,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     uri = artifact.upload(path, args.model_dir) if remote else str(path.resolve())
     log.info("wrote %s (%d examples, %.1fs)", uri, trained.n_examples, trained.train_seconds)
     if args.publish:
-        from pipelines import publish
+        from pipelines.training import publish
 
         publish.publish_version(path, artifact_uri=uri, project=args.project,
                                 publish_users=args.publish_users)

@@ -11,7 +11,7 @@ Order (readers only ever follow ``models/current``, so they never see a half-wri
    ``model_version`` recomputed from its stored history with the new query tower, merged so the
    pipeline's history and counters are untouched.
 
-    python -m pipelines.publish artifacts/models/v20260101-120000-abc123 [--users]
+    python -m pipelines.training.publish artifacts/models/v20260101-120000-abc123 [--users]
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from schemas.catalog import CatalogItem
 from schemas.firestore import CurrentModelDoc, ItemDoc, ModelDoc, UserDoc
 from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
 
-log = logging.getLogger("pipelines.publish")
+log = logging.getLogger("pipelines.training.publish")
 
 MAX_BATCH = 500  # Firestore's limit of writes per batch
 _DENSE_CHUNK = 1024  # content rows made dense at a time for item documents
-CATALOGUE_FILE = "catalogue.jsonl"  # same as pipelines.artifact.CATALOGUE_FILE (no TF import here)
+CATALOGUE_FILE = "catalogue.jsonl"  # same as pipelines.training.artifact.CATALOGUE_FILE (no TF import here)
 COMMIT_RETRY = gretry.Retry(
     predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted,
                                        gexc.InternalServerError, gexc.TooManyRequests),
@@ -163,7 +163,7 @@ def publish_version(artifact_path: str | Path, artifact_uri: str | None = None,
 
 def refresh_users(client: Any, artifact_path: Path, version: str, batch_size: int = MAX_BATCH) -> int:
     """Recompute ``embedding`` + ``model_version`` of every user document from its stored history."""
-    from pipelines.artifact import load_towers
+    from pipelines.training.artifact import load_towers
 
     towers = load_towers(artifact_path)
     users = client.collection(names.USERS)

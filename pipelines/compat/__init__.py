@@ -1,0 +1,1 @@
+"""Named shims over private APIs of pinned dependencies, each pinned by a contract test."""

@@ -1,0 +1,72 @@
+"""Running the streaming pipeline on the DirectRunner: tuned Pub/Sub read, serve until a signal, drain.
+
+Nothing here runs on Dataflow (it has its own Pub/Sub source and ``gcloud dataflow jobs drain``)
+and no DoFn calls into it: the idle clock comes from the runner's executor
+(:mod:`pipelines.compat.beam_direct_pubsub`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.compat import beam_direct_pubsub
+
+LOG = logging.getLogger(__name__)
+
+
+def is_direct(options: PipelineOptions) -> bool:
+    """True when ``options`` select the DirectRunner (Beam's default)."""
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or "Direct" in str(runner)
+
+
+def install(max_messages: int) -> None:
+    """Use the tuned, drainable Pub/Sub read for the DirectRunner sources started after this call."""
+    beam_direct_pubsub.install(max_messages=max_messages)
+
+
+def serve(result: Any, drain_idle_s: float, settle_s: float) -> None:
+    """Block until SIGTERM/SIGINT (then drain) or until the pipeline stops by itself."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    failures: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as e:  # noqa: B036 - re-raised in the main thread below
+            failures.append(e)
+
+    waiter = threading.Thread(target=wait, name="pipeline-wait", daemon=True)
+    waiter.start()
+    while not stop.wait(0.5) and waiter.is_alive():
+        pass
+    if failures:
+        raise failures[0]
+    if stop.is_set():
+        drain(result, drain_idle_s, settle_s)
+
+
+def drain(result: Any, idle_s: float, settle_s: float, timeout_s: float = 120.0) -> None:
+    """Stop pulling, wait until no step has worked for ``idle_s`` (and ``settle_s`` passed), then stop.
+
+    ``settle_s`` covers work that waits on a timer (the open archive window).
+    """
+    LOG.info("draining: no more pulls; waiting for in-flight work")
+    beam_direct_pubsub.start_drain()
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        waited = time.monotonic() - started
+        if beam_direct_pubsub.idle_seconds() >= idle_s and waited >= max(settle_s, idle_s):
+            break
+        time.sleep(0.2)
+    LOG.info("drained after %.1f s; stopping", time.monotonic() - started)
+    result.cancel()

@@ -1,0 +1,1 @@
+"""The streaming pipeline (``python -m pipelines.streaming``) and its transforms."""
