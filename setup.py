@@ -48,7 +48,7 @@ setuptools.setup(
     description="Real-time recommendations on Google Cloud: Pub/Sub, Beam, TFRS, Firestore, "
                 "Cloud Functions.",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["schemas", "schemas.*", "pipelines",
+    packages=setuptools.find_packages(include=["schemas", "schemas.*", "scoring", "scoring.*", "pipelines",
                                                "pipelines.*", "scripts", "scripts.*"]),
     package_data={"schemas": ["*.avsc"]},
     install_requires=CORE,

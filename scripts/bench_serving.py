@@ -307,7 +307,7 @@ def index_summary(service, index, exact_index, users: list[UserDoc]) -> dict:
     top 10 by dot product alone (unfiltered), IVF vs exact.
     """
     RecommendParams = _function_modules()[2]
-    from recommender.ranking import retrieve
+    from scoring.ranking import retrieve
 
     out: dict = {"type": "ivf" if index.ivf is not None else "exact", "items": index.size}
     if index.ivf is None:
@@ -337,7 +337,7 @@ def measure_ivf(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], sam
     benchmark's users; ``retrieval_ms``: thread CPU of the IVF candidate scoring + top-pool.
     """
     Settings, ItemIndex, RecommendParams, Recommender = _function_modules()
-    from recommender.ranking import retrieve
+    from scoring.ranking import retrieve
 
     exact_index = ItemIndex.from_snapshot(snap)
     settings = served_settings()

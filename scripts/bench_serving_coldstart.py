@@ -78,7 +78,7 @@ import numpy as np
 from recommender.config import Settings
 from recommender.index import ItemIndex, read_snapshot
 from recommender.params import RecommendParams
-from recommender.ranking import rank_cosine
+from scoring.ranking import rank_cosine
 from recommender.service import Recommender
 from schemas.firestore import HistoryEntry, UserDoc
 from scripts.bench_serving_model import CatalogueSpec, cached_catalogue

@@ -47,7 +47,8 @@ class CatalogueSpec:
 
     def key(self) -> str:
         code = b"".join((ROOT / "pipelines" / f).read_bytes()
-                        for f in ("model.py", "train.py", "artifact.py", "data/synthetic.py"))
+                        for f in ("training/model.py", "training/train.py", "training/artifact.py",
+                                  "data/synthetic.py"))
         blob = code + json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -78,7 +78,8 @@ def cached_tiny_artifact(seed: int = 0, root: Path = ROOT / "artifacts" / "test-
     """A tiny artefact for ``seed``, trained once per version of the model code and then reused."""
     import hashlib
 
-    code = b"".join((ROOT / "pipelines" / f).read_bytes() for f in ("model.py", "train.py", "artifact.py"))
+    code = b"".join((ROOT / "pipelines" / f).read_bytes()
+                     for f in ("training/model.py", "training/train.py", "training/artifact.py"))
     model_dir = root / f"{hashlib.sha256(code).hexdigest()[:12]}-seed{seed}"
     return existing_artifact(model_dir) or train_tiny_artifact(model_dir, seed=seed)
 

@@ -8,7 +8,6 @@ so loading takes seconds and memory stays at a few arrays.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -16,6 +15,7 @@ from typing import Any, overload
 import numpy as np
 
 from schemas.catalog import CatalogItem
+from schemas.clock import now_ms
 from schemas.errors import InvalidRecord
 from schemas.events import EVENT_TYPES, MAX_FUTURE_SKEW_MS, MIN_TIMESTAMP_MS, ProductEvent, _check_id
 
@@ -127,7 +127,7 @@ class Interactions:
             lo, hi = int(self.timestamps.min()), int(self.timestamps.max())
             if lo < MIN_TIMESTAMP_MS:
                 raise DataError(f"timestamp {lo} is before 2000-01-01 (epoch milliseconds expected)")
-            if hi > _now_ms() + MAX_FUTURE_SKEW_MS:
+            if hi > now_ms() + MAX_FUTURE_SKEW_MS:
                 raise DataError(f"timestamp {hi} is in the future")
 
 
@@ -243,5 +243,3 @@ def _intern(index: dict[str, int], vocab: list[str], value: str) -> int:
     return i
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -15,7 +15,6 @@ Both read the towers from a :class:`~pipelines.streaming.model_watcher.ModelWatc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -30,6 +29,7 @@ from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, shared_
 from pipelines.streaming.parse import METRICS_NAMESPACE
 from pipelines.streaming.user_state import UserState
 from schemas.catalog import CatalogItem
+from schemas.clock import now_ms
 from schemas.firestore import ItemDoc, UserDoc
 
 
@@ -59,8 +59,6 @@ class WatchedModel:
             fallback_uri=self.model_dir))
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def user_docs(states: Sequence[UserState], model: LoadedModel | None) -> list[UserDoc]:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +32,6 @@ _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

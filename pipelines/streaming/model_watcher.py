@@ -19,6 +19,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from schemas import uris
 from schemas.content import ContentEncoder
 from schemas.firestore import CurrentModelDoc
 
@@ -61,7 +62,7 @@ def latest_version_dir(model_dir: str) -> str | None:
     if not matches:
         return None
     newest = max(m.path for m in matches)  # versions are v<YYYYmmdd-HHMMSS>-<hash>: sortable
-    return str(Path(newest).parent) if not newest.startswith("gs://") else newest.rsplit("/", 1)[0]
+    return str(Path(newest).parent) if not uris.is_gcs(newest) else newest.rsplit("/", 1)[0]
 
 
 class ModelWatcher:

@@ -25,7 +25,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
 
-from pipelines.streaming.firestore_io import now_ms
+from schemas.clock import now_ms
 from schemas.events import ProductEvent
 from schemas.firestore import TrendingDoc, TrendingEntry
 

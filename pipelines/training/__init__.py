@@ -1,1 +1,4 @@
-"""Training: features, the TFRS two-tower model, the training job (``python -m pipelines.training``), artefacts and publishing."""
+"""Training: features, the TFRS two-tower model, the training job, artefacts and publishing.
+
+Run the job with ``python -m pipelines.training``.
+"""

@@ -29,6 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from schemas import uris
+from schemas.clock import now_ms
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
@@ -178,7 +181,7 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
                     candidate_tower: tf.keras.Model, contents: ArtifactContents,
                     history_length: int) -> None:
     space = contents.space
-    created_at = int(time.time() * 1000)
+    created_at = now_ms()
     candidate = CandidateServing(candidate_tower, space)
     save_tower(QueryServing(query_tower, space.users, space.items, history_length), out / QUERY_DIR)
     save_tower(candidate, out / CANDIDATE_DIR)
@@ -304,10 +307,10 @@ def cache_dir() -> Path:
 
 
 def _split_gs(uri: str) -> tuple[str, str]:
-    rest = uri[len("gs://"):]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket:
-        raise ArtifactError(f"bad GCS URI {uri!r}")
+    try:
+        bucket, prefix = uris.split_gcs(uri)
+    except ValueError as e:
+        raise ArtifactError(f"bad GCS URI {uri!r}") from e
     return bucket, prefix.strip("/")
 
 
@@ -373,7 +376,7 @@ def _mkdir(p: Path) -> Path:
 def resolve(uri: str | Path) -> Path:
     """A local directory for an artefact URI (downloading ``gs://`` ones)."""
     text = str(uri)
-    if text.startswith("gs://"):
+    if uris.is_gcs(text):
         return download(text)
     path = Path(text)
     if not (path / METADATA_FILE).exists():
@@ -391,7 +394,7 @@ def find_version(model_dir: str | Path, version: str) -> Path:
     direct = Path(version)
     if (direct / METADATA_FILE).exists():
         return direct
-    if str(model_dir).startswith("gs://"):
+    if uris.is_gcs(model_dir):
         return download(f"{str(model_dir).rstrip('/')}/{version}")
     path = Path(model_dir) / version
     if not (path / METADATA_FILE).exists():

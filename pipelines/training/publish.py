@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from google.api_core import retry as gretry
 
 from schemas import names
 from schemas.catalog import CatalogItem
+from schemas.clock import now_ms
 from schemas.firestore import CurrentModelDoc, ItemDoc, ModelDoc, UserDoc
 from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
 
@@ -49,8 +49,6 @@ class PublishError(RuntimeError):
     """The version could not be published; ``models/current`` was not switched."""
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def read_catalogue(path: Path) -> dict[str, CatalogItem]:
@@ -148,10 +146,10 @@ def publish_version(artifact_path: str | Path, artifact_uri: str | None = None,
                    parent_version=meta.get("parent_version"))
     try:
         models.document(version).set(doc.to_document(), retry=COMMIT_RETRY)
-        n = write_items(client, item_docs(index, read_catalogue(path), version, _now_ms()), batch_size)
+        n = write_items(client, item_docs(index, read_catalogue(path), version, now_ms()), batch_size)
         models.document(version).update({"status": "ready"}, retry=COMMIT_RETRY)
         current = CurrentModelDoc(version=version, artifact_uri=uri, index_uri=doc.index_uri,
-                                  switched_at=_now_ms())
+                                  switched_at=now_ms())
         models.document(names.CURRENT_MODEL_DOC).set(current.to_document(), retry=COMMIT_RETRY)
     except gexc.GoogleAPIError as e:
         raise PublishError(f"publishing {version} failed, models/current not switched: {e}") from e

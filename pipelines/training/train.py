@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas import uris
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -410,7 +412,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     data = load_input(args.data, args.data_dir)
     log.info("loaded %d interactions, %d catalogue items from %s", len(data), len(data.catalogue), args.data)
-    remote = str(args.model_dir).startswith("gs://")
+    remote = uris.is_gcs(args.model_dir)
     local_dir = artifact.cache_dir() / "staging" if remote else Path(args.model_dir)
     init_from = resolve_init_from(args.init_from, args.project)
     if init_from:

@@ -13,7 +13,6 @@ FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "recommend"
 if str(FUNCTION_DIR) not in sys.path:
     sys.path.insert(0, str(FUNCTION_DIR))
 
-from recommender import ranking  # noqa: E402
 from recommender.config import ConfigError, Settings  # noqa: E402
 from recommender.errors import InvalidParameter  # noqa: E402
 from recommender.index import ItemIndex  # noqa: E402
@@ -21,6 +20,7 @@ from recommender.params import recommend_params  # noqa: E402
 
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.firestore import ItemDoc  # noqa: E402
+from scoring import ranking  # noqa: E402
 
 
 def test_cosine_hand_computed():

@@ -12,14 +12,14 @@ FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "recommend"
 if str(FUNCTION_DIR) not in sys.path:
     sys.path.insert(0, str(FUNCTION_DIR))
 
-from recommender import ranking  # noqa: E402
 from recommender.config import ConfigError, Settings  # noqa: E402
 from recommender.index import ItemIndex  # noqa: E402
-from recommender.ivf import IvfIndex, default_nlist, kmeans  # noqa: E402
 from recommender.service import Recommender  # noqa: E402
 
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.firestore import ItemDoc  # noqa: E402
+from scoring import ranking  # noqa: E402
+from scoring.ivf import IvfIndex, default_nlist, kmeans  # noqa: E402
 
 N, D, CLUSTERS = 6000, 16, 60
 

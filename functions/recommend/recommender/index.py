@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas import uris
 from schemas.content import SparseRows
 from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
-
-from .ivf import IvfIndex, default_nlist
-from .ranking import l2_normalize
+from scoring.ivf import IvfIndex, default_nlist
+from scoring.ranking import l2_normalize
 
 
 class SnapshotLoadError(RuntimeError):
@@ -32,11 +32,11 @@ class SnapshotLoadError(RuntimeError):
 def read_snapshot(uri: str) -> IndexSnapshot:
     """Load an ``item_index.npz`` from a local path, ``file://`` or ``gs://`` URI."""
     try:
-        if uri.startswith("gs://"):
+        if uris.is_gcs(uri):
             from google.api_core.exceptions import GoogleAPIError
             from google.cloud import storage  # imported only when needed: keeps cold start short
 
-            bucket, _, blob = uri[len("gs://"):].partition("/")
+            bucket, blob = uris.split_gcs(uri)
             try:
                 data = storage.Client().bucket(bucket).blob(blob).download_as_bytes(timeout=60)
             except GoogleAPIError as e:

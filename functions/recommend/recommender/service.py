@@ -19,12 +19,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
+from scoring.ranking import Filter, blocked_mask, content_mean, pool_size, rank_cosine, rank_hybrid
 
 from .config import Settings
 from .errors import NotFound, Unavailable
 from .index import ItemIndex, SnapshotLoadError, read_snapshot
 from .params import RecommendParams, SimilarParams
-from .ranking import Filter, blocked_mask, content_mean, pool_size, rank_cosine, rank_hybrid
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)

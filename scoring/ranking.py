@@ -16,8 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from schemas.content import SparseRows
-
-    from .ivf import IvfIndex
+    from scoring.ivf import IvfIndex
 
 NEG_INF = np.float32(-np.inf)
 
