@@ -489,7 +489,7 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
     events_topic = publisher.topic_path(project, names.EVENTS_TOPIC)
     publish_backlog(events_topic, [workload.event("tp") for _ in range(args.events)])
     proc = ManagedProcess("pipeline", python_module(
-        "pipelines.streaming.pipeline", "--model-refresh-seconds", "5", "--inference", args.inference,
+        "pipelines.streaming", "--model-refresh-seconds", "5", "--inference", args.inference,
         *(["--direct-pull-max-messages", str(args.direct_pull_max_messages)]
           if args.direct_pull_max_messages else []),
         "--archive-dir", str(work / "archive")), work / "pipeline.log", env).start()

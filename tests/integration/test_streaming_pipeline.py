@@ -59,7 +59,7 @@ class Stack:
 
     def start(self, *extra: str):
         self.runs += 1
-        args = ["-m", "pipelines.streaming.pipeline",
+        args = ["-m", "pipelines.streaming",
                 "--events-subscription", self.paths["events"][1],
                 "--catalog-subscription", self.paths["catalog"][1],
                 "--dead-letter-topic", self.paths["dlq"][0],
