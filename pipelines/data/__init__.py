@@ -6,12 +6,12 @@
 """
 
 from pipelines.data.dataset import ColumnarEvents, DataError, Dataset, Interactions
+from pipelines.data.event_files import load_events_file
 from pipelines.data.eventio import iter_events_jsonl, read_events_jsonl, write_events_jsonl
 from pipelines.data.loaders import (
                                     KNOWN_NAMES,
                                     load_dataset,
                                     load_directory,
-                                    load_events_file,
                                     load_movielens_100k,
                                     load_movielens_latest_small,
                                     load_user_item_lines,

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pipelines.data import read_events_jsonl
 from pipelines.streaming.archive import archive_file_naming, batch_lines, event_line
 from pipelines.streaming.embed import EmbedUsers, item_docs, user_docs
-from pipelines.streaming.firestore_io import MonotonicGuard, _trending_rank, set_write_pb
+from pipelines.streaming.firestore_io import MonotonicGuard, _trending_rank
 from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
 from pipelines.streaming.parse import DEAD_LETTER, ParseCatalog, ParseEvents
 from pipelines.streaming.pipeline import RecommenderCore, StreamingConfig, parse_args
@@ -431,26 +431,6 @@ def test_monotonic_guard_skips_stale_docs_and_serialises_a_user():
     t.join(5)
     assert order == [("released-first", None), ("claimed", [4])]
     assert guard.claim([_doc("u1", 4), _doc("u2", 1)]) == []  # replays of written states
-
-
-def test_set_write_pb_is_the_write_the_client_builds():
-    from google.cloud.firestore_v1 import _helpers
-
-    history = tuple(HistoryEntry(f"e{i}", f"i{i}", "view", T0 + i) for i in range(50))
-    embedding = tuple(float(i) / 7 for i in range(16))
-    docs = [UserDoc("u1", history, "e49", T0 + 49, T0 + 100, "v3", embedding, 51),
-            UserDoc("u2", (), "", 0, 0, None, None, 0)]
-    path = "projects/p/databases/(default)/documents/users/"
-    for doc in docs:
-        data = doc.to_document()
-        assert isinstance(data["history"], str)  # the packed history: one string value
-        # every value type the encoder takes (user documents no longer hold maps in arrays)
-        data["flags"] = {"ok": True, "n": [1, 2.5, None], "rows": [{"k": "v", "t": T0}]}
-        expected = _helpers.pbs_for_set_no_merge(path + doc.user_id, data)
-        assert len(expected) == 1
-        assert set_write_pb(path + doc.user_id, data)._pb == expected[0]._pb
-    with pytest.raises(TypeError):
-        set_write_pb(path + "u3", {"when": object()})
 
 
 def test_trending_rank_prefers_newer_window_then_later_pane():

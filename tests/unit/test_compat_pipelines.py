@@ -1,0 +1,84 @@
+"""Contract tests of the pipeline's compatibility shims: each fails loudly when the pinned
+dependency it patches changes, instead of the shim misbehaving quietly."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import pytest
+
+from pipelines.compat import beam_direct_pubsub, firestore_writes
+from schemas.firestore import HistoryEntry, UserDoc
+
+T0 = 1_700_000_000_000
+
+
+def _source(obj: object) -> str:
+    return inspect.getsource(obj)
+
+
+def test_beam_is_the_version_the_direct_runner_shim_patches():
+    assert version("apache-beam") == "2.77.0", "re-check pipelines/compat/beam_direct_pubsub.py"
+
+
+def test_beam_direct_runner_internals_the_shim_uses_exist():
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+    from apache_beam.runners.direct import executor, transform_evaluator
+    from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub  # noqa: F401
+
+    evaluator = transform_evaluator._PubSubReadEvaluator
+    assert list(inspect.signature(evaluator._read_from_pubsub).parameters) == ["self", "timestamp_attribute"]
+    assert hasattr(evaluator, "_get_subscriber_client")
+    assert "self._sub_name" in _source(evaluator)
+    assert list(inspect.signature(executor._ExecutorService.__init__).parameters) == ["self", "num_workers"]
+    assert "self.queue" in _source(executor._ExecutorService.__init__)
+    assert list(inspect.signature(executor.TransformExecutor.call).parameters) == ["self", "state_sampler"]
+    init = _source(executor.TransformExecutor.__init__)
+    for attribute in ("self._applied_ptransform", "self._input_bundle", "self._fired_timers"):
+        assert attribute in init
+    assert hasattr(PubsubMessage, "_from_message")
+
+
+def test_install_and_uninstall_patch_and_restore_the_runner():
+    from apache_beam.runners.direct import executor, transform_evaluator
+
+    original_read = transform_evaluator._PubSubReadEvaluator._read_from_pubsub
+    original_call = executor.TransformExecutor.call
+    beam_direct_pubsub.install(max_messages=7)
+    try:
+        assert transform_evaluator._PubSubReadEvaluator._read_from_pubsub is not original_read
+        assert executor.TransformExecutor.call is not original_call
+    finally:
+        beam_direct_pubsub.uninstall()
+    assert transform_evaluator._PubSubReadEvaluator._read_from_pubsub is original_read
+    assert executor.TransformExecutor.call is original_call
+    assert not beam_direct_pubsub.is_draining()
+
+
+def test_firestore_is_the_version_the_write_shim_builds_for():
+    assert version("google-cloud-firestore") == "2.34.1", "re-check pipelines/compat/firestore_writes.py"
+    from google.cloud.firestore_v1 import base_document, batch
+
+    assert list(inspect.signature(batch.WriteBatch._add_write_pbs).parameters) == ["self", "write_pbs"]
+    assert isinstance(base_document.BaseDocumentReference._document_path, property)
+
+
+def test_set_write_pb_is_the_write_the_client_builds():
+    from google.cloud.firestore_v1 import _helpers
+
+    history = tuple(HistoryEntry(f"e{i}", f"i{i}", "view", T0 + i) for i in range(50))
+    embedding = tuple(float(i) / 7 for i in range(16))
+    docs = [UserDoc("u1", history, "e49", T0 + 49, T0 + 100, "v3", embedding, 51),
+            UserDoc("u2", (), "", 0, 0, None, None, 0)]
+    path = "projects/p/databases/(default)/documents/users/"
+    for doc in docs:
+        data = doc.to_document()
+        assert isinstance(data["history"], str)  # the packed history: one string value
+        # every value type the encoder takes (user documents no longer hold maps in arrays)
+        data["flags"] = {"ok": True, "n": [1, 2.5, None], "rows": [{"k": "v", "t": T0}]}
+        expected = _helpers.pbs_for_set_no_merge(path + doc.user_id, data)
+        assert len(expected) == 1
+        assert firestore_writes.set_write_pb(path + doc.user_id, data)._pb == expected[0]._pb
+    with pytest.raises(TypeError):
+        firestore_writes.set_write_pb(path + "u3", {"when": object()})
