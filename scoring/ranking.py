@@ -257,10 +257,43 @@ def best_first(final: np.ndarray, cf_raw: np.ndarray, rows: np.ndarray, k: int) 
     return sel[np.lexsort((rows[sel], -cf_raw[sel], -final[sel]))][:k]
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """A retrieved pool with both raw scores: what the hybrid score re-ranks."""
+
+    rows: np.ndarray
+    cf_raw: np.ndarray
+    cb_raw: np.ndarray
+
+    def head(self, pool: int) -> Candidates:
+        """The best ``pool`` by ``cf_raw`` (the pool a smaller request would retrieve)."""
+        return Candidates(self.rows[:pool], self.cf_raw[:pool], self.cb_raw[:pool])
+
+
+def score_pool(content: SparseRows | np.ndarray, rows: np.ndarray, cf_raw: np.ndarray,
+               profile: np.ndarray | None) -> Candidates:
+    """The pool with its CB scores (``profile . c_i``; zeros without a profile)."""
+    if profile is not None and rows.size:
+        cb_raw = content_dot(content, rows, profile)
+    else:
+        cb_raw = np.zeros(rows.size, dtype=np.float32)
+    return Candidates(rows, cf_raw, cb_raw)
+
+
+def rerank(cands: Candidates, k: int, alpha: float) -> Ranked:
+    """The hybrid score over the pool, then the ``k`` best (ties: ``cf_raw``, then row)."""
+    final, cf, cb = hybrid_scores(cands.cf_raw, cands.cb_raw, alpha)
+    order = best_first(final, cands.cf_raw, cands.rows, k)
+    return Ranked(rows=cands.rows[order], score=final[order], cf=cf[order], cb=cb[order])
+
+
 def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: SparseRows | np.ndarray,
                 profile: np.ndarray | None, k: int, alpha: float, blocked: np.ndarray | Filter | None,
                 pool: int, ivf: IvfIndex | None = None) -> Ranked:
     """CF retrieval of ``pool`` candidates by dot product, then hybrid re-ranking to ``k``.
+
+    The array-level form of :func:`scoring.rank.rank_user` (same steps: :func:`retrieve`,
+    :func:`score_pool`, :func:`rerank`).
 
     Args:
         query: the user's query vector [D].
@@ -273,14 +306,8 @@ def rank_hybrid(query: np.ndarray, embeddings: np.ndarray, content: SparseRows |
         pool: candidate pool size (>= k).
         ivf: an approximate index over ``embeddings`` (None: exact scan); see :func:`retrieve`.
     """
-    cand, cf_raw = retrieve(query, embeddings, pool, blocked, ivf)
-    if profile is not None and cand.size:
-        cb_raw = content_dot(content, cand, profile)
-    else:
-        cb_raw = np.zeros(cand.size, dtype=np.float32)
-    final, cf, cb = hybrid_scores(cf_raw, cb_raw, alpha)
-    order = best_first(final, cf_raw, cand, k)
-    return Ranked(rows=cand[order], score=final[order], cf=cf[order], cb=cb[order])
+    rows, cf_raw = retrieve(query, embeddings, pool, blocked, ivf)
+    return rerank(score_pool(content, rows, cf_raw, profile), k, alpha)
 
 
 def rank_cosine(vector: np.ndarray, matrix: SparseRows | np.ndarray, norms: np.ndarray, k: int,
