@@ -61,16 +61,16 @@ demo: venv ## The main job end to end on the emulators (see README)
 	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 bench-publish: venv ## Publish 20,000 synthetic events through the emulator
-	$(PY) -m scripts.bench_publish $(BENCH_ARGS)
+	$(PY) -m bench.publish $(BENCH_ARGS)
 
 bench-quality: venv ## Offline quality vs baselines: make bench-quality DATA=synthetic|ml-latest-small|gowalla|ml-100k|PATH
 	$(PY) -m scripts.bench_quality --data $(DATA) $(BENCH_ARGS)
 
 bench-stream: venv ## Streaming freshness and throughput on DirectRunner + emulators
-	$(PY) -m scripts.bench_stream $(BENCH_ARGS)
+	$(PY) -m bench.stream $(BENCH_ARGS)
 
 bench-serving: venv wrk ## Recommend function latency/throughput vs bare read and find_nearest
-	$(PY) -m scripts.bench_serving $(BENCH_ARGS)
+	$(PY) -m bench.serving $(BENCH_ARGS)
 
 wrk: ## Install the wrk load generator (Debian package) if missing
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

@@ -1,35 +1,22 @@
 """Streaming benchmark: freshness, throughput vs a pass-through pipeline, memory (``make bench-stream``).
 
-Starts its own Pub/Sub and Firestore emulators (``--pubsub-port``/``--firestore-port``), trains
-(or reuses) a tiny model artefact and publishes it as ``models/current``, then on DirectRunner:
+Starts its own Pub/Sub and Firestore emulators, publishes a tiny trained model as ``models/current``
+and, on DirectRunner, measures: a pass-through pipeline (read, parse, ack) working off a backlog of
+``--events`` events; the full pipeline (:mod:`pipelines.streaming`) on a backlog of the same size,
+users seeded with full histories as a restarted pipeline finds them; freshness (publish time to the
+first poll that sees the event in ``users/{id}``) for views published at ``--rate`` for
+``--duration`` seconds; the full pipeline's RSS over the run; the pass-through again afterwards, so
+a change of machine load shows as a difference between the two pass-through rates.
 
-1. **pass-through baseline**: a pipeline that only reads the events subscription, parses and
-   acks; works off a backlog of ``--events`` events, printing its count after every bundle;
-2. **full pipeline** (:mod:`pipelines.streaming.pipeline`) on the same-size backlog (distinct event ids):
-   the events counted in ``users/*``, polled every 0.25 s, until all are;
-3. **freshness**: views published at a steady ``--rate`` for ``--duration`` seconds; for each,
-   publish time -> first time a poller (``get_all`` of the users with events in flight, rounds of
-   a few ms) sees the user's document carrying its ``event_id``; p50/p95;
-4. **memory**: RSS of the full pipeline process sampled every second over the run
-   (``--duration 600`` for the 10-minute flatness check);
-5. **pass-through again** after the full pipeline stopped (interleaved: a change of machine
-   load during the run shows as a difference between the two pass-through rates).
-
-Throughput is the *steady-state* rate, the same way for both pipelines: events per second
-between the progress samples where 20 % and 80 % of the backlog were done, so start-up and the
-first and last bundles do not count (with 1,000-message pulls, a 3,000-event backlog was just
-three bundles; with today's 5,000-message bundles the default 60,000 puts ~7 between the marks,
-where 20,000 gave ratios of 0.46-0.72 from run to run). ``ratio`` = full / mean of the two
-pass-through rates. The rates from the first progress to the end of the backlog are reported too
-(``*_first_to_done``).
-
-Prints a table and writes ``reports/bench/stream.json``.
+Throughput is the steady-state rate of :mod:`testing.throughput` (20 % to 80 % of the backlog), for
+both pipelines alike, because start-up and the first and last bundles are not what a running system
+pays; ``ratio`` = full / mean of the two pass-through rates. Prints a table and writes
+``reports/bench/stream.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -43,110 +30,21 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from bench import measure
 from schemas import names
 from schemas.events import ProductEvent
 from schemas.firestore import unpack_history
 from scripts.processes import ManagedProcess, python_module
+from testing import artifacts
+from testing.stack import pipeline_env
+from testing.throughput import cpu_ms_per_event, first_to_done_rate, steady_rate
 
-ROOT = Path(__file__).resolve().parent.parent
-REPORT = ROOT / "reports" / "bench" / "stream.json"
+REPORT = measure.REPORTS / "stream.json"
 PASSTHROUGH_TOPIC = "bench-passthrough-events"
 PASSTHROUGH_SUB = "bench-passthrough-events-sub"
 # run through the module's import name so the DoFn is pickled by reference, not as __main__
 PASSTHROUGH_CMD = (
-    "import sys; from scripts.bench_stream import passthrough_main; passthrough_main(sys.argv[1:])")
-
-
-# ----------------------------------------------------------------------------- tiny model
-
-
-def train_tiny_artifact(model_dir: str | Path, seed: int = 0, n_users: int = 200, n_items: int = 100,
-                        epochs: int = 1, dim: int = 16) -> Path:
-    """Train a small two-tower artefact on synthetic data; return its version directory."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from pipelines.data import generate_synthetic
-    from pipelines.training.model import ModelConfig
-    from pipelines.training.train import TrainingInput, save, train
-
-    data = TrainingInput.from_dataset(generate_synthetic(n_users=n_users, n_items=n_items,
-                                                         mean_events_per_user=12, seed=seed))
-    trained = train(data, ModelConfig(epochs=epochs, dim=dim, batch_size=256, seed=seed))
-    return save(trained, model_dir)
-
-
-def cached_tiny_artifact(seed: int = 0, root: Path = ROOT / "artifacts" / "test-streaming-models") -> Path:
-    """A tiny artefact for ``seed``, trained once per version of the model code and then reused."""
-    import hashlib
-
-    code = b"".join((ROOT / "pipelines" / f).read_bytes()
-                     for f in ("training/model.py", "training/train.py", "training/artifact.py"))
-    model_dir = root / f"{hashlib.sha256(code).hexdigest()[:12]}-seed{seed}"
-    return existing_artifact(model_dir) or train_tiny_artifact(model_dir, seed=seed)
-
-
-def existing_artifact(model_dir: str | Path) -> Path | None:
-    """The newest version directory under ``model_dir``, if any."""
-    versions = sorted(p.parent for p in Path(model_dir).glob("*/metadata.json"))
-    return versions[-1] if versions else None
-
-
-# ----------------------------------------------------------------------------- pipeline processes
-
-
-def pipeline_env(pubsub_host: str, firestore_host: str, project: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PUBSUB_EMULATOR_HOST=pubsub_host, FIRESTORE_EMULATOR_HOST=firestore_host,
-               GOOGLE_CLOUD_PROJECT=project, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1")
-    return env
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of ``pid`` in MB (Linux /proc), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except FileNotFoundError:
-        return None
-    return None
-
-
-class RssSampler(threading.Thread):
-    """Samples a process's RSS every ``interval_s`` into ``samples`` as (t, MB)."""
-
-    def __init__(self, pid: int, interval_s: float = 1.0) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval_s = pid, interval_s
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self._stop.wait(self.interval_s):
-            mb = rss_mb(self.pid)
-            if mb is None:
-                return
-            self.samples.append((time.monotonic() - start, mb))
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def rss_summary(samples: list[tuple[float, float]], warmup_s: float) -> dict[str, Any]:
-    """First/last/max RSS and the slope (MB/min) after ``warmup_s`` (flat memory ~ 0)."""
-    if not samples:
-        return {"n": 0}
-    t = np.array([s[0] for s in samples])
-    mb = np.array([s[1] for s in samples])
-    steady = t >= warmup_s
-    slope = float(np.polyfit(t[steady], mb[steady], 1)[0] * 60) if steady.sum() >= 3 else None
-    return {"n": len(samples), "first_mb": round(float(mb[0]), 1), "last_mb": round(float(mb[-1]), 1),
-            "max_mb": round(float(mb.max()), 1),
-            "steady_first_mb": round(float(mb[steady][0]), 1) if steady.any() else None,
-            "steady_slope_mb_per_min": round(slope, 2) if slope is not None else None,
-            "duration_s": round(float(t[-1]), 1)}
+    "import sys; from bench.stream import passthrough_main; passthrough_main(sys.argv[1:])")
 
 
 # ----------------------------------------------------------------------------- pass-through worker
@@ -198,24 +96,6 @@ class ProgressFn(beam.DoFn):
                 print(f"PROGRESS {ProgressFn.total} {time.time():.3f} {time.process_time():.3f}", flush=True)
 
 
-def steady_rate(progress: list[tuple[int, float]], total: int, lo: float = 0.2,
-                hi: float = 0.8) -> float:
-    """Events/s between the first progress samples at >= ``lo`` and >= ``hi`` of ``total``."""
-    def first_at(frac: float) -> tuple[int, float]:
-        return next((n, t) for n, t in progress if n >= frac * total)
-
-    (n1, t1), (n2, t2) = first_at(lo), first_at(hi)
-    if n2 <= n1 or t2 <= t1:
-        raise ValueError(f"too few progress samples for a steady rate: {progress}")
-    return (n2 - n1) / (t2 - t1)
-
-
-def first_to_done_rate(progress: list[tuple[int, float]], total: int) -> float:
-    """Events/s from the first progress sample to the end (events before the first excluded)."""
-    n0, t0 = next((n, t) for n, t in progress if n > 0)
-    return (total - n0) / max(progress[-1][1] - t0, 1e-6)
-
-
 def passthrough_progress(log_path: Path, with_cpu: bool = False) -> list[tuple]:
     """The (count, time[, process CPU s]) progress lines the pass-through worker printed."""
     out = []
@@ -224,36 +104,6 @@ def passthrough_progress(log_path: Path, with_cpu: bool = False) -> list[tuple]:
             _, n, t, cpu = line.split()
             out.append((int(n), float(t), float(cpu)) if with_cpu else (int(n), float(t)))
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu_seconds(pgids: list[int]) -> float:
-    """CPU seconds of every live process in the process groups ``pgids`` (the emulators)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) in pgids:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def cpu_ms_per_event(marks: list[tuple[int, float]], total: int, lo: float = 0.2,
-                     hi: float = 0.8) -> float:
-    """CPU ms per event between the first (count, CPU s) samples at >= ``lo`` and >= ``hi``."""
-    (n1, c1), (n2, c2) = (next((n, c) for n, c in marks if n >= f * total) for f in (lo, hi))
-    return 1000.0 * (c2 - c1) / max(n2 - n1, 1)
 
 
 # ----------------------------------------------------------------------------- events and measurement
@@ -307,9 +157,8 @@ def publish_backlog(topic: str, events: list[ProductEvent]) -> None:
 def users_event_total(client: Any) -> int:
     """Sum of ``users/*.event_count``, by an aggregation query.
 
-    Polled every 0.25 s while the full pipeline works off its backlog, so it must stay light:
-    streaming the 200 documents back instead cost 39 ms and 27 ms of the bench's CPU per poll
-    (about 11% of a core taken from the pipeline on 2 cores), against 7 ms and 1.5 ms here.
+    Polled every 0.25 s while the full pipeline works off its backlog, so it must stay light: streaming
+    the documents back took CPU from the pipeline it measures (docs/benchmarks.md, bench-stream).
     """
     result = client.collection(names.USERS).sum("event_count").get()
     value = result[0][0].value if result and result[0] else 0
@@ -416,13 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=60000,
-                        help="backlog size for throughput (each pipeline; steady rate over 20-80%%: "
-                             "with 5,000-message read bundles, 60,000 puts about 7 bundles between "
-                             "the marks, 20,000 only 2-3)")
+                        help="backlog size for throughput (each pipeline): large enough for several read "
+                             "bundles between the 20%% and 80%% marks of the steady rate")
     parser.add_argument("--rate", type=float, default=20.0, help="steady views/s for freshness")
     parser.add_argument("--duration", type=float, default=30.0, help="steady phase seconds (600: memory)")
     parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--model-dir", default=str(ROOT / "artifacts" / "bench-stream-model"))
+    parser.add_argument("--model-dir", default=None,
+                        help="tiny artefact's directory (default: the shared cache, testing.artifacts)")
     parser.add_argument("--retrain", action="store_true", help="train a new tiny artefact")
     parser.add_argument("--inference", choices=["bundle", "runinference"], default="bundle")
     parser.add_argument("--direct-pull-max-messages", type=int, default=None,
@@ -436,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration x --rate must give at least 200 freshness samples")
     report = run_bench(args)
     print_table(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    measure.write_report(report, args.out)
     print(f"\nwrote {args.out}")
     return 0
 
@@ -461,10 +309,11 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
     from pipelines.training import publish
     from pipelines.training.artifact import load_towers
 
-    artifact = None if args.retrain else existing_artifact(args.model_dir)
+    model_dir = Path(args.model_dir) if args.model_dir else artifacts.cache_dir(artifacts.TINY)
+    artifact = None if args.retrain else artifacts.existing_artifact(model_dir)
     if artifact is None:
         print("training a tiny artefact ...", flush=True)
-        artifact = train_tiny_artifact(args.model_dir)
+        artifact = artifacts.train_artifact(artifacts.TINY, model_dir).version_dir
     publish.publish_version(artifact, project=config.project)
     towers = load_towers(artifact)
     users = [u for u in towers.users_vocab() if u][: args.users]
@@ -493,14 +342,15 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
         *(["--direct-pull-max-messages", str(args.direct_pull_max_messages)]
           if args.direct_pull_max_messages else []),
         "--archive-dir", str(work / "archive")), work / "pipeline.log", env).start()
-    sampler = RssSampler(proc.pid)
+    sampler = measure.RssSampler(proc.pid)
     sampler.start()
     poller = FreshnessPoller(db)
     try:
         cpu_marks: list[tuple[int, float, float]] = []
         full_progress = wait_for_count(
             db, args.events, timeout_s=600, base=base,
-            cpu=lambda n: cpu_marks.append((n, cpu_seconds(proc.pid), group_cpu_seconds(emulators))))
+            cpu=lambda n: cpu_marks.append((n, measure.process_cpu_seconds(proc.pid),
+                                               measure.group_cpu_seconds(emulators))))
         full_rate = steady_rate(full_progress, args.events)
         full_cpu = {"pipeline": cpu_ms_per_event([(n, c) for n, c, _ in cpu_marks], args.events),
                     "emulators": cpu_ms_per_event([(n, e) for n, _, e in cpu_marks], args.events)}
@@ -558,9 +408,9 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
         "backlog_events": args.events,
         "events_counted_in_firestore": counted,
         "events_published": total_events,
-        "rss": rss_summary(sampler.samples, warmup_s=steady_start),
+        "rss": measure.rss_summary(sampler.samples, warmup_s=steady_start),
         "cpu_count": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "load_avg_1m": round(measure.load_average()[0], 2),
     }
 
 
@@ -576,7 +426,7 @@ def run_passthrough(topic: str, subscription: str, workload: Workload, n: int, e
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
-            emulator_cpu.append((time.time(), group_cpu_seconds(emulators)))
+            emulator_cpu.append((time.time(), measure.group_cpu_seconds(emulators)))
             progress = passthrough_progress(log)
             if progress and progress[-1][0] >= n:
                 break
@@ -624,10 +474,8 @@ def print_table(r: dict[str, Any]) -> None:
                                    f"{r['rss'].get('last_mb')} MB", ""),
         ("RSS slope in steady phase", f"{r['rss'].get('steady_slope_mb_per_min')} MB/min", "~0 = flat"),
     ]
-    width = max(len(a) for a, _, _ in rows)
-    print(f"\nStreaming benchmark ({r['runner']}, inference={r['inference']}, load {r['load_avg_1m']})")
-    for name, value, target in rows:
-        print(f"  {name:<{width}}  {value:>24}  {target}")
+    measure.print_rows(f"Streaming benchmark ({r['runner']}, inference={r['inference']}, "
+                       f"load {r['load_avg_1m']})", rows)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Baseline HTTP functions for ``scripts/bench_serving.py``, served like the real one.
+"""Baseline HTTP functions for the serving benchmark, served like the recommend function.
 
 * ``bare_read``: reads ``users/{user_id}`` and returns two fields: the Firestore I/O floor.
   It reads with the function's own cheapest read (``recommender.store.read_document``, the
@@ -6,16 +6,14 @@
 * ``find_nearest``: reads the user's embedding, then retrieves the top k items with
   Firestore's own ``find_nearest`` vector query over ``FIND_NEAREST_COLLECTION``.
 
-    functions-framework --target bare_read --source scripts/bench_serving_baselines.py
+    functions-framework --target bare_read --source bench/serving/baselines.py
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import sys
 import threading
-from pathlib import Path
 
 import flask
 import functions_framework
@@ -23,9 +21,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_vector_query import DistanceMeasure
 from google.cloud.firestore_v1.vector import Vector
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "functions" / "recommend"))
-from recommender.store import read_document  # noqa: E402  (the function's own read)
-from recommender.workers import spread_connections  # noqa: E402
+from recommender.store import read_document  # the function's own read
+from recommender.workers import spread_connections
 
 spread_connections()  # served like the function: one listening socket per gunicorn worker
 

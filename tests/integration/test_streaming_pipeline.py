@@ -20,8 +20,9 @@ from schemas import names
 from schemas.catalog import CatalogItem
 from schemas.events import ProductEvent
 from schemas.firestore import ItemDoc, TrendingDoc, UserDoc
-from scripts.bench_stream import cached_tiny_artifact, pipeline_env
 from scripts.processes import ManagedProcess
+from testing.artifacts import tiny_artifact
+from testing.stack import pipeline_env
 from tests.conftest import pull_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,7 +33,7 @@ HISTORY = 5
 @pytest.fixture(scope="session")
 def artifacts():
     """Two tiny model versions (trained once per model-code version, then cached)."""
-    return cached_tiny_artifact(seed=0), cached_tiny_artifact(seed=1)
+    return tiny_artifact(seed=0), tiny_artifact(seed=1)
 
 
 class Stack:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from schemas.events import ProductEvent
-from scripts.bench_stream import cached_tiny_artifact
+from testing.artifacts import tiny_artifact
 from tests.integration.test_streaming_pipeline import HISTORY, Stack, expected_history, user_docs, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,7 +43,7 @@ def test_restart_mid_stream_loses_nothing_and_counts_nothing_twice(emulators, fi
     from pipelines.training import publish
     from pipelines.training.artifact import load_towers
 
-    artifact = cached_tiny_artifact(seed=0)
+    artifact = tiny_artifact(seed=0)
     towers = load_towers(artifact)
     publish.publish_version(artifact, client=firestore_client)
     db = firestore_client

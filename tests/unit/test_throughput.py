@@ -1,10 +1,10 @@
-"""The throughput arithmetic of ``scripts/bench_stream.py`` (no emulators)."""
+"""The steady-state throughput arithmetic bench-stream uses (:mod:`testing.throughput`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from scripts.bench_stream import cpu_ms_per_event, first_to_done_rate, steady_rate
+from testing.throughput import cpu_ms_per_event, first_to_done_rate, steady_rate
 
 
 def test_steady_rate_ignores_start_up_and_the_last_bundles():
