@@ -49,7 +49,8 @@ setuptools.setup(
                 "Cloud Functions.",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["schemas", "schemas.*", "scoring", "scoring.*", "pipelines",
-                                               "pipelines.*", "scripts", "scripts.*"]),
+                                               "pipelines.*", "scripts", "scripts.*", "bench", "bench.*",
+                                               "testing", "testing.*"]),
     package_data={"schemas": ["*.avsc"]},
     install_requires=CORE,
     extras_require={
