@@ -42,6 +42,8 @@ DEV = [
     "requests>=2.32",
 ]
 
+FUNCTION_PACKAGES = ["recommender", "recommender.compat", "httpfn"]
+
 setuptools.setup(
     name="realtime-recommender",
     version="0.1.0",
@@ -50,7 +52,11 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["schemas", "schemas.*", "scoring", "scoring.*", "pipelines",
                                                "pipelines.*", "scripts", "scripts.*", "bench", "bench.*",
-                                               "testing", "testing.*"]),
+                                               "testing", "testing.*"])
+    + FUNCTION_PACKAGES,
+    # The functions' own packages live in their function folders (each deploys from its folder,
+    # with these copied next to main.py); installed here so the repository imports them by name.
+    package_dir={"recommender": "functions/recommend/recommender", "httpfn": "functions/httpfn"},
     package_data={"schemas": ["*.avsc"]},
     install_requires=CORE,
     extras_require={

@@ -7,18 +7,28 @@ the valid ones are published to the events topic and the answer says what happen
     202 {"accepted": 2, "rejected": 1, "event_ids": ["e1", "e2"],
          "errors": [{"index": 2, "field": "timestamp", "reason": "..."}]}
 
-* 400: the body is not JSON, not an event or event list, or no event in it is valid.
-* 413: the body is larger than ``MAX_BODY_BYTES`` (checked before reading) or has more
-  than ``MAX_EVENTS`` events.
-* 405: any method but ``POST`` (``GET /healthz`` answers 200).
-* 503: publishing failed (our side); the body lists the event ids that were not
-  published. Retrying them is safe: ``event_id`` is the idempotency key downstream.
+Any other status answers the body every HTTP function answers (``httpfn/errors.py``)::
+
+    {"error": {"code": "invalid_parameter", "message": "...", ...details}}
+
+with the details inside the ``error`` object: a 400 or 503 after validation carries
+``accepted``, ``rejected``, ``event_ids`` and the per-event ``errors`` (the 503 also
+``not_published``); a 413 carries ``max_bytes`` or ``max_events``.
+
+* 400 ``invalid_parameter``: the body is not JSON, not an event or event list, or no
+  event in it is valid.
+* 413 ``payload_too_large``: the body is larger than ``MAX_BODY_BYTES`` (checked before
+  reading) or has more than ``MAX_EVENTS`` events.
+* 405 ``method_not_allowed``: any method but ``POST`` (``GET /healthz`` answers 200).
+* 503 ``unavailable``: publishing failed (our side); ``not_published`` lists the event ids
+  that were not published. Retrying them is safe: ``event_id`` is the idempotency key downstream.
+* 500 ``internal``: the function is misconfigured (a bad setting, named in the message).
 
 Settings (environment): ``GOOGLE_CLOUD_PROJECT``, ``EVENTS_TOPIC`` (name or full path),
 ``MAX_BODY_BYTES``, ``MAX_EVENTS``, ``PUBLISH_TIMEOUT_S``, ``CORS_ALLOW_ORIGIN`` (unset: no CORS).
 
-Run locally from the repository root (``schemas`` is importable there; the deployment
-copies ``schemas/`` next to this file)::
+Run locally after ``pip install -e .`` (which installs ``schemas`` and ``httpfn``; the
+deployment copies ``schemas/`` and ``functions/httpfn/`` next to this file)::
 
     functions-framework --source functions/ingest/main.py --target ingest --port 8080
 """
@@ -32,7 +42,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,20 +54,27 @@ from google.api_core.exceptions import GoogleAPICallError, RetryError
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.publisher.exceptions import FlowControlLimitError
 
+from httpfn.errors import (
+    Internal,
+    InvalidParameter,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Unavailable,
+)
+from httpfn.responses import error_response, json_response
+from httpfn.settings import ConfigError, env_float, env_int, env_str
 from schemas import names
 from schemas.errors import InvalidRecord
 from schemas.events import ProductEvent, validate_event
 
 logger = logging.getLogger(__name__)
 
-JSON_MIME = "application/json"
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # Cloud Functions (2nd gen) refuses larger HTTP requests
+
+__all__ = ["ConfigError", "Settings", "handle", "ingest"]
 
 
 # ---------------------------------------------------------------------------- settings
-
-
-class ConfigError(RuntimeError):
-    """The function's environment is incomplete or malformed."""
 
 
 @dataclass(frozen=True)
@@ -78,24 +95,18 @@ class Settings:
         return f"projects/{self.project}/topics/{self.topic}"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read and validate the settings; raise ``ConfigError`` saying what is wrong."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; raise ``ConfigError`` naming a bad variable."""
         env = dict(os.environ if env is None else env)
         project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT")
         if not project:
             project = names.DEFAULT_PROJECT if env.get("PUBSUB_EMULATOR_HOST") else _default_project()
-        try:
-            settings = cls(project=project,
-                           topic=env.get("EVENTS_TOPIC") or names.EVENTS_TOPIC,
-                           max_body_bytes=int(env.get("MAX_BODY_BYTES", 1024 * 1024)),
-                           max_events=int(env.get("MAX_EVENTS", 500)),
-                           publish_timeout_s=float(env.get("PUBLISH_TIMEOUT_S", 10.0)),
-                           cors_allow_origin=env.get("CORS_ALLOW_ORIGIN", ""))
-        except ValueError as e:
-            raise ConfigError(f"bad numeric setting: {e}") from e
-        if settings.max_body_bytes < 1 or settings.max_events < 1 or settings.publish_timeout_s <= 0:
-            raise ConfigError("MAX_BODY_BYTES, MAX_EVENTS and PUBLISH_TIMEOUT_S must be positive")
-        return settings
+        return cls(project=project,
+                   topic=env_str("EVENTS_TOPIC", names.EVENTS_TOPIC, env),
+                   max_body_bytes=env_int("MAX_BODY_BYTES", 1024 * 1024, 1, MAX_REQUEST_BYTES, env),
+                   max_events=env_int("MAX_EVENTS", 500, 1, 100_000, env),
+                   publish_timeout_s=env_float("PUBLISH_TIMEOUT_S", 10.0, 0.001, 600.0, env),
+                   cors_allow_origin=env_str("CORS_ALLOW_ORIGIN", "", env))
 
 
 def _default_project() -> str:
@@ -109,54 +120,8 @@ def _default_project() -> str:
     return project
 
 
-# ---------------------------------------------------------------------------- errors
-
-
-class IngestError(Exception):
-    """An error answered with a JSON body; ``status`` is the HTTP status code."""
-
-    status = 500
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, **self.details}
-
-    def headers(self) -> dict[str, str]:
-        return {}
-
-
-class BadRequest(IngestError):
-    """The caller's body is unusable."""
-
-    status = 400
-
-
-class PayloadTooLarge(IngestError):
-    status = 413
-
-
-class MethodNotAllowed(IngestError):
-    status = 405
-
-    def __init__(self, message: str, allow: str) -> None:
-        super().__init__(message)
-        self.allow = allow
-
-    def headers(self) -> dict[str, str]:
-        return {"Allow": self.allow}
-
-
-class PublishFailed(IngestError):
+class PublishFailed(Unavailable):
     """Pub/Sub did not confirm every valid event: our failure, the caller may retry."""
-
-    status = 503
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
 
 
 # ---------------------------------------------------------------------------- body -> events
@@ -184,31 +149,31 @@ def read_body(request: Any, max_bytes: int) -> bytes:
 def decode_body(data: bytes, max_events: int) -> list[Any]:
     """The records in a JSON body: one object or an array of up to ``max_events`` records."""
     if not data.strip():
-        raise BadRequest("empty body: send a JSON object (one event) or an array of events")
+        raise InvalidParameter("empty body: send a JSON object (one event) or an array of events")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadRequest(f"body is not valid UTF-8 (byte {e.start})") from e
+        raise InvalidParameter(f"body is not valid UTF-8 (byte {e.start})") from e
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
-        raise BadRequest(f"body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        raise InvalidParameter(f"body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except _NonStandardJSON as e:
-        raise BadRequest(f"body is not JSON: {e}") from e
+        raise InvalidParameter(f"body is not JSON: {e}") from e
     except RecursionError as e:
-        raise BadRequest("body is not usable JSON: nested too deeply") from e
+        raise InvalidParameter("body is not usable JSON: nested too deeply") from e
     except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise BadRequest(f"body is not usable JSON: {e}") from e
+        raise InvalidParameter(f"body is not usable JSON: {e}") from e
     if isinstance(value, dict):
         return [value]
     if isinstance(value, list):
         if not value:
-            raise BadRequest("empty event list")
+            raise InvalidParameter("empty event list")
         if len(value) > max_events:
             raise PayloadTooLarge(f"too many events: {len(value)} > {max_events}; split the batch",
                                   max_events=max_events)
         return value
-    raise BadRequest(f"expected a JSON object (one event) or an array of events, "
+    raise InvalidParameter(f"expected a JSON object (one event) or an array of events, "
                      f"got {_json_type(value)}")
 
 
@@ -289,13 +254,15 @@ def get_publisher() -> pubsub_v1.PublisherClient:
 # ---------------------------------------------------------------------------- handler
 
 
-def _response(body: dict[str, Any], status: int, settings: Settings | None,
-              headers: dict[str, str] | None = None) -> flask.Response:
-    resp = flask.Response(json.dumps(body), status=status, mimetype=JSON_MIME)
-    resp.headers.update(headers or {})
+def _with_cors(resp: flask.Response, settings: Settings | None) -> flask.Response:
     if settings is not None and settings.cors_allow_origin:
         resp.headers["Access-Control-Allow-Origin"] = settings.cors_allow_origin
     return resp
+
+
+def _response(body: dict[str, Any], status: int, settings: Settings | None,
+              headers: dict[str, str] | None = None) -> flask.Response:
+    return _with_cors(json_response(body, status, headers), settings)
 
 
 def _ingest(request: Any, settings: Settings, publisher: Callable[[], Publisher]) -> flask.Response:
@@ -303,7 +270,7 @@ def _ingest(request: Any, settings: Settings, publisher: Callable[[], Publisher]
     checked = validate_all(records)
     counts = {"rejected": len(checked.errors), "errors": checked.errors}
     if not checked.events:
-        raise BadRequest("no valid event in the request", accepted=0, event_ids=[], **counts)
+        raise InvalidParameter("no valid event in the request", accepted=0, event_ids=[], **counts)
     failed = publish_all(checked.events, publisher(), settings.topic_path, settings.publish_timeout_s)
     if failed:
         failed_ids = {event_id for event_id, _ in failed}
@@ -325,18 +292,18 @@ def handle(request: Any, settings: Settings, publisher: Callable[[], Publisher])
     try:
         if request.path.rstrip("/").endswith("/healthz"):
             if request.method not in ("GET", "HEAD"):
-                raise MethodNotAllowed("use GET on /healthz", allow="GET, HEAD")
+                raise MethodNotAllowed(request.method, ("GET", "HEAD"), "use GET on /healthz")
             return _response({"status": "ok", "topic": settings.topic_path}, 200, settings)
         if request.method == "OPTIONS" and settings.cors_allow_origin:
             return _response({}, 204, settings, {"Access-Control-Allow-Methods": "POST",
                                                  "Access-Control-Allow-Headers": "Content-Type",
                                                  "Access-Control-Max-Age": "3600"})
         if request.method != "POST":
-            raise MethodNotAllowed(f"method {request.method} not allowed: POST events as JSON",
-                                   allow="POST")
+            raise MethodNotAllowed(request.method, ("POST",),
+                                   f"method {request.method} not allowed: POST events as JSON")
         return _ingest(request, settings, publisher)
-    except IngestError as e:
-        return _response(e.body(), e.status, settings, e.headers())
+    except Exception as e:  # an ApiError answers itself; anything else is a logged 500
+        return _with_cors(error_response(e, logger, f"{request.method} {request.path}"), settings)
 
 
 @functools.lru_cache(maxsize=1)
@@ -352,5 +319,5 @@ def ingest(request: flask.Request) -> flask.Response:
         settings = get_settings()
     except ConfigError as e:
         logger.error("ingest function misconfigured: %s", e)
-        return _response({"error": f"function misconfigured: {e}"}, 500, None)
+        return error_response(Internal(f"function misconfigured: {e}"))
     return handle(request, settings, get_publisher)

@@ -7,34 +7,28 @@
     GET  /healthz
 
 Run locally: ``scripts/serve_recommend.sh`` (production serving settings from serving.env),
-or ``functions-framework --target recommend --source functions/recommend/main.py``.
+or ``functions-framework --target recommend --source functions/recommend/main.py`` after
+``pip install -e .`` (which installs ``recommender``, ``httpfn``, ``schemas`` and ``scoring``).
+Deployed, those four packages sit next to this file. Errors answer
+``{"error": {"code", "message", "parameter"?}}`` (``httpfn/errors.py``).
 The API is documented in ``openapi.yaml`` next to this file.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import sys
-from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:  # deployed: schemas/ and recommender/ sit next to main.py
-    sys.path.insert(0, str(_HERE))
-try:
-    import schemas  # noqa: F401
-except ImportError:  # local run from the repository: schemas/ is at the repo root
-    sys.path.append(str(_HERE.parent.parent))
+import flask
+import functions_framework
 
-import flask  # noqa: E402
-import functions_framework  # noqa: E402
-from recommender.config import Settings  # noqa: E402
-from recommender.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound  # noqa: E402
-from recommender.params import recommend_params, similar_params  # noqa: E402
-from recommender.service import Recommender  # noqa: E402
-from recommender.store import FirestoreStore  # noqa: E402
-from recommender.workers import spread_connections  # noqa: E402
+from httpfn.errors import InvalidParameter, MethodNotAllowed, NotFound
+from httpfn.responses import error_response, json_response
+from recommender.config import Settings
+from recommender.params import recommend_params, similar_params
+from recommender.service import Recommender
+from recommender.store import FirestoreStore
+from recommender.workers import spread_connections
 
 log = logging.getLogger("recommend")
 
@@ -50,12 +44,6 @@ gc.freeze()
 _ROUTES = {"/recommendations": ("GET", "POST"), "/similar-items": ("GET",), "/healthz": ("GET",)}
 
 
-def _json(body: dict, status: int = 200, headers: dict | None = None) -> flask.Response:
-    # json.dumps directly: flask.jsonify would also sort the keys, per request, for nothing
-    return flask.Response(json.dumps(body, separators=(",", ":")) + "\n", status=status,
-                          headers=headers, mimetype="application/json")
-
-
 def _recommendations(request: flask.Request) -> flask.Response:
     if request.method == "POST":
         body = request.get_json(silent=True)
@@ -64,16 +52,16 @@ def _recommendations(request: flask.Request) -> flask.Response:
         params = recommend_params(body, SETTINGS, from_query=False)
     else:
         params = recommend_params(request.args.to_dict(flat=False), SETTINGS, from_query=True)
-    return _json(SERVICE.recommend(params))
+    return json_response(SERVICE.recommend(params))
 
 
 def _similar(request: flask.Request) -> flask.Response:
-    return _json(SERVICE.similar(similar_params(request.args.to_dict(flat=False), SETTINGS)))
+    return json_response(SERVICE.similar(similar_params(request.args.to_dict(flat=False), SETTINGS)))
 
 
 def _healthz(request: flask.Request) -> flask.Response:
     status, body = SERVICE.health()
-    return _json(body, status)
+    return json_response(body, status)
 
 
 _HANDLERS = {"/recommendations": _recommendations, "/similar-items": _similar, "/healthz": _healthz}
@@ -91,10 +79,5 @@ def recommend(request: flask.Request) -> flask.Response:
         if method not in allowed:
             raise MethodNotAllowed(request.method, allowed)
         return _HANDLERS[path](request)
-    except MethodNotAllowed as e:
-        return _json(e.to_json(), e.status, {"Allow": ", ".join(e.allowed)})
-    except ApiError as e:
-        return _json(e.to_json(), e.status)
-    except Exception:  # our own failure: log the trace, answer JSON without it
-        log.exception("unhandled error on %s %s", request.method, path)
-        return _json({"error": {"code": "internal", "message": "internal error"}}, 500)
+    except Exception as e:  # an ApiError answers itself; anything else is a logged 500
+        return error_response(e, log, f"{request.method} {path}")

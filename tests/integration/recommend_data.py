@@ -8,7 +8,6 @@ by hand; content vectors (C=3) are the category one-hot, except ``b4`` which is 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,6 @@ from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_DIR = ROOT / "functions" / "recommend"
 MAIN = FUNCTION_DIR / "main.py"
-if str(FUNCTION_DIR) not in sys.path:
-    sys.path.insert(0, str(FUNCTION_DIR))
 
 V1 = "v20260101-000000-aaaaaa"
 V2 = "v20260102-000000-bbbbbb"

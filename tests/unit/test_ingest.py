@@ -96,7 +96,7 @@ def test_other_methods_are_405_with_allow(method):
     status, body, resp = call(FakeRequest(method=method))
     assert status == 405
     assert resp.headers["Allow"] == "POST"
-    assert method in body["error"]
+    assert body["error"]["code"] == "method_not_allowed" and method in body["error"]["message"]
 
 
 def test_healthz():
@@ -111,20 +111,22 @@ def test_declared_oversized_body_is_413_without_reading_it():
     req = FakeRequest(content_length=SETTINGS.max_body_bytes + 1, stream=ExplodingStream())
     status, body, _ = call(req)
     assert status == 413
-    assert "too large" in body["error"] and body["max_bytes"] == SETTINGS.max_body_bytes
+    assert body["error"]["code"] == "payload_too_large"
+    assert "too large" in body["error"]["message"] and body["error"]["max_bytes"] == SETTINGS.max_body_bytes
 
 
 def test_undeclared_oversized_body_is_413():
     data = b"[" + b" " * SETTINGS.max_body_bytes + b"]"
     status, body, _ = call(FakeRequest(body=data, content_length=None))
-    assert status == 413 and "more than" in body["error"]
+    assert status == 413 and "more than" in body["error"]["message"]
 
 
 def test_too_many_events_is_413():
     pub = FakePublisher()
     status, body, _ = post([event(i) for i in range(SETTINGS.max_events + 1)], pub)
     assert status == 413
-    assert body["max_events"] == SETTINGS.max_events and "too many events: 7 > 6" in body["error"]
+    assert body["error"]["max_events"] == SETTINGS.max_events
+    assert "too many events: 7 > 6" in body["error"]["message"]
     assert pub.published == []
 
 
@@ -149,7 +151,7 @@ def test_unusable_bodies_are_400_naming_the_problem(data, reason):
     status, body, _ = post(data, pub, settings=ingest_main.Settings(
         project="p", topic="t", max_body_bytes=1024 * 1024))
     assert status == 400, body
-    assert reason in body["error"]
+    assert body["error"]["code"] == "invalid_parameter" and reason in body["error"]["message"]
     assert pub.published == []
 
 
@@ -198,8 +200,10 @@ def test_nothing_valid_is_400_with_per_record_errors():
     pub = FakePublisher()
     status, body, _ = post([event(0, timestamp="yesterday"), {}], pub)
     assert status == 400
-    assert body["accepted"] == 0 and body["rejected"] == 2
-    assert [e["field"] for e in body["errors"]] == ["timestamp", "event_id"]
+    error = body["error"]
+    assert error["code"] == "invalid_parameter" and error["message"] == "no valid event in the request"
+    assert error["accepted"] == 0 and error["rejected"] == 2 and error["event_ids"] == []
+    assert [e["field"] for e in error["errors"]] == ["timestamp", "event_id"]
     assert pub.published == []
 
 
@@ -208,10 +212,11 @@ def test_publish_failure_is_503_naming_the_unpublished_events():
     status, body, resp = post([event(0), event(1), event(2, item_id="a/b")], pub)
     assert status == 503
     assert resp.headers["Retry-After"] == "1"
-    assert body["not_published"] == ["e1"]
-    assert body["event_ids"] == ["e0"] and body["accepted"] == 1
-    assert body["rejected"] == 1 and body["errors"][0]["field"] == "item_id"
-    assert "retry" in body["error"]
+    error = body["error"]
+    assert error["code"] == "unavailable" and "retry" in error["message"]
+    assert error["not_published"] == ["e1"]
+    assert error["event_ids"] == ["e0"] and error["accepted"] == 1
+    assert error["rejected"] == 1 and error["errors"][0]["field"] == "item_id"
 
 
 def test_unconfirmed_publish_times_out_as_503():
@@ -220,7 +225,7 @@ def test_unconfirmed_publish_times_out_as_503():
     start = time.monotonic()
     status, body, _ = post([event(0), event(1)], pub, settings=fast)
     assert time.monotonic() - start < 2
-    assert status == 503 and body["not_published"] == ["e0"] and body["event_ids"] == ["e1"]
+    assert status == 503 and body["error"]["not_published"] == ["e0"] and body["error"]["event_ids"] == ["e1"]
 
 
 def test_full_topic_path_setting():
@@ -249,7 +254,8 @@ def test_any_body_gets_a_json_4xx_or_202_never_a_crash(data):
     if status == 202:
         assert body["accepted"] >= 1
     else:
-        assert isinstance(body["error"], str) and body["error"]
+        assert set(body) == {"error"} and body["error"]["code"] in ("invalid_parameter", "payload_too_large")
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
 # ---------------------------------------------------------------------------- settings
@@ -264,8 +270,9 @@ def test_settings_from_env():
 
 
 @pytest.mark.parametrize("env, match", [
-    ({"GOOGLE_CLOUD_PROJECT": "p", "MAX_EVENTS": "many"}, "bad numeric"),
-    ({"GOOGLE_CLOUD_PROJECT": "p", "MAX_BODY_BYTES": "0"}, "must be positive"),
+    ({"GOOGLE_CLOUD_PROJECT": "p", "MAX_EVENTS": "many"}, "MAX_EVENTS='many' is not an integer"),
+    ({"GOOGLE_CLOUD_PROJECT": "p", "MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES='0' must be between 1 and"),
+    ({"GOOGLE_CLOUD_PROJECT": "p", "PUBLISH_TIMEOUT_S": "nan"}, "PUBLISH_TIMEOUT_S='nan' must be between"),
 ])
 def test_bad_settings_are_explained(env, match):
     with pytest.raises(ingest_main.ConfigError, match=match):
@@ -291,7 +298,8 @@ def test_misconfigured_function_answers_json_500(monkeypatch):
     monkeypatch.setattr(ingest_main, "get_settings", broken)
     resp = ingest_main.ingest(FakeRequest(body=b"{}", content_length=2))
     assert resp.status_code == 500
-    assert json.loads(resp.get_data()) == {"error": "function misconfigured: set GOOGLE_CLOUD_PROJECT"}
+    assert json.loads(resp.get_data()) == {
+        "error": {"code": "internal", "message": "function misconfigured: set GOOGLE_CLOUD_PROJECT"}}
 
 
 # ---------------------------------------------------------------------------- test client
@@ -330,7 +338,7 @@ def test_client_rejects_bad_bodies(client_and_publisher, kwargs, status, fragmen
     client, pub = client_and_publisher
     resp = client.post("/", **kwargs)
     assert resp.status_code == status
-    assert resp.is_json and fragment in resp.get_json()["error"]
+    assert resp.is_json and fragment in resp.get_json()["error"]["message"]
     assert pub.published == []
 
 
@@ -358,23 +366,23 @@ def test_lone_surrogate_is_the_callers_error_not_a_publish_failure():
 
 
 def test_deployable_folder_runs_with_schemas_copied_next_to_main(tmp_path):
-    """What Terraform deploys: the function folder plus schemas/, nothing else from the repo."""
+    """What Terraform deploys: the function folder plus schemas/ and httpfn/, nothing else from the repo."""
     import shutil
     import subprocess
 
     for f in ("main.py", "requirements.txt"):
         shutil.copy(ROOT / "functions" / "ingest" / f, tmp_path / f)
-    shutil.copytree(ROOT / "schemas", tmp_path / "schemas",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    probe = ("import sys, main, schemas; "
-             "print(schemas.__file__); "
+    for package, source in (("schemas", ROOT / "schemas"), ("httpfn", ROOT / "functions" / "httpfn")):
+        shutil.copytree(source, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("import sys, main, schemas, httpfn; "
+             "print(schemas.__file__, httpfn.__file__); "
              "print(sorted(m for m in sys.modules "
              "             if m.split('.')[0] in ('pipelines', 'scripts', 'functions')))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120, env={"PATH": "/usr/bin:/bin", "GOOGLE_CLOUD_PROJECT": "p"})
     assert out.returncode == 0, out.stderr
-    schemas_file, repo_modules = out.stdout.splitlines()
-    assert schemas_file.startswith(str(tmp_path))
+    files, repo_modules = out.stdout.splitlines()
+    assert all(f.startswith(str(tmp_path)) for f in files.split()), files
     assert repo_modules == "[]"
     pins = (tmp_path / "requirements.txt").read_text().split()
     assert {"functions-framework==3.10.2", "google-cloud-pubsub==2.44.0", "fastavro==1.13.1"} <= set(pins)

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "recommend"
-if str(FUNCTION_DIR) not in sys.path:
-    sys.path.insert(0, str(FUNCTION_DIR))
-
-from recommender.config import ConfigError, Settings  # noqa: E402
-from recommender.errors import InvalidParameter  # noqa: E402
-from recommender.index import ItemIndex  # noqa: E402
-from recommender.params import recommend_params  # noqa: E402
-
-from schemas.catalog import CatalogItem  # noqa: E402
-from schemas.firestore import ItemDoc  # noqa: E402
-from scoring import ranking  # noqa: E402
+from httpfn.errors import InvalidParameter
+from recommender.config import ConfigError, Settings
+from recommender.index import ItemIndex
+from recommender.params import recommend_params
+from schemas.catalog import CatalogItem
+from schemas.firestore import ItemDoc
+from scoring import ranking
 
 
 def test_cosine_hand_computed():

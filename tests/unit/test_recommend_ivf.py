@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "recommend"
-if str(FUNCTION_DIR) not in sys.path:
-    sys.path.insert(0, str(FUNCTION_DIR))
-
-from recommender.config import ConfigError, Settings  # noqa: E402
-from recommender.index import ItemIndex  # noqa: E402
-from recommender.service import Recommender  # noqa: E402
-
-from schemas.catalog import CatalogItem  # noqa: E402
-from schemas.firestore import ItemDoc  # noqa: E402
-from scoring import ranking  # noqa: E402
-from scoring.ivf import IvfIndex, default_nlist, kmeans  # noqa: E402
+from recommender.config import ConfigError, Settings
+from recommender.index import ItemIndex
+from recommender.service import Recommender
+from schemas.catalog import CatalogItem
+from schemas.firestore import ItemDoc
+from scoring import ranking
+from scoring.ivf import IvfIndex, default_nlist, kmeans
 
 N, D, CLUSTERS = 6000, 16, 60
 
@@ -179,15 +173,15 @@ def test_service_builds_the_configured_retrieval(clustered):
     index = _index(emb)
     ivf_service = Recommender(Settings(retrieval="ivf", ivf_min_items=1000, ivf_nprobe=7), store=None,
                               clock=lambda: 0.0)  # clock 0: no background refresh
-    ivf_service._install(index)
+    ivf_service.indexes.install(index)
     assert ivf_service.index.ivf is not None and ivf_service.index.ivf.nprobe == 7
     assert ivf_service.index.ivf.nlist == default_nlist(N)
     assert ivf_service.health()[1]["retrieval"] == "ivf"
     small = Recommender(Settings(retrieval="ivf", ivf_min_items=N + 1), store=None)
-    small._install(index)
+    small.indexes.install(index)
     assert small.index.ivf is None  # below the size where partitions pay
     exact = Recommender(Settings(retrieval="exact", ivf_min_items=1), store=None, clock=lambda: 0.0)
-    exact._install(index.with_ivf(10, 2))
+    exact.indexes.install(index.with_ivf(10, 2))
     assert exact.index.ivf is None
     assert exact.health()[1]["retrieval"] == "exact"
 
@@ -297,7 +291,7 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
     assert service.index.ivf is None  # cold start loads the snapshot only
     body = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
     assert body["strategy"] == "session" and len(body["items"]) == 5  # served (exact) meanwhile
-    service._ivf_thread.join(timeout=60)
+    service.indexes.ivf_thread.join(timeout=60)
     assert service.index.ivf is not None and service.index.ivf.nlist == default_nlist(N)
     assert service.health()[1]["retrieval"] == "ivf"
     again = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import flask
 import pytest
 from functions_framework._http import gunicorn as ff_gunicorn
 
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "recommend"
-if str(FUNCTION_DIR) not in sys.path:
-    sys.path.insert(0, str(FUNCTION_DIR))
-
-from recommender.config import ConfigError  # noqa: E402
-from recommender.workers import reuse_port_wanted, spread_connections  # noqa: E402
+from httpfn.settings import ConfigError
+from recommender.workers import reuse_port_wanted, spread_connections
 
 
 @pytest.fixture

@@ -2,51 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
+from httpfn.settings import ConfigError, env_choice, env_float, env_int, env_str
 from schemas import names
 
-
-class ConfigError(ValueError):
-    """An environment variable holds a value the function cannot run with."""
-
-
-def _env_float(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}={raw!r} is not a number") from e
-    if math.isnan(value) or not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
-    return value
-
-
-def _env_int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from e
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
-    return value
-
-
-def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
-    return value
+__all__ = ["ConfigError", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -90,25 +52,25 @@ class Settings:
         return cls(
             project=os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT")
             or names.DEFAULT_PROJECT,
-            database=os.environ.get("FIRESTORE_DATABASE", "(default)"),
-            users_collection=os.environ.get("USERS_COLLECTION", names.USERS),
-            items_collection=os.environ.get("ITEMS_COLLECTION", names.ITEMS),
-            models_collection=os.environ.get("MODELS_COLLECTION", names.MODELS),
-            stats_collection=os.environ.get("STATS_COLLECTION", names.STATS),
-            index_uri=os.environ.get("INDEX_URI", ""),
-            default_alpha=_env_float("DEFAULT_ALPHA", 0.7, 0.0, 1.0),
-            default_k=_env_int("DEFAULT_K", 10, 1, 100),
-            min_pool=_env_int("MIN_POOL", 200, 1, 100_000),
-            pool_factor=_env_int("POOL_FACTOR", 4, 1, 100),
-            max_session_items=_env_int("MAX_SESSION_ITEMS", 50, 1, 1000),
-            max_categories=_env_int("MAX_CATEGORIES", 20, 1, 1000),
-            refresh_seconds=_env_float("REFRESH_SECONDS", 5.0, 0.0, 86_400.0),
-            trending_ttl_seconds=_env_float("TRENDING_TTL_SECONDS", 30.0, 0.0, 86_400.0),
-            firestore_timeout_seconds=_env_float("FIRESTORE_TIMEOUT_SECONDS", 1.0, 0.05, 60.0),
-            items_poll_limit=_env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
-            retrieval=_env_choice("RETRIEVAL", "ivf", ("ivf", "exact")),
-            ivf_nlist=_env_int("IVF_NLIST", 0, 0, 1_000_000),
-            ivf_nprobe=_env_int("IVF_NPROBE", 16, 1, 1_000_000),
-            ivf_min_items=_env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
-            ivf_build=_env_choice("IVF_BUILD", "startup", ("startup", "background")),
+            database=env_str("FIRESTORE_DATABASE", "(default)"),
+            users_collection=env_str("USERS_COLLECTION", names.USERS),
+            items_collection=env_str("ITEMS_COLLECTION", names.ITEMS),
+            models_collection=env_str("MODELS_COLLECTION", names.MODELS),
+            stats_collection=env_str("STATS_COLLECTION", names.STATS),
+            index_uri=env_str("INDEX_URI", ""),
+            default_alpha=env_float("DEFAULT_ALPHA", 0.7, 0.0, 1.0),
+            default_k=env_int("DEFAULT_K", 10, 1, 100),
+            min_pool=env_int("MIN_POOL", 200, 1, 100_000),
+            pool_factor=env_int("POOL_FACTOR", 4, 1, 100),
+            max_session_items=env_int("MAX_SESSION_ITEMS", 50, 1, 1000),
+            max_categories=env_int("MAX_CATEGORIES", 20, 1, 1000),
+            refresh_seconds=env_float("REFRESH_SECONDS", 5.0, 0.0, 86_400.0),
+            trending_ttl_seconds=env_float("TRENDING_TTL_SECONDS", 30.0, 0.0, 86_400.0),
+            firestore_timeout_seconds=env_float("FIRESTORE_TIMEOUT_SECONDS", 1.0, 0.05, 60.0),
+            items_poll_limit=env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
+            retrieval=env_choice("RETRIEVAL", "ivf", ("ivf", "exact")),
+            ivf_nlist=env_int("IVF_NLIST", 0, 0, 1_000_000),
+            ivf_nprobe=env_int("IVF_NPROBE", 16, 1, 1_000_000),
+            ivf_min_items=env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
+            ivf_build=env_choice("IVF_BUILD", "startup", ("startup", "background")),
         )

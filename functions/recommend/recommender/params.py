@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from httpfn.errors import InvalidParameter
+
 from .config import Settings
-from .errors import InvalidParameter
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}

@@ -10,47 +10,37 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from google.cloud import firestore
-from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
 
+from .compat.firestore_unary_read import read_document
 from .config import Settings
+
+__all__ = ["FirestoreStore", "Store", "StoreUnavailable", "read_document"]
 
 
 class StoreUnavailable(RuntimeError):
     """Firestore could not answer in time, or answered with something unreadable."""
 
 
+class Store(Protocol):
+    """What the service reads from Firestore (:class:`FirestoreStore`, or a fake in tests)."""
+
+    def get_user(self, user_id: str) -> UserDoc | None: ...
+    def get_current_model(self) -> CurrentModelDoc | None: ...
+    def get_trending(self) -> TrendingDoc | None: ...
+    def items_since(self, indexed_from: int, limit: int
+                    ) -> list[tuple[str, int, ItemDoc | None]]: ...
+
+
 _ERRORS = (gexc.GoogleAPIError, gexc.RetryError)
 _DOC_ERRORS = (KeyError, TypeError, ValueError)
-
-
-def read_document(client: Any, collection: str, doc_id: str, timeout: float,
-                  retry: gretry.Retry | None = None) -> dict[str, Any] | None:
-    """One document as a dict by the unary ``GetDocument`` RPC, or None when it does not exist.
-
-    ``DocumentReference.get`` goes through the server-streaming ``BatchGetDocuments``; in
-    gRPC Python every streaming call without another in flight starts a "channel spin"
-    thread that polls for its events and competes with the request thread for the GIL. In
-    process (100k-item catalogue, 1,000 requests) that read cost 0.9 ms CPU and made the
-    ranking after it ~0.4 ms dearer; the unary call costs 0.5 ms and leaves the ranking alone.
-    Same document, same decoding (``_helpers.decode_dict``, what ``to_dict`` returns). The
-    benchmark's bare-read baseline uses this same read, so the comparison stays fair.
-    Raises ``google.api_core`` errors other than NotFound.
-    """
-    path = client.collection(collection).document(doc_id)._document_path
-    try:
-        doc = client._firestore_api.get_document(
-            request={"name": path}, retry=retry, timeout=timeout, metadata=client._rpc_metadata)
-    except gexc.NotFound:
-        return None
-    return _helpers.decode_dict(doc.fields, client)
 
 
 class FirestoreStore:
@@ -78,7 +68,7 @@ class FirestoreStore:
                             predicate=gretry.if_transient_error)
 
     def _get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        """One document (see :func:`read_document`), or None when it does not exist."""
+        """One document by the unary read (``compat/firestore_unary_read.py``), or None."""
         try:
             return read_document(self.client, collection, doc_id,
                                  self._settings.firestore_timeout_seconds, self._retry())

@@ -12,8 +12,9 @@ With gunicorn's ``reuse_port`` every worker binds its own ``SO_REUSEPORT`` socke
 fork, and the kernel spreads new connections over them by hash. functions-framework sets
 gunicorn's options itself (it reads only ``WORKERS``, ``THREADS`` and a few more from the
 environment), so :func:`spread_connections` swaps in a subclass of its gunicorn application
-that also sets ``reuse_port``. It must run before functions-framework builds its server, i.e.
-when ``main.py`` is imported. ``REUSE_PORT=0`` turns it off.
+that also sets ``reuse_port`` (the private-API part: ``compat/gunicorn_reuse_port.py``). It must
+run before functions-framework builds its server, i.e. when ``main.py`` is imported.
+``REUSE_PORT=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import os
 import socket
 from collections.abc import Mapping
 
-from .config import ConfigError
+from httpfn.settings import ConfigError
+
+from .compat.gunicorn_reuse_port import install_reuse_port
 
 _OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on")
 
@@ -40,22 +43,4 @@ def spread_connections(environ: Mapping[str, str] = os.environ) -> bool:
     """Give every gunicorn worker its own ``SO_REUSEPORT`` socket; True when in effect."""
     if not reuse_port_wanted(environ):
         return False
-    try:
-        from functions_framework._http import gunicorn as ff_gunicorn
-    except ImportError:  # no gunicorn (e.g. Windows): functions-framework uses Flask's server
-        return False
-    base = ff_gunicorn.GunicornApplication
-    if getattr(base, "reuse_port", False):
-        return True
-
-    class ReusePortApplication(base):  # type: ignore[misc, valid-type]
-        """functions-framework's gunicorn application, with one listening socket per worker."""
-
-        reuse_port = True
-
-        def load_config(self) -> None:
-            super().load_config()
-            self.cfg.set("reuse_port", True)
-
-    ff_gunicorn.GunicornApplication = ReusePortApplication
-    return True
+    return install_reuse_port()

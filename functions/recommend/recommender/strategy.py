@@ -1,0 +1,196 @@
+"""The request strategy: which ranking a request gets, and the response it answers.
+
+Pure functions of the in-memory index, the trending list and the request; no Firestore
+access and no state. :func:`rank_for` picks personalised (the user's embedding or history),
+session (the session's items) or cold start (trending, then popularity); :func:`similar_items`
+answers ``/similar-items``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from httpfn.errors import NotFound, Unavailable
+from schemas.firestore import TrendingDoc, UserDoc
+from scoring.ranking import Filter, blocked_mask, content_mean, pool_size, rank_cosine, rank_hybrid
+
+from .config import Settings
+from .index import ItemIndex
+from .params import RecommendParams, SimilarParams
+
+PERSONALIZED, SESSION, COLD_START = "personalized", "session", "cold_start"
+
+
+@dataclass(frozen=True)
+class Query:
+    """The vector a request retrieves with, and where it came from."""
+
+    vector: np.ndarray
+    source: str  # user_embedding | history_mean | session_mean
+    profile_rows: np.ndarray  # rows whose content vectors form the CB profile
+
+
+def _round(x: float) -> float:
+    return round(float(x), 6)
+
+
+def _rounded(*columns: np.ndarray) -> list[list[float]]:
+    """``[[_round(v) for v in x] for x in columns]`` for equal-length float arrays, in one numpy call."""
+    return np.round(np.array(columns, dtype=np.float64), 6).tolist()
+
+
+def _unit_or_none(v: np.ndarray) -> np.ndarray | None:
+    """``v`` scaled to unit L2 norm, or None when it is all zeros (no content profile)."""
+    norm = float(np.sqrt(np.dot(v, v)))
+    return v / np.float32(norm) if norm > 0 else None
+
+
+def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
+             trending: TrendingDoc | None, settings: Settings) -> dict[str, Any]:
+    """Pick the strategy for this user/session and rank: history -> query -> filter -> profile -> hybrid."""
+    if index is None:
+        return cold_start(None, p, user, trending, degraded=True)
+    history = index.rows(_history_ids(user))
+    query = query_for(index, p, user, history)
+    if query is None:
+        return cold_start(index, p, user, trending, degraded=False)
+    blocked = Filter(index.size, index.out_of_stock if p.in_stock_only else None,
+                     index.category_codes,
+                     index.category_codes_for(p.categories) if p.categories else None,
+                     _excluded_rows(index, p, history))
+    profile = None
+    if query.profile_rows.size:
+        profile = _unit_or_none(content_mean(index.content, query.profile_rows))
+    ranked = rank_hybrid(query.vector, index.embeddings, index.content, profile, p.k, p.alpha,
+                         blocked, pool_size(p.k, settings.min_pool, settings.pool_factor), index.ivf)
+    items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
+             for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(),
+                                     *_rounded(ranked.score, ranked.cf, ranked.cb))]
+    strategy = SESSION if query.source == "session_mean" else PERSONALIZED
+    return response(index, p, user, strategy, items, query=query.source)
+
+
+def _history_ids(user: UserDoc | None) -> list[str]:
+    return [h.item_id for h in user.history] if user is not None else []
+
+
+def _excluded_rows(index: ItemIndex, p: RecommendParams, history: np.ndarray) -> np.ndarray | None:
+    if not p.exclude_seen:
+        return None
+    return np.concatenate([history, index.rows(p.session_items)]) if p.session_items else history
+
+
+def query_for(index: ItemIndex, p: RecommendParams, user: UserDoc | None,
+              history: np.ndarray) -> Query | None:
+    """The query vector: the user's embedding, else their history's mean, else the session's."""
+    if user is not None:
+        emb = user.embedding
+        if emb is not None and user.model_version == index.version and len(emb) == index.dim:
+            return Query(np.asarray(emb, dtype=np.float32), "user_embedding", history)
+        vec = _mean_embedding(index, history)
+        if vec is not None:
+            return Query(vec, "history_mean", history)
+    session = index.rows(p.session_items)
+    vec = _mean_embedding(index, session)
+    if vec is not None:
+        return Query(vec, "session_mean", session)
+    return None
+
+
+def _mean_embedding(index: ItemIndex, rows: np.ndarray) -> np.ndarray | None:
+    rows = rows[index.norms[rows] > 0] if rows.size else rows
+    if not rows.size:
+        return None
+    return index.embeddings[rows].mean(axis=0)
+
+
+def cold_start(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
+               trending: TrendingDoc | None, degraded: bool) -> dict[str, Any]:
+    """Trending (then snapshot popularity) filtered like any other request.
+
+    Scores: trending score / the largest one; past the trending list, popularity / the
+    largest, scaled below the last trending score, so scores never increase down the list.
+    """
+    if index is None and (trending is None or not trending.items):
+        raise Unavailable("no item index and no trending list are available yet")
+    excluded = set(_history_ids(user)) | set(p.session_items) if p.exclude_seen else set()
+    items: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    if trending is not None and trending.items:
+        top = max((e.score for e in trending.items), default=0.0) or 1.0
+        for e in trending.items:
+            if len(items) == p.k:
+                break
+            if e.item_id in excluded or e.item_id in taken or not _allowed(index, e.item_id, p):
+                continue
+            taken.add(e.item_id)
+            items.append({"item_id": e.item_id, "score": _round(e.score / top),
+                          "cf_score": None, "cb_score": None})
+    if index is not None and len(items) < p.k:
+        ceiling = items[-1]["score"] if items else 1.0
+        items.extend(_popular(index, p, excluded | taken, p.k - len(items), ceiling))
+    return response(index, p, user, COLD_START, items, degraded=degraded)
+
+
+def _allowed(index: ItemIndex | None, item_id: str, p: RecommendParams) -> bool:
+    if index is None:
+        return not p.categories  # unfiltered trending only when nothing else is known
+    row = index.row_of.get(item_id)
+    if row is None:
+        return False
+    if p.in_stock_only and not index.in_stock[row]:
+        return False
+    return not p.categories or str(index.categories[row]) in p.categories
+
+
+def _popular(index: ItemIndex, p: RecommendParams, excluded: set[str], n: int, ceiling: float
+             ) -> list[dict[str, Any]]:
+    """The ``n`` most popular allowed items; scores are popularity / max, scaled to ``ceiling``."""
+    blocked = blocked_mask(index.size, index.out_of_stock if p.in_stock_only else None,
+                           index.category_codes,
+                           index.category_codes_for(p.categories) if p.categories else None,
+                           index.rows(excluded))
+    order = index.popular_order
+    if blocked is not None:
+        order = order[~blocked[order]]
+    top = float(index.popularity[index.popular_order[0]]) if index.size else 0.0
+    return [{"item_id": str(index.item_ids[r]),
+             "score": _round(ceiling * index.popularity[r] / top) if top > 0 else 0.0,
+             "cf_score": None, "cb_score": None} for r in order[:n].tolist()]
+
+
+def response(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None, strategy: str,
+             items: list[dict[str, Any]], query: str | None = None, degraded: bool = False
+             ) -> dict[str, Any]:
+    """The ``/recommendations`` body."""
+    body: dict[str, Any] = {
+        "user_id": p.user_id, "model_version": index.version if index is not None else None,
+        "strategy": strategy, "query": query,
+        "last_event_id": (user.last_event_id or None) if user is not None else None,
+        "alpha": p.alpha, "items": items}
+    if degraded:
+        body["degraded"] = True
+    return body
+
+
+def similar_items(index: ItemIndex | None, p: SimilarParams) -> dict[str, Any]:
+    """Items most similar to ``p.item_id`` by cosine: embeddings if it has one, else content."""
+    if index is None:
+        raise Unavailable("no item index is loaded yet")
+    row = index.row_of.get(p.item_id)
+    if row is None:
+        raise NotFound(f"unknown item_id {p.item_id!r}", "item_id")
+    blocked = blocked_mask(index.size, index.out_of_stock if p.in_stock_only else None,
+                           None, None, np.array([row]))
+    if index.norms[row] > 0:
+        basis, vector, matrix, norms = "embedding", index.embeddings[row], index.embeddings, index.norms
+    else:
+        basis, vector, matrix, norms = ("content", index.content.rows([row])[0], index.content,
+                                        index.content_norms)
+    rows, cos = rank_cosine(vector, matrix, norms, p.k, blocked)
+    return {"item_id": p.item_id, "model_version": index.version, "basis": basis,
+            "items": [{"item_id": str(index.item_ids[r]), "score": _round(c)}
+                      for r, c in zip(rows.tolist(), cos.tolist())]}
