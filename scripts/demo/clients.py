@@ -6,12 +6,15 @@ Thin wrappers so the steps read as what they ask, not how the request is made.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from schemas import names
+from schemas.catalog import CatalogItem
+from schemas.events import ProductEvent
 from schemas.firestore import UserDoc
 
 
@@ -61,10 +64,10 @@ class UserReader:
 
 
 @dataclass
-class EventPublisher:
-    """A Pub/Sub publisher and the events topic's path, shared by the steps that publish.
+class Publisher:
+    """Publishes events and catalogue items to the Pub/Sub emulator.
 
-    One client for the whole run, as the steps after the live stream reuse it.
+    One client for the whole run, as several steps publish.
     """
 
     client: Any  # google.cloud.pubsub_v1.PublisherClient (imported lazily)
@@ -72,9 +75,21 @@ class EventPublisher:
     events_topic: str
 
     @classmethod
-    def connect(cls, project: str) -> EventPublisher:
+    def connect(cls, project: str) -> Publisher:
         from google.cloud import pubsub_v1
 
         client = pubsub_v1.PublisherClient()
         return cls(client=client, project=project,
                    events_topic=client.topic_path(project, names.EVENTS_TOPIC))
+
+    def publish_event(self, event: ProductEvent) -> Future:
+        return self.client.publish(self.events_topic, event.to_pubsub_data(),
+                                   **event.pubsub_attributes())
+
+    def publish_raw(self, payload: bytes) -> Future:
+        """Bytes as they are, without attributes (how the invalid messages are sent)."""
+        return self.client.publish(self.events_topic, payload)
+
+    def publish_item(self, item: CatalogItem) -> Future:
+        topic = self.client.topic_path(self.project, names.CATALOG_TOPIC)
+        return self.client.publish(topic, item.to_pubsub_data())

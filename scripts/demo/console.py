@@ -16,6 +16,7 @@ TOTAL_STEPS = 8
 
 
 def say(text: str = "") -> None:
+    """Print a line now (flushed, so progress shows up in logs as it happens)."""
     print(text, flush=True)
 
 
@@ -27,11 +28,13 @@ def status_line(text: str) -> None:
 
 
 def end_status_line() -> None:
+    """Move past the live status line, if one was shown."""
     if sys.stderr.isatty():
         sys.stderr.write("\n")
 
 
 def step(n: int, title: str) -> None:
+    """A bold ``[n/8] title`` header for the start of a step."""
     say(f"\n\033[1m[{n}/{TOTAL_STEPS}] {title}\033[0m")
 
 

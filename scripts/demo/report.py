@@ -1,4 +1,7 @@
-"""The demo's report: ``reports/<timestamp>/report.md`` with PNG plots (matplotlib)."""
+"""The demo's report: ``reports/<timestamp>/report.md`` with PNG plots (matplotlib).
+
+A dated folder per run, so reports from different runs can be compared side by side.
+"""
 
 from __future__ import annotations
 
