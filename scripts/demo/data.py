@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from schemas.catalog import CatalogItem
+from schemas.clock import now_ms
 from schemas.events import ProductEvent
 from scripts.demo.config import DemoConfig
 
@@ -31,10 +31,10 @@ def build_data(cfg: DemoConfig) -> DemoData:
     """Load or generate the data; the newest ``live_events`` become the live stream."""
     from pipelines.data import generate_synthetic, load_dataset, write_events_jsonl
 
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
     if cfg.data == "synthetic":
         ds = generate_synthetic(n_users=cfg.users, n_items=cfg.items, seed=cfg.seed,
-                                start_ms=now_ms - 30 * 24 * 3600 * 1000)
+                                start_ms=now - 30 * 24 * 3600 * 1000)
     else:
         ds = load_dataset(cfg.data)
     events = sorted(ds.events, key=lambda e: (e.timestamp, e.event_id))

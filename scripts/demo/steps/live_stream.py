@@ -10,11 +10,12 @@ import time
 import uuid
 from collections import Counter
 
+from schemas.clock import now_ms
 from schemas.events import ProductEvent
 from scripts.demo.console import say, step, wait_until
 from scripts.demo.context import Context
 from scripts.demo.data import DemoData
-from scripts.demo.measure import now_ms, percentile
+from scripts.demo.measure import percentile
 from scripts.demo.steps.dead_letters import drain_dead_letters
 from scripts.demo.steps.probes import probe_loop
 from scripts.demo.steps.replay import replay, replay_plan

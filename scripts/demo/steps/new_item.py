@@ -10,11 +10,11 @@ import uuid
 from collections import Counter
 
 from schemas.catalog import CatalogItem
+from schemas.clock import now_ms
 from schemas.firestore import UserDoc
 from scripts.demo.console import say, wait_until
 from scripts.demo.context import Context
 from scripts.demo.data import DemoData
-from scripts.demo.measure import now_ms
 from scripts.demo.steps.services import Services
 
 

@@ -11,11 +11,11 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from schemas.clock import now_ms
 from schemas.events import ProductEvent
 from scripts.demo.clients import Publisher, RecommendClient
 from scripts.demo.config import DemoConfig
 from scripts.demo.figures import Figures
-from scripts.demo.measure import now_ms
 
 
 def probe_loop(cfg: DemoConfig, fig: Figures, rec: RecommendClient, publisher: Publisher,

@@ -15,12 +15,12 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
+from schemas.clock import now_ms
 from schemas.events import ProductEvent
 from scripts.demo.clients import Publisher
 from scripts.demo.config import DemoConfig
 from scripts.demo.data import invalid_payloads, raw_json, restamp
 from scripts.demo.errors import DemoError
-from scripts.demo.measure import now_ms
 
 
 def replay_plan(cfg: DemoConfig, live: Sequence[ProductEvent]) -> list[tuple[str, Any]]:

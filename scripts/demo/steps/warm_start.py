@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 import uuid
 
+from schemas.clock import now_ms
 from schemas.events import ProductEvent
 from scripts.demo.console import say, step, wait_until
 from scripts.demo.context import Context
 from scripts.demo.data import DemoData
 from scripts.demo.errors import DemoError
-from scripts.demo.measure import now_ms
 from scripts.demo.steps.jobs import run_job
 from scripts.demo.steps.services import Services
 from scripts.processes import python_module
