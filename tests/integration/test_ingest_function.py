@@ -39,8 +39,9 @@ def test_valid_events_arrive_intact_invalid_ones_are_rejected(emulators, pubsub_
 
     only_bad = client.post("/", json=[event(90, timestamp=-1), event(91, item_id="")])
     assert only_bad.status_code == 400
-    assert [(e["index"], e["field"]) for e in only_bad.get_json()["errors"]] == [(0, "timestamp"),
-                                                                                 (1, "item_id")]
+    error = only_bad.get_json()["error"]
+    assert error["code"] == "invalid_parameter"
+    assert [(e["index"], e["field"]) for e in error["errors"]] == [(0, "timestamp"), (1, "item_id")]
 
     single = event(0, session_id="s0", context={"ref": "email"})
     assert client.post("/", json=single).status_code == 202
@@ -73,9 +74,11 @@ def test_publish_failure_is_503_listing_unpublished_events(emulators, monkeypatc
     client = make_client(monkeypatch, emulators.project, "topic-that-does-not-exist")
     resp = client.post("/", json=[event(1), event(2), event(3, user_id="a/b")])
     assert resp.status_code == 503
-    body = resp.get_json()
-    assert body["not_published"] == ["h1", "h2"] and body["event_ids"] == []
-    assert body["accepted"] == 0 and body["rejected"] == 1
+    assert resp.headers["Retry-After"] == "1"
+    error = resp.get_json()["error"]
+    assert error["code"] == "unavailable"
+    assert error["not_published"] == ["h1", "h2"] and error["event_ids"] == []
+    assert error["accepted"] == 0 and error["rejected"] == 1
     assert "Traceback" not in resp.get_data(as_text=True)
 
 
