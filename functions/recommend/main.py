@@ -37,8 +37,8 @@ spread_connections()  # one listening socket per gunicorn worker (see recommende
 SERVICE = Recommender(SETTINGS, FirestoreStore(SETTINGS))
 SERVICE.start()  # cold start: index snapshot + trending, before the first request
 # Everything loaded so far (modules, the index) lives as long as the process: take it out of the
-# cyclic GC, whose full collections otherwise walk it (45 ms each, once per ~3,700 requests under
-# load), and whose bookkeeping writes would unshare the pages the forked workers share.
+# cyclic GC, whose full collections would walk it on a request thread, and whose bookkeeping
+# writes would unshare the pages the forked workers share.
 gc.freeze()
 
 _ROUTES = {"/recommendations": ("GET", "POST"), "/similar-items": ("GET",), "/healthz": ("GET",)}

@@ -1,22 +1,14 @@
 """Compatibility shim for Beam 2.77's DirectRunner internals: a tuned Pub/Sub read, drain, idle clock.
 
-Pinned to apache-beam 2.77.0 (``tests/unit/test_compat.py`` checks the patched names exist).
-
-Beam 2.77's DirectRunner pulls at most 10 messages per call with a 30 s long poll, on its single
-worker thread. With two subscriptions, an idle one (catalogue updates) blocks the whole
-pipeline for ~30 s on the emulator, and 10 messages per bundle caps throughput. This module
-replaces that one method (``_PubSubReadEvaluator._read_from_pubsub``) with a pull that returns
-immediately and takes up to ``max_messages`` (several pulls while a backlog answers; default
-5,000: under a backlog, bigger bundles coalesce more per-user writes, measured 0.2 -> 0.04
-``users/*`` writes per event with 200 active users; a trickle still makes bundles of a few). After an
-empty pull it sleeps ``idle_sleep_s`` instead of spinning, but only when no other step has a
-bundle queued, so it never sleeps in front of real work. (Deferring pulls while anything else is
-queued was measured too: publish -> parse p50 0.13 s vs 0.08 s with this policy.) More worker
-threads are not an option: the runner's monitor then reports a "pipeline stall" between bundles.
-It also adds the drain the DirectRunner lacks: the runner acks on pull, so after
-:func:`start_drain` no more messages are pulled and in-flight ones can finish before exit;
-:func:`idle_seconds` tells when no step but a read has had a non-empty bundle for a while.
-Dataflow uses its own Pub/Sub source and ``gcloud dataflow jobs drain``; nothing here runs there.
+Pinned to apache-beam 2.77.0 by ``tests/unit/test_compat_pipelines.py``. Beam's own DirectRunner
+read pulls 10 messages per call with a 30 s long poll on the runner's single worker thread, so an
+idle second subscription blocks the pipeline and small bundles cap throughput. This replaces
+``_PubSubReadEvaluator._read_from_pubsub`` with a pull that returns at once and takes up to
+``max_messages`` (bigger bundles coalesce per-user writes under a backlog), sleeping after an
+empty pull only when no other step has a bundle queued. It also adds the drain the DirectRunner
+lacks (it acks on pull): after :func:`start_drain` nothing more is pulled, and
+:func:`idle_seconds` tells when in-flight work has finished. Dataflow uses its own source and
+``gcloud dataflow jobs drain``; nothing here runs there. Figures: docs/benchmarks.md (bench-stream).
 """
 
 from __future__ import annotations

@@ -127,10 +127,10 @@ class ToTrendingDocFn(beam.DoFn):
                               window_end=end_ms, updated_at=now_ms())
 
 
-# Defaults, also the streaming pipeline's (pipelines/streaming.py StreamingConfig and its flags).
+# Defaults, also the streaming pipeline's (pipelines/streaming/pipeline.py StreamingConfig and flags).
 WINDOW_S, PERIOD_S, TOP_K, ALLOWED_LATENESS_S = 3600, 60, 50, 600
-# Each early firing re-emits every open sliding window (WINDOW_S / PERIOD_S of them): at 2 s that
-# pushed the p95 freshness of user documents from 0.2 s to 1.5 s over 10 minutes of bench-stream.
+# Each early firing re-emits every open sliding window (WINDOW_S / PERIOD_S of them), which delays
+# the user-document writes behind it: a long interval keeps freshness flat (docs/benchmarks.md).
 EARLY_FIRING_S = 30
 
 
