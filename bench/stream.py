@@ -186,10 +186,8 @@ def wait_for_count(client: Any, expected: int, timeout_s: float, poll_s: float =
 class FreshnessPoller(threading.Thread):
     """First time each published event id shows up in its user's document.
 
-    Reads the documents of the users with events in flight in one ``get_all`` per round
-    (a few ms on the emulator), so the measurement adds at most one round. A Firestore listener
-    was tried first: with ~200 user documents changing 20 times a second it delivered changes
-    seconds late (listener p50 2.3 s while the same writes were committed at p50 0.2 s).
+    Reads the documents of the users with events in flight in one ``get_all`` per round, because a
+    Firestore listener delivered changes seconds after their commit (docs/benchmarks.md, bench-stream).
     """
 
     def __init__(self, client: Any, idle_s: float = 0.01) -> None:

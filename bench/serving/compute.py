@@ -67,7 +67,7 @@ def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc],
     build_s = time.perf_counter() - t
     service = Recommender(settings, store=None)  # rank_for never touches the store
     t = time.perf_counter()
-    index = service.with_retrieval(exact_index)
+    index = service.with_ivf_built(exact_index)
     ivf_build_s = time.perf_counter() - t
     params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha)
     cat_params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha,

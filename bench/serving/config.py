@@ -37,7 +37,7 @@ class BenchConfig:
     pubsub_port: int = 18595
     firestore_port: int = 18596
     seed: int = 7
-    catalogue: str = "trained"  # trained: two-tower embeddings (scripts/bench_serving_model); random
+    catalogue: str = "trained"  # trained: two-tower embeddings (bench/serving/catalogue.py); random
     low_connections: tuple[int, ...] = (1, 4)  # extra latency runs at low concurrency
     low_duration_s: float = 5.0
     # IVF grid measured on the catalogue (partitions, probes)

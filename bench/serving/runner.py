@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.perf_counter()
         if cfg.catalogue == "trained":
-            print("trained catalogue (cached under artifacts/bench-serving-models; the first run trains "
+            print("trained catalogue (cached under artifacts/cache; the first run trains "
                   "it) ...", flush=True)
             snap, users, catalogue = trained_catalogue(cfg)
         else:
