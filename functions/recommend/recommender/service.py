@@ -62,7 +62,6 @@ class Recommender:
         """``index`` with the configured retrieval (IVF partitions built now, if configured)."""
         return self.indexes.with_ivf_built(index)
 
-    with_retrieval = with_ivf_built  # the old name, still used by scripts/bench_serving*.py
 
     # ------------------------------------------------------------------ requests
     def recommend(self, p: RecommendParams) -> dict[str, Any]:
