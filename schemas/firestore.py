@@ -194,7 +194,9 @@ class ModelDoc:
 
     ``status`` is ``"publishing"`` while its items are being written and ``"ready"`` after.
     ``artifact_uri`` is the artefact directory (local path or ``gs://``); ``index_uri`` the
-    item-index snapshot inside it (see :mod:`schemas.index_snapshot`).
+    item-index snapshot inside it (see :mod:`schemas.index_snapshot`). ``serving_defaults``
+    (optional): the version's measured ``alpha`` / ``min_pool`` / ``alpha_by_history``
+    (:class:`scoring.rank.ScoringDefaults`); absent in documents written before it existed.
     """
 
     version: str
@@ -207,12 +209,16 @@ class ModelDoc:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_version: str | None = None
+    serving_defaults: dict[str, Any] | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return {"version": self.version, "status": self.status, "created_at": self.created_at,
-                "artifact_uri": self.artifact_uri, "index_uri": self.index_uri, "dim": self.dim,
-                "item_count": self.item_count, "params": dict(self.params),
-                "metrics": dict(self.metrics), "parent_version": self.parent_version}
+        doc = {"version": self.version, "status": self.status, "created_at": self.created_at,
+               "artifact_uri": self.artifact_uri, "index_uri": self.index_uri, "dim": self.dim,
+               "item_count": self.item_count, "params": dict(self.params),
+               "metrics": dict(self.metrics), "parent_version": self.parent_version}
+        if self.serving_defaults:
+            doc["serving_defaults"] = dict(self.serving_defaults)
+        return doc
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ModelDoc:
@@ -221,26 +227,32 @@ class ModelDoc:
                    index_uri=str(doc["index_uri"]), dim=int(doc["dim"]),
                    item_count=int(doc["item_count"]), params=dict(doc.get("params") or {}),
                    metrics=dict(doc.get("metrics") or {}),
-                   parent_version=doc.get("parent_version"))
+                   parent_version=doc.get("parent_version"),
+                   serving_defaults=dict(doc["serving_defaults"]) if doc.get("serving_defaults") else None)
 
 
 @dataclass(frozen=True)
 class CurrentModelDoc:
-    """``models/current``: which version serves now."""
+    """``models/current``: which version serves now (``serving_defaults`` as in :class:`ModelDoc`)."""
 
     version: str
     artifact_uri: str
     index_uri: str
     switched_at: int
+    serving_defaults: dict[str, Any] | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return {"version": self.version, "artifact_uri": self.artifact_uri,
-                "index_uri": self.index_uri, "switched_at": self.switched_at}
+        doc = {"version": self.version, "artifact_uri": self.artifact_uri,
+               "index_uri": self.index_uri, "switched_at": self.switched_at}
+        if self.serving_defaults:
+            doc["serving_defaults"] = dict(self.serving_defaults)
+        return doc
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> CurrentModelDoc:
         return cls(version=str(doc["version"]), artifact_uri=str(doc["artifact_uri"]),
-                   index_uri=str(doc["index_uri"]), switched_at=int(doc["switched_at"]))
+                   index_uri=str(doc["index_uri"]), switched_at=int(doc["switched_at"]),
+                   serving_defaults=dict(doc["serving_defaults"]) if doc.get("serving_defaults") else None)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,19 @@ Content vectors are stored sparse (CSR: ``content_indptr`` int64 [N+1], ``conten
 int32, ``content_data`` float32, ``content_dim``): a row has about a dozen non-zeros out of
 hundreds of columns, so dense they were ~90 % of the file. A snapshot written before that,
 with a dense ``content`` [N, C] array, still loads.
+
+``serving_defaults`` (optional, a JSON object stored as one string): the model version's measured
+serving defaults (``alpha``, ``min_pool``, ``alpha_by_history``; see
+:class:`scoring.rank.ScoringDefaults`). Snapshots without it load with ``None``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +42,7 @@ class IndexSnapshot:
     categories: np.ndarray  # str, [N]
     in_stock: np.ndarray  # bool, [N]
     popularity: np.ndarray  # float32, [N]
+    serving_defaults: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.content, SparseRows):
@@ -61,7 +68,9 @@ class IndexSnapshot:
                  content_indptr=self.content.indptr, content_indices=self.content.indices,
                  content_data=self.content.data, content_dim=np.array(self.content.dim),
                  categories=self.categories.astype(str),
-                 in_stock=self.in_stock.astype(bool), popularity=self.popularity.astype(np.float32))
+                 in_stock=self.in_stock.astype(bool), popularity=self.popularity.astype(np.float32),
+                 **({"serving_defaults": np.array(json.dumps(self.serving_defaults, sort_keys=True))}
+                    if self.serving_defaults else {}))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> IndexSnapshot:
@@ -83,4 +92,6 @@ class IndexSnapshot:
             return cls(version=str(z["version"]), created_at=int(z["created_at"]),
                        item_ids=z["item_ids"], embeddings=z["embeddings"], content=content,
                        categories=z["categories"], in_stock=z["in_stock"],
-                       popularity=z["popularity"])
+                       popularity=z["popularity"],
+                       serving_defaults=json.loads(str(z["serving_defaults"]))
+                       if "serving_defaults" in z.files else None)

@@ -55,6 +55,65 @@ def evaluate(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 20), users: 
     """
     ks = sorted(set(int(k) for k in ks))
     kmax = ks[-1]
+    test, eval_users = _targets(split, users, target_items)
+    acc = _Accumulator(split.n_items, ks)
+    if eval_users.size == 0:
+        return acc.result(test, eval_users)
+    batch = max(1, int(max_batch_bytes // (4 * max(split.n_items, 1))))
+    for start in range(0, eval_users.size, batch):
+        ub = eval_users[start:start + batch]
+        scores = np.array(scorer(ub), dtype=np.float32, copy=True)
+        if scores.shape != (ub.size, split.n_items):
+            raise ValueError(f"scorer returned shape {scores.shape}, expected {(ub.size, split.n_items)}")
+        _mask_train(scores, split, ub)
+        acc.add(test, ub, top_k(scores, kmax))
+    return acc.result(test, eval_users)
+
+
+def evaluate_lists(lists: np.ndarray, list_users: np.ndarray, split: Split, ks: Sequence[int] = (10, 20),
+                   users: np.ndarray | None = None) -> dict[str, float]:
+    """The metrics of :func:`evaluate` for ranked lists given as they are (a served ranking).
+
+    Args:
+        lists: int [U, K] item indices best first; -1 pads a list shorter than K.
+        list_users: int [U] the user of each list.
+        split: the split (its test items are the targets).
+        ks: cut-offs (each <= K).
+        users: evaluate only these users (default: every listed user with a test item).
+
+    Nothing is masked: an item the user already had in train that the ranking returns takes a slot
+    and is a miss (it is never a test item), which is what that user would see.
+    """
+    ks = sorted(set(int(k) for k in ks))
+    lists = np.asarray(lists, dtype=np.int64)
+    if lists.ndim != 2 or lists.shape[1] < ks[-1]:
+        raise ValueError(f"lists of shape {lists.shape} cannot give metrics at K={ks[-1]}")
+    pos = {int(u): r for r, u in enumerate(np.asarray(list_users).tolist())}
+    wanted = np.asarray(list_users if users is None else users, dtype=np.int32)
+    missing = [int(u) for u in wanted.tolist() if int(u) not in pos]
+    if missing:
+        raise ValueError(f"no ranked list for users {missing[:5]}")
+    test, eval_users = _targets(split, wanted, None)
+    acc = _Accumulator(split.n_items, ks)
+    if eval_users.size:
+        acc.add(test, eval_users, lists[[pos[int(u)] for u in eval_users.tolist()], :ks[-1]])
+    return acc.result(test, eval_users)
+
+
+def ndcg_per_user(lists: np.ndarray, list_users: np.ndarray, split: Split, k: int) -> np.ndarray:
+    """NDCG@k of each listed user (0 for a user without test items)."""
+    lists = np.asarray(lists, dtype=np.int64)[:, :k]
+    users = np.asarray(list_users, dtype=np.int32)
+    hits = _hits(split.test, users, lists)
+    n_rel = np.diff(split.test.indptr)[users].astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
+    idcg = np.cumsum(discounts)[np.clip(np.minimum(n_rel, k).astype(np.int64) - 1, 0, None)]
+    return np.where(n_rel > 0, (hits * discounts[:hits.shape[1]]).sum(axis=1) / idcg, 0.0)
+
+
+def _targets(split: Split, users: np.ndarray | None, target_items: np.ndarray | None
+             ) -> tuple[object, np.ndarray]:
+    """The (possibly restricted) test matrix and the users with at least one target."""
     test = split.test
     if target_items is not None:
         keep = np.zeros(split.n_items, dtype=np.float32)
@@ -63,38 +122,44 @@ def evaluate(scorer: Scorer, split: Split, ks: Sequence[int] = (10, 20), users: 
         test.eliminate_zeros()
     candidates = split.test_users if users is None else np.asarray(users, dtype=np.int32)
     n_test = np.diff(test.indptr)[candidates]
-    eval_users = candidates[n_test > 0]
-    result: dict[str, float] = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-    result.update(coverage=0.0, users=float(eval_users.size))
-    if eval_users.size == 0:
-        return result
-    discounts = 1.0 / np.log2(np.arange(kmax) + 2.0)
-    idcg_table = np.cumsum(discounts)
-    batch = max(1, int(max_batch_bytes // (4 * max(split.n_items, 1))))
-    sums = {key: 0.0 for key in result if "@" in key}
-    recommended = np.zeros(split.n_items, dtype=bool)
-    for start in range(0, eval_users.size, batch):
-        ub = eval_users[start:start + batch]
-        scores = np.array(scorer(ub), dtype=np.float32, copy=True)
-        if scores.shape != (ub.size, split.n_items):
-            raise ValueError(f"scorer returned shape {scores.shape}, expected {(ub.size, split.n_items)}")
-        _mask_train(scores, split, ub)
-        top = top_k(scores, kmax)
-        recommended[top.ravel()] = True
-        hits = _hits(test, ub, top)
-        if hits.shape[1] < kmax:  # fewer items than the largest cut-off
-            hits = np.pad(hits, ((0, 0), (0, kmax - hits.shape[1])))
-        n_rel = np.diff(test.indptr)[ub].astype(np.float64)
-        for k in ks:
+    return test, candidates[n_test > 0]
+
+
+class _Accumulator:
+    """Sums of recall/NDCG over user batches, and the items recommended (coverage)."""
+
+    def __init__(self, n_items: int, ks: Sequence[int]) -> None:
+        self.ks = list(ks)
+        self.kmax = self.ks[-1]
+        self.n_items = n_items
+        self.discounts = 1.0 / np.log2(np.arange(self.kmax) + 2.0)
+        self.idcg_table = np.cumsum(self.discounts)
+        self.sums = {f"{m}@{k}": 0.0 for k in self.ks for m in ("recall", "ndcg")}
+        self.recommended = np.zeros(n_items, dtype=bool)
+
+    def add(self, test, users: np.ndarray, top: np.ndarray) -> None:  # noqa: ANN001 (scipy CSR)
+        listed = top[top >= 0]
+        self.recommended[listed] = True
+        hits = _hits(test, users, top)
+        if hits.shape[1] < self.kmax:  # fewer items than the largest cut-off
+            hits = np.pad(hits, ((0, 0), (0, self.kmax - hits.shape[1])))
+        n_rel = np.diff(test.indptr)[users].astype(np.float64)
+        for k in self.ks:
             h = hits[:, :k]
-            sums[f"recall@{k}"] += float((h.sum(axis=1) / n_rel).sum())
-            dcg = (h * discounts[:k]).sum(axis=1)
-            idcg = idcg_table[np.minimum(n_rel, k).astype(np.int64) - 1]
-            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
-    for key, value in sums.items():
-        result[key] = value / eval_users.size
-    result["coverage"] = float(recommended.sum()) / split.n_items
-    return result
+            self.sums[f"recall@{k}"] += float((h.sum(axis=1) / n_rel).sum())
+            dcg = (h * self.discounts[:k]).sum(axis=1)
+            idcg = self.idcg_table[np.minimum(n_rel, k).astype(np.int64) - 1]
+            self.sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
+
+    def result(self, test, users: np.ndarray) -> dict[str, float]:  # noqa: ANN001
+        out: dict[str, float] = {key: 0.0 for key in self.sums}
+        out.update(coverage=0.0, users=float(users.size))
+        if users.size == 0:
+            return out
+        for key, value in self.sums.items():
+            out[key] = value / users.size
+        out["coverage"] = float(self.recommended.sum()) / self.n_items
+        return out
 
 
 def _mask_train(scores: np.ndarray, split: Split, users: np.ndarray) -> None:
@@ -108,5 +173,5 @@ def _hits(test, users: np.ndarray, top: np.ndarray) -> np.ndarray:  # noqa: ANN0
     hits = np.zeros(top.shape, dtype=bool)
     for r in range(users.size):
         relevant = rows.indices[rows.indptr[r]:rows.indptr[r + 1]]
-        hits[r] = np.isin(top[r], relevant, assume_unique=False)
+        hits[r] = np.isin(top[r], relevant, assume_unique=False) & (top[r] >= 0)
     return hits

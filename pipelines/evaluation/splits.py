@@ -137,6 +137,37 @@ def temporal_split(dataset: Dataset | Interactions, test_fraction: float = 0.2,
                   i[first_pos[is_test]], desc)
 
 
+def random_split(dataset: Dataset | Interactions, test_fraction: float = 0.1, seed: int = 0,
+                 name: str | None = None) -> Split:
+    """Hold out a seeded random ``test_fraction`` of each user's distinct items (at least one).
+
+    For data whose event order carries no time (Gowalla's files list items in id order): a
+    temporal holdout there would hold out the highest ids. Every event of a held-out (user, item)
+    pair leaves train; users with fewer than 2 distinct items are train only.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError("test_fraction must be in (0, 1)")
+    inter, name = _columns_and_name(dataset, name)
+    u, i, t, order = _sorted_by_user_time(inter)
+    first_pos = np.flatnonzero(_first_occurrence_mask(u, i, inter.n_items))
+    fu = u[first_pos]
+    n_distinct = np.bincount(fu, minlength=inter.n_users)
+    n_test = np.where(n_distinct >= 2,
+                      np.maximum(1, np.floor(test_fraction * n_distinct + 0.5)).astype(np.int64), 0)
+    key = np.random.default_rng(seed).random(first_pos.size)
+    by_user_key = np.lexsort((key, fu))  # pairs grouped by user, random order within a user
+    starts = np.r_[0, np.cumsum(n_distinct)[:-1]]
+    rank = np.empty(first_pos.size, dtype=np.int64)
+    rank[by_user_key] = np.arange(first_pos.size) - starts[fu[by_user_key]]
+    is_test = rank < n_test[fu]
+    pair_key = u.astype(np.int64) * inter.n_items + i
+    train_mask = ~np.isin(pair_key, pair_key[first_pos[is_test]])
+    desc = (f"random: per user, a seeded random {test_fraction:.0%} of distinct items held out "
+            f"(>= 1; users with < 2 items train only)")
+    return _build(name, "random", inter, order[train_mask], u[first_pos[is_test]], i[first_pos[is_test]],
+                  desc)
+
+
 def cutoff_split(dataset: Dataset | Interactions, cutoff_ms: int | None = None, test_fraction: float = 0.2,
                  name: str | None = None) -> Split:
     """One global time cutoff: train = events before it, test = new items of known users after it.

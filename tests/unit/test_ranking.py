@@ -149,7 +149,7 @@ def test_params_defaults_and_errors():
     s = Settings(default_alpha=0.7)
     p = recommend_params({"user_id": ["u"], "session_items": ["a, b,a"]}, s, from_query=True)
     assert (p.k, p.alpha, p.exclude_seen, p.in_stock_only, p.session_items) == (
-        10, 0.7, True, True, ("a", "b"))
+        10, None, True, True, ("a", "b"))  # no alpha: the model version's default
     with pytest.raises(InvalidParameter) as e:
         recommend_params({"alpha": ["NaN"]}, s, from_query=True)
     assert e.value.parameter == "alpha"

@@ -21,7 +21,8 @@ from schemas import uris
 from schemas.content import SparseRows
 from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
-from scoring.ivf import IvfIndex, default_nlist
+from scoring.ivf import IvfIndex
+from scoring.rank import ScoringDefaults, build_ivf, category_codes, row_norms
 from scoring.ranking import l2_normalize
 
 
@@ -48,15 +49,6 @@ def read_snapshot(uri: str) -> IndexSnapshot:
         raise SnapshotLoadError(f"cannot read the index snapshot {uri}: {e}") from e
 
 
-def _category_codes(categories: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
-    names, codes = np.unique(np.asarray(categories).astype(str), return_inverse=True)
-    return {str(c): i for i, c in enumerate(names.tolist())}, codes.astype(np.int32).reshape(-1)
-
-
-def _row_norms(x: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.einsum("ij,ij->i", x, x)).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class ItemIndex:
     """Row ``i`` of every array describes ``item_ids[i]``."""
@@ -80,6 +72,7 @@ class ItemIndex:
     updated_through: int = 0  # largest items.indexed_at applied, epoch ms
     added: int = 0  # items appended after the snapshot
     ivf: IvfIndex | None = None  # approximate retrieval (None: exact scan)
+    defaults: ScoringDefaults | None = None  # the model version's measured alpha / pool
 
     @property
     def size(self) -> int:
@@ -97,7 +90,7 @@ class ItemIndex:
     def build(cls, version: str, created_at: int, item_ids: np.ndarray, embeddings: np.ndarray,
               content: SparseRows | np.ndarray, categories: np.ndarray, in_stock: np.ndarray,
               popularity: np.ndarray, updated_through: int, added: int = 0,
-              content_normalized: bool = False) -> ItemIndex:
+              content_normalized: bool = False, defaults: ScoringDefaults | None = None) -> ItemIndex:
         """Derive the lookup structures from the raw arrays.
 
         ``content_normalized``: the content rows are already L2-normalised (the snapshot
@@ -112,15 +105,15 @@ class ItemIndex:
         content.pad()  # fixed-width rows for the per-request CB math (skipped if a row is too wide)
         in_stock = np.asarray(in_stock, dtype=bool)
         popularity = np.asarray(popularity, dtype=np.float32)
-        lookup, codes = _category_codes(categories)
+        lookup, codes = category_codes(categories)
         return cls(version=version, created_at=int(created_at), item_ids=item_ids, embeddings=emb,
-                   norms=_row_norms(emb), content=content, content_norms=content.norms,
+                   norms=row_norms(emb), content=content, content_norms=content.norms,
                    categories=np.asarray(categories).astype(str), category_codes=codes,
                    category_lookup=lookup, in_stock=in_stock, out_of_stock=~in_stock,
                    popularity=popularity,
                    popular_order=np.argsort(-popularity, kind="stable"),
                    row_of=dict(zip(item_ids.tolist(), range(item_ids.shape[0]))),
-                   updated_through=int(updated_through), added=added)
+                   updated_through=int(updated_through), added=added, defaults=defaults)
 
     @classmethod
     def from_snapshot(cls, snap: IndexSnapshot, items_from: int | None = None) -> ItemIndex:
@@ -128,13 +121,11 @@ class ItemIndex:
         return cls.build(snap.version, snap.created_at, snap.item_ids, snap.embeddings,
                          snap.content, snap.categories, snap.in_stock, snap.popularity,
                          updated_through=max(snap.created_at, items_from or 0),
-                         content_normalized=True)
+                         content_normalized=True, defaults=ScoringDefaults.from_dict(snap.serving_defaults))
 
     def with_ivf(self, nlist: int, nprobe: int, seed: int = 0) -> ItemIndex:
         """This index with an IVF partitioning of its embeddings (``nlist`` 0: the default)."""
-        ivf = IvfIndex.build(self.embeddings, self.norms, nlist or default_nlist(self.size), nprobe,
-                             seed=seed)
-        return dataclasses.replace(self, ivf=ivf)
+        return dataclasses.replace(self, ivf=build_ivf(self.embeddings, self.norms, nlist, nprobe, seed=seed))
 
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""
@@ -220,7 +211,8 @@ class ItemIndex:
             pop = np.concatenate([pop, np.array(new_pop, dtype=np.float32)])
         out = ItemIndex.build(self.version, self.created_at, np.array(ids), emb, content,
                               np.array(cats), stock, pop, updated_through=through,
-                              added=self.added + len(new_emb), content_normalized=True)
+                              added=self.added + len(new_emb), content_normalized=True,
+                              defaults=self.defaults)
         if self.ivf is None:
             return out
         # new rows and rows with a new embedding go to their nearest partition (centroids stay)

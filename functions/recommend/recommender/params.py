@@ -24,7 +24,7 @@ class RecommendParams:
 
     user_id: str | None
     k: int
-    alpha: float
+    alpha: float | None  # None: the model version's measured default (scoring.rank.resolve_alpha)
     categories: tuple[str, ...] = ()
     exclude_seen: bool = True
     in_stock_only: bool = True
@@ -161,8 +161,7 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
     return RecommendParams(
         user_id=None if user_id is None else check_id("user_id", user_id, settings.max_id_length),
         k=parse_k(present["k"], settings.max_k, from_query) if "k" in present else settings.default_k,
-        alpha=(parse_alpha(present["alpha"], from_query) if "alpha" in present
-               else settings.default_alpha),
+        alpha=parse_alpha(present["alpha"], from_query) if "alpha" in present else None,
         categories=parse_list(
             "category", present["category"], settings.max_categories, settings.max_id_length,
             comma_separated=False, check=check_text) if "category" in present else (),

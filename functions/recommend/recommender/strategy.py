@@ -8,29 +8,28 @@ answers ``/similar-items``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from httpfn.errors import NotFound, Unavailable
 from schemas.firestore import TrendingDoc, UserDoc
-from scoring.ranking import Filter, blocked_mask, content_mean, pool_size, rank_cosine, rank_hybrid
+from scoring.rank import (
+    Query,
+    RankRequest,
+    rank_user,
+    resolve_alpha,
+    resolve_pool,
+    retriever_for,
+    user_query,
+)
+from scoring.ranking import blocked_mask, rank_cosine
 
 from .config import Settings
 from .index import ItemIndex
 from .params import RecommendParams, SimilarParams
 
 PERSONALIZED, SESSION, COLD_START = "personalized", "session", "cold_start"
-
-
-@dataclass(frozen=True)
-class Query:
-    """The vector a request retrieves with, and where it came from."""
-
-    vector: np.ndarray
-    source: str  # user_embedding | history_mean | session_mean
-    profile_rows: np.ndarray  # rows whose content vectors form the CB profile
 
 
 def _round(x: float) -> float:
@@ -42,35 +41,30 @@ def _rounded(*columns: np.ndarray) -> list[list[float]]:
     return np.round(np.array(columns, dtype=np.float64), 6).tolist()
 
 
-def _unit_or_none(v: np.ndarray) -> np.ndarray | None:
-    """``v`` scaled to unit L2 norm, or None when it is all zeros (no content profile)."""
-    norm = float(np.sqrt(np.dot(v, v)))
-    return v / np.float32(norm) if norm > 0 else None
-
-
 def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
              trending: TrendingDoc | None, settings: Settings) -> dict[str, Any]:
-    """Pick the strategy for this user/session and rank: history -> query -> filter -> profile -> hybrid."""
+    """Pick the strategy for this user/session and rank with :func:`scoring.rank.rank_user`.
+
+    ``alpha``: the request's, else the model version's measured default for this history length
+    (``index.defaults``), else ``DEFAULT_ALPHA``; the pool likewise.
+    """
     if index is None:
         return cold_start(None, p, user, trending, degraded=True)
     history = index.rows(_history_ids(user))
     query = query_for(index, p, user, history)
     if query is None:
         return cold_start(index, p, user, trending, degraded=False)
-    blocked = Filter(index.size, index.out_of_stock if p.in_stock_only else None,
-                     index.category_codes,
-                     index.category_codes_for(p.categories) if p.categories else None,
-                     _excluded_rows(index, p, history))
-    profile = None
-    if query.profile_rows.size:
-        profile = _unit_or_none(content_mean(index.content, query.profile_rows))
-    ranked = rank_hybrid(query.vector, index.embeddings, index.content, profile, p.k, p.alpha,
-                         blocked, pool_size(p.k, settings.min_pool, settings.pool_factor), index.ivf)
+    alpha = resolve_alpha(p.alpha, index.defaults, history.size, settings.default_alpha)
+    request = RankRequest(
+        k=p.k, alpha=alpha, pool=resolve_pool(p.k, index.defaults, settings.min_pool, settings.pool_factor),
+        exclude_rows=_excluded_rows(index, p, history), in_stock_only=p.in_stock_only,
+        categories=index.category_codes_for(p.categories) if p.categories else None)
+    ranked = rank_user(index, retriever_for(index.embeddings, index.ivf), query, request)
     items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
              for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(),
                                      *_rounded(ranked.score, ranked.cf, ranked.cb))]
     strategy = SESSION if query.source == "session_mean" else PERSONALIZED
-    return response(index, p, user, strategy, items, query=query.source)
+    return response(index, p, user, strategy, items, query=query.source, alpha=alpha)
 
 
 def _history_ids(user: UserDoc | None) -> list[str]:
@@ -85,26 +79,11 @@ def _excluded_rows(index: ItemIndex, p: RecommendParams, history: np.ndarray) ->
 
 def query_for(index: ItemIndex, p: RecommendParams, user: UserDoc | None,
               history: np.ndarray) -> Query | None:
-    """The query vector: the user's embedding, else their history's mean, else the session's."""
-    if user is not None:
-        emb = user.embedding
-        if emb is not None and user.model_version == index.version and len(emb) == index.dim:
-            return Query(np.asarray(emb, dtype=np.float32), "user_embedding", history)
-        vec = _mean_embedding(index, history)
-        if vec is not None:
-            return Query(vec, "history_mean", history)
-    session = index.rows(p.session_items)
-    vec = _mean_embedding(index, session)
-    if vec is not None:
-        return Query(vec, "session_mean", session)
-    return None
-
-
-def _mean_embedding(index: ItemIndex, rows: np.ndarray) -> np.ndarray | None:
-    rows = rows[index.norms[rows] > 0] if rows.size else rows
-    if not rows.size:
-        return None
-    return index.embeddings[rows].mean(axis=0)
+    """The query (:func:`scoring.rank.user_query`); the user's embedding counts if it is of this version."""
+    emb = user.embedding if user is not None else None
+    valid = emb is not None and user.model_version == index.version and len(emb) == index.dim
+    return user_query(index, np.asarray(emb, dtype=np.float32) if valid else None, history,
+                      index.rows(p.session_items))
 
 
 def cold_start(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
@@ -163,14 +142,14 @@ def _popular(index: ItemIndex, p: RecommendParams, excluded: set[str], n: int, c
 
 
 def response(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None, strategy: str,
-             items: list[dict[str, Any]], query: str | None = None, degraded: bool = False
-             ) -> dict[str, Any]:
-    """The ``/recommendations`` body."""
+             items: list[dict[str, Any]], query: str | None = None, degraded: bool = False,
+             alpha: float | None = None) -> dict[str, Any]:
+    """The ``/recommendations`` body (``alpha``: the one used; the requested one for cold start)."""
     body: dict[str, Any] = {
         "user_id": p.user_id, "model_version": index.version if index is not None else None,
         "strategy": strategy, "query": query,
         "last_event_id": (user.last_event_id or None) if user is not None else None,
-        "alpha": p.alpha, "items": items}
+        "alpha": alpha if alpha is not None else p.alpha, "items": items}
     if degraded:
         body["degraded"] = True
     return body
