@@ -64,7 +64,7 @@ bench-publish: venv ## Publish 20,000 synthetic events through the emulator
 	$(PY) -m bench.publish $(BENCH_ARGS)
 
 bench-quality: venv ## Offline quality vs baselines: make bench-quality DATA=synthetic|ml-latest-small|gowalla|ml-100k|PATH
-	$(PY) -m scripts.bench_quality --data $(DATA) $(BENCH_ARGS)
+	$(PY) -m bench.quality --data $(DATA) $(BENCH_ARGS)
 
 bench-stream: venv ## Streaming freshness and throughput on DirectRunner + emulators
 	$(PY) -m bench.stream $(BENCH_ARGS)

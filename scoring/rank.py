@@ -197,8 +197,9 @@ class ScoringDefaults:
         out: dict[str, Any] = {"alpha": float(self.alpha)}
         if self.min_pool is not None:
             out["min_pool"] = int(self.min_pool)
-        if self.alpha_by_history:
-            out["alpha_by_history"] = [[int(n), float(a)] for n, a in self.alpha_by_history]
+        if self.alpha_by_history:  # maps, not pairs: Firestore stores no array inside an array
+            out["alpha_by_history"] = [{"min_history": int(n), "alpha": float(a)}
+                                       for n, a in self.alpha_by_history]
         return out
 
     @classmethod
@@ -210,7 +211,8 @@ class ScoringDefaults:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"scoring defaults: alpha {alpha} is not in [0, 1]")
         pool = d.get("min_pool")
-        buckets = tuple(sorted((int(n), float(a)) for n, a in d.get("alpha_by_history") or ()))
+        buckets = tuple(sorted((int(b["min_history"]), float(b["alpha"])) if isinstance(b, Mapping)
+                               else (int(b[0]), float(b[1])) for b in d.get("alpha_by_history") or ()))
         return cls(alpha=alpha, min_pool=int(pool) if pool is not None else None, alpha_by_history=buckets)
 
 

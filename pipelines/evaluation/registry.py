@@ -1,4 +1,4 @@
-"""Model runners for ``scripts.bench_quality``: the plug-in point for models other than the baselines.
+"""Model runners for ``bench.quality``: the plug-in point for models other than the baselines.
 
 Interface
 ---------

@@ -1,13 +1,18 @@
-"""Bench runner for the two-tower model and the hybrid CF + content score (``scripts.bench_quality``).
+"""Bench runner for the two-tower model and the served ranking built on it (``bench.quality``).
 
 Entries produced (same split, same run as the baselines):
 
 * ``two_tower``: query-tower embedding (user id + pooled recent history) dot candidate-tower
   embedding, over every item of the split (items unseen in training use their content alone).
-* ``hybrid_a{1.0,0.9,0.7,0.5}``: ``α·z(CF) + (1-α)·z(CB)`` where CF is the two-tower score, CB the
-  cosine between the user's content profile (mean content vector of their train history,
-  :class:`schemas.content.ContentEncoder`) and each item's content vector, and ``z`` standardises
-  each user's scores over all items (z-score per user, so both terms have mean 0 and unit spread).
+* ``served``: what ``/recommendations`` returns for the same model: the function's ranking
+  (:mod:`scoring.rank`, via :mod:`pipelines.evaluation.served`) at its production settings
+  (``serving.env``), with the serving defaults (alpha, pool) the training job measures on a
+  validation slice of the split's train events (``pipelines.training.train.tune_defaults``), the
+  user documents the pipeline would hold (last 50 events) and the lists scored as returned.
+  Extra keys: ``alpha`` (mean over users), the validation and test alpha sweeps (details).
+* ``served_http``: ``two_tower.served_http_users`` (200) of those users replayed over HTTP against
+  the real function on the Firestore emulator (:mod:`pipelines.evaluation.served_http`), with
+  ``served_ndcg@10_same_users`` from ``served``'s lists of the same users.
 
 Extra keys: ``recall@20_cold`` (Recall@20 restricted to items with no train interaction, the
 new-items metric), ``eval_seconds``, ``epochs``; on data sets with timestamps the ``two_tower``
@@ -18,11 +23,12 @@ fine-tune time as a fraction of the full training time and Recall@20 on the pare
 
 Settings: ``--opt two_tower.<field>=<value>`` for any :class:`pipelines.training.model.ModelConfig` field,
 ``two_tower.history_mode``, ``two_tower.warm_start=0/1``, ``two_tower.warm_fraction``,
-``two_tower.warm_epochs``, ``two_tower.warm_lr_scale``, ``two_tower.new_items=0/1``.
+``two_tower.warm_epochs``, ``two_tower.warm_lr_scale``, ``two_tower.new_items=0/1``,
+``two_tower.served=0/1``, ``two_tower.served_http_users`` (0: no HTTP replay).
 
 New items: when the split has no cold items (e.g. the per-user temporal split), ``new_items.*`` keys
 come from a global-cutoff split of the same data where items first seen after the cutoff are cold
-(Recall@20 restricted to them for the two-tower, the hybrid and popularity).
+(Recall@20 restricted to them for the two-tower and popularity).
 """
 
 from __future__ import annotations
@@ -39,14 +45,12 @@ from pipelines.evaluation.registry import RunOptions, entry, register
 from pipelines.evaluation.resources import ResourceMonitor
 from pipelines.evaluation.splits import Split
 from pipelines.training.model import ModelConfig
-from schemas.content import ContentEncoder
-
-HYBRID_ALPHAS = (1.0, 0.9, 0.7, 0.5)
 
 # Per data set settings picked on the bench's own splits (see the commit messages for the runs).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "*": {"history_mode": "before", "optimizer": "lazy_adam", "epochs": 10, "warm_start": 1,
-          "warm_fraction": 0.05, "warm_epochs": 2, "warm_lr_scale": 0.2, "new_items": 1},
+          "warm_fraction": 0.05, "warm_epochs": 2, "warm_lr_scale": 0.2, "new_items": 1, "served": 1,
+          "served_http_users": 200},
     # synthetic: 3 epochs beat 5 and 10 (R@20 0.235 / 0.223 / 0.208): it overfits the small generator data
     "synthetic": {"epochs": 3},
     # gowalla: dim 128 reached R@20 0.1751 in 863 s vs 0.1698 in 823 s at dim 64 (one run each).
@@ -112,50 +116,6 @@ def cf_scorer(trained: Any, split: Split) -> Scorer:
     return scorer
 
 
-def content_matrix(split: Split, dataset: Dataset) -> np.ndarray:
-    """L2-normalised content vectors of every split item (zeros for items without attributes)."""
-    encoder = ContentEncoder.fit(dataset.items)
-    by_id = dataset.item_by_id()
-    out = np.zeros((split.n_items, encoder.dim), np.float32)
-    known = [(k, by_id[i]) for k, i in enumerate(split.item_ids) if i in by_id]
-    if known:
-        out[[k for k, _ in known]] = encoder.encode_many([it for _, it in known])
-    return out
-
-
-def cb_scorer(split: Split, content: np.ndarray) -> Scorer:
-    """Cosine between each user's mean train-history content vector and every item's."""
-
-    def scorer(users: np.ndarray) -> np.ndarray:
-        rows = split.train[users]
-        counts = np.asarray(rows.sum(axis=1), dtype=np.float32).reshape(-1, 1)
-        profile = np.asarray(rows @ content, dtype=np.float32) / np.maximum(counts, 1.0)
-        norms = np.linalg.norm(profile, axis=1, keepdims=True)
-        profile = np.divide(profile, norms, out=np.zeros_like(profile), where=norms > 0)
-        return profile @ content.T
-
-    return scorer
-
-
-def zscore(scores: np.ndarray) -> np.ndarray:
-    """Standardise each row (mean 0, std 1; constant rows become 0)."""
-    mean = scores.mean(axis=1, keepdims=True)
-    std = scores.std(axis=1, keepdims=True)
-    return np.divide(scores - mean, std, out=np.zeros_like(scores), where=std > 0)
-
-
-def hybrid_scorer(cf: Scorer, cb: Scorer, alpha: float) -> Scorer:
-    """``alpha * z(CF) + (1 - alpha) * z(CB)`` per user."""
-
-    def scorer(users: np.ndarray) -> np.ndarray:
-        mixed = alpha * zscore(cf(users))
-        if alpha < 1.0:
-            mixed += (1.0 - alpha) * zscore(cb(users))
-        return mixed
-
-    return scorer
-
-
 def _metrics(scorer: Scorer, split: Split, options: RunOptions, users: np.ndarray | None = None
              ) -> dict[str, float]:
     t0 = time.perf_counter()
@@ -212,7 +172,7 @@ def new_item_metrics(dataset: Dataset, config: ModelConfig, extra: dict[str, Any
 
     Used when the bench's own split has no cold items: a :func:`cutoff_split` of the same data
     (20% of events after the cutoff), the two-tower model trained on its train part, and
-    popularity and the hybrid (alpha 0.5) measured on the same split for comparison.
+    popularity measured on the same split for comparison.
     """
     from pipelines.evaluation.baselines import popularity
     from pipelines.evaluation.splits import cutoff_split
@@ -225,22 +185,79 @@ def new_item_metrics(dataset: Dataset, config: ModelConfig, extra: dict[str, Any
     k = max(options.ks)
     trained = train(training_input(split, dataset), config, history_mode=extra["history_mode"])
     cf = cf_scorer(trained, split)
-    cb = cb_scorer(split, content_matrix(split, dataset))
     users = None if options.eval_users is None else np.intersect1d(split.test_users, options.eval_users)
     if users is not None and users.size == 0:
         users = None
     out = {"new_items.cold_items": float(cold.size)}
-    for name, scorer in (("two_tower", cf), ("hybrid_a0.5", hybrid_scorer(cf, cb, 0.5)),
-                         ("popularity", popularity(split.train))):
+    for name, scorer in (("two_tower", cf), ("popularity", popularity(split.train))):
         m = evaluate(scorer, split, (k,), users=users, target_items=cold)
         out[f"new_items.recall@{k}_{name}"] = m[f"recall@{k}"]
         out["new_items.users"] = m["users"]
     return out
 
 
+def served_entries(split: Split, dataset: Dataset, trained: Any, config: ModelConfig, extra: dict[str, Any],
+                   options: RunOptions, two_tower: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The ``served`` (and ``served_http``) rows for ``trained`` (see the module docstring)."""
+    import tempfile
+
+    from pipelines.evaluation import served
+    from pipelines.training.artifact import load_towers
+    from pipelines.training.train import save, tune_defaults
+    from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
+    from scoring.rank import ScoringDefaults, alpha_grid
+
+    k = max(options.ks)
+    holdout = "random" if split.protocol == "fixed" else "temporal"
+    with ResourceMonitor() as mon:
+        defaults, validation = tune_defaults(training_input(split, dataset), config, extra["history_mode"],
+                                             holdout)
+    print(f"  served: defaults {defaults} (validation NDCG@10 {validation['ndcg@10']:.4f}, "
+          f"{validation['seconds']:.0f} s)", flush=True)
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="served-") as tmp:
+        path = save(trained, tmp, serving_defaults=defaults)
+        catalogue = served.ServedCatalogue.from_snapshot(IndexSnapshot.load(path / INDEX_FILE),
+                                                         split.item_ids, served.serving_config())
+        users = split.test_users if options.eval_users is None else options.eval_users
+        histories = served.stored_history(split, users)
+        towers = load_towers(path)
+        ids = [split.user_ids[u] for u in users.tolist()]
+        queries = np.concatenate([towers.embed_users(ids[s:s + 4096], histories[s:s + 4096])
+                                  for s in range(0, len(ids), 4096)]
+                                 or [np.zeros((0, towers.dim), np.float32)])
+        su = served.served_users(catalogue, users, histories, queries)
+        t0 = time.perf_counter()
+        metrics, lists = served.evaluate_served(catalogue, su, split, options.ks)
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        chosen = ScoringDefaults.from_dict(defaults)
+        per_user = served.sweep(catalogue, su, split, k, alpha_grid(), [chosen.min_pool])
+        metrics.update({f"alpha_sweep_test.{a:g}": float(v.mean()) for (_, a), v in per_user.items()})
+        metrics.update({f"alpha_sweep_validation.{a}": v for a, v in validation["alpha_sweep"].items()})
+        metrics.update({f"pool_sweep_validation.{p}": v for p, v in validation["pool_sweep"].items()})
+        metrics.update({"min_pool": float(chosen.min_pool), "validation_ndcg@10": validation["ndcg@10"],
+                        "validation_users": float(validation["users"]),
+                        "alpha_buckets_adopted": float(validation["buckets_adopted"]),
+                        "retrieval": catalogue.retriever.name, "stored_history": float(served.STORED_HISTORY),
+                        "ratio_to_two_tower_ndcg@10": metrics["ndcg@10"] / max(two_tower["ndcg@10"], 1e-12)})
+        if validation["bucketed_ndcg@10"] is not None:
+            metrics["validation_bucketed_ndcg@10"] = validation["bucketed_ndcg@10"]
+        out["served"] = entry(metrics, train_seconds=trained.train_seconds + mon.seconds,
+                              peak_rss_mb=mon.peak_rss_mb)
+        n_http = int(extra["served_http_users"])
+        if n_http > 0:
+            from pipelines.evaluation.served_http import served_http_metrics
+
+            http = served_http_metrics(path, split, su, histories, lists, options.ks, n_users=n_http,
+                                       seed=options.seed)
+            out["served_http"] = entry(http, train_seconds=out["served"]["train_seconds"],
+                                       peak_rss_mb=mon.peak_rss_mb)
+    return out
+
+
 @register("two_tower", order=0)
 def run_two_tower(split: Split, dataset: Dataset, options: RunOptions) -> dict[str, dict[str, float]]:
-    """The two-tower model and the hybrids built on it."""
+    """The two-tower model and the function's served ranking of it."""
     from pipelines.training.train import train
 
     config, extra = settings(dataset, options)
@@ -251,10 +268,8 @@ def run_two_tower(split: Split, dataset: Dataset, options: RunOptions) -> dict[s
     two_tower = entry(_metrics(cf, split, options), mon)
     two_tower["epochs"] = float(config.epochs)
     out = {"two_tower": two_tower}
-    content = content_matrix(split, dataset)
-    cb = cb_scorer(split, content)
-    for alpha in HYBRID_ALPHAS:
-        out[f"hybrid_a{alpha}"] = entry(_metrics(hybrid_scorer(cf, cb, alpha), split, options), mon)
+    if int(extra["served"]):
+        out.update(served_entries(split, dataset, trained, config, extra, options, two_tower))
     if int(extra["warm_start"]) and split.protocol != "fixed":
         two_tower.update(warm_start_metrics(split, dataset, config, extra, trained, options))
     if int(extra["new_items"]) and split.cold_items().size == 0 and split.protocol != "fixed":

@@ -8,7 +8,8 @@ Layout (docs/architecture.md, "Model artefact")::
       content_encoder.json            schemas.content.ContentEncoder
       item_index.npz                  schemas.index_snapshot.IndexSnapshot
       metadata.json                   version, created_at, parent_version, data_fingerprint,
-                                      params, metrics, dim, history_length
+                                      params, metrics, dim, history_length, serving_defaults
+                                      (alpha / min_pool measured on validation; optional)
       weights/query.npz weights/candidate.npz   training variables (warm start)
       catalogue.jsonl                 the indexed catalogue items (publish writes them as ItemDocs)
 
@@ -150,6 +151,7 @@ class ArtifactContents:
     metrics: dict[str, Any]
     parent_version: str | None = None
     extra_metadata: dict[str, Any] | None = None
+    serving_defaults: dict[str, Any] | None = None  # scoring.rank.ScoringDefaults.to_dict()
 
 
 def write_artifact(model_dir: str | Path, query_tower: tf.keras.Model, candidate_tower: tf.keras.Model,
@@ -205,6 +207,7 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
         categories=np.array([i.category for i in items], dtype=str),
         in_stock=np.array([i.in_stock for i in items], dtype=bool),
         popularity=np.array([contents.popularity.get(i.item_id, 0.0) for i in items], dtype=np.float32),
+        serving_defaults=contents.serving_defaults,
     ).save(out / INDEX_FILE)
     metadata = {
         "version": version, "created_at": created_at, "parent_version": contents.parent_version,
@@ -212,6 +215,7 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
         "metrics": contents.metrics, "dim": int(embeddings.shape[1]) if len(items) else None,
         "history_length": history_length, "max_tags": space.max_tags,
         "n_users": len(space.users), "n_items": len(space.items), "n_catalogue": len(items),
+        "serving_defaults": contents.serving_defaults,
         **(contents.extra_metadata or {}),
     }
     if metadata["dim"] is None:

@@ -143,13 +143,14 @@ def publish_version(artifact_path: str | Path, artifact_uri: str | None = None,
                    artifact_uri=uri, index_uri=f"{uri.rstrip('/')}/{INDEX_FILE}", dim=int(meta["dim"]),
                    item_count=len(index.item_ids), params=dict(meta.get("params") or {}),
                    metrics=_firestore_safe(meta.get("metrics") or {}),
-                   parent_version=meta.get("parent_version"))
+                   parent_version=meta.get("parent_version"),
+                   serving_defaults=index.serving_defaults or meta.get("serving_defaults"))
     try:
         models.document(version).set(doc.to_document(), retry=COMMIT_RETRY)
         n = write_items(client, item_docs(index, read_catalogue(path), version, now_ms()), batch_size)
         models.document(version).update({"status": "ready"}, retry=COMMIT_RETRY)
         current = CurrentModelDoc(version=version, artifact_uri=uri, index_uri=doc.index_uri,
-                                  switched_at=now_ms())
+                                  switched_at=now_ms(), serving_defaults=doc.serving_defaults)
         models.document(names.CURRENT_MODEL_DOC).set(current.to_document(), retry=COMMIT_RETRY)
     except gexc.GoogleAPIError as e:
         raise PublishError(f"publishing {version} failed, models/current not switched: {e}") from e

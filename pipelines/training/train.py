@@ -14,6 +14,15 @@ an unknown id was), the parent's content encoder is kept, and only events newer 
 training data (``metadata.data_max_timestamp``, or ``--since``) become training targets; older
 events in ``--data`` still serve as the users' histories. Unless given, epochs default to 2 and the
 learning rate to 0.2x the parent's.
+
+Serving defaults (``--tune-defaults``, on unless warm starting): a validation slice is held out of
+the training events (each user's newest 10% of items, or a random 10% with
+``--validation-holdout random`` for data without real times), a model with the same settings is
+trained on the rest, and the recommend function's ranking (:mod:`scoring.rank`) is swept over alpha
+and the candidate pool on that slice (:func:`pipelines.evaluation.served.choose_defaults`). The
+choice goes into ``metadata.json``, the index snapshot and, on ``--publish``, ``models/{version}``
+and ``models/current``; the function uses it when a request gives no ``alpha``. A warm-started
+version keeps its parent's defaults.
 """
 
 from __future__ import annotations
@@ -326,8 +335,12 @@ def _merge_catalogue(parent: Parent, catalogue: list[CatalogItem]) -> list[Catal
     return list(catalogue) + kept
 
 
-def save(trained: TrainedModel, model_dir: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-    """Write the artefact for ``trained`` under ``model_dir`` (local); returns the version dir."""
+def save(trained: TrainedModel, model_dir: str | Path, metrics: dict[str, Any] | None = None,
+         serving_defaults: dict[str, Any] | None = None) -> Path:
+    """Write the artefact for ``trained`` under ``model_dir`` (local); returns the version dir.
+
+    ``serving_defaults``: :meth:`scoring.rank.ScoringDefaults.to_dict` of the measured defaults.
+    """
     all_metrics = {"train_loss": trained.losses, "train_seconds": round(trained.train_seconds, 3),
                    "n_examples": trained.n_examples, "epochs": trained.epoch_metrics,
                    **(metrics or {})}
@@ -335,7 +348,8 @@ def save(trained: TrainedModel, model_dir: str | Path, metrics: dict[str, Any] |
         space=trained.space, catalogue=trained.catalogue, popularity=trained.popularity,
         data_fingerprint=trained.data_fingerprint, params=trained.params(), metrics=all_metrics,
         parent_version=trained.parent_version,
-        extra_metadata={"data_max_timestamp": trained.data_max_timestamp})
+        extra_metadata={"data_max_timestamp": trained.data_max_timestamp},
+        serving_defaults=serving_defaults)
     return artifact.write_artifact(model_dir, trained.model.query_tower, trained.model.candidate_tower,
                                    contents, trained.config.history_length)
 
@@ -379,6 +393,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT"))
     parser.add_argument("--publish-users", action="store_true",
                         help="with --publish: also write fresh embeddings of known users")
+    parser.add_argument("--tune-defaults", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure alpha and the candidate pool on a validation slice (default: on, "
+                             "off for a warm start, which keeps the parent's)")
+    parser.add_argument("--validation-holdout", choices=("temporal", "random"), default="temporal",
+                        help="validation slice: each user's newest 10%% of items, or a random 10%%")
     _config_flags(parser)
     return parser.parse_args(argv)
 
@@ -402,6 +421,29 @@ def resolve_init_from(spec: str | None, project: str | None, client: Any = None)
     return CurrentModelDoc.from_document(snap.to_dict()).version
 
 
+def tune_defaults(data: TrainingInput, config: ModelConfig, history_mode: str, holdout: str = "temporal"
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(serving defaults, validation report)`` measured on a slice of ``data`` (see the module doc).
+
+    The slice (``holdout``: each user's newest 10% of items, or a random 10%) is never trained on:
+    a model with ``config`` is trained on the rest and swept by
+    :func:`pipelines.evaluation.served.measure_defaults`.
+    """
+    from pipelines.evaluation.served import VALIDATION_FRACTION, measure_defaults, validation_split
+
+    t0 = time.monotonic()
+    vsplit = validation_split(data, holdout, VALIDATION_FRACTION, seed=config.seed)
+    r = vsplit.train_rows
+    sub = TrainingInput(user_ids=np.asarray(r.user_ids, dtype=object)[r.user_idx],
+                        item_ids=np.asarray(r.item_ids, dtype=object)[r.item_idx],
+                        timestamps=np.asarray(r.timestamps), catalogue=data.catalogue)
+    trained = train(sub, config, history_mode=history_mode)
+    defaults, report = measure_defaults(trained, vsplit, seed=config.seed)
+    report.update(holdout=holdout, fraction=VALIDATION_FRACTION, train_events=len(sub),
+                  seconds=round(time.monotonic() - t0, 1))
+    return defaults.to_dict(), report
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig)
             if getattr(args, f.name) is not None}
@@ -415,16 +457,23 @@ def run(argv: Sequence[str] | None = None) -> Path:
     remote = uris.is_gcs(args.model_dir)
     local_dir = artifact.cache_dir() / "staging" if remote else Path(args.model_dir)
     init_from = resolve_init_from(args.init_from, args.project)
+    defaults: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
     if init_from:
         parent = Parent.load(artifact.find_version(args.model_dir, init_from))
         overrides = _overrides(args)
         overrides.setdefault("epochs", WARM_EPOCHS)
         overrides.setdefault("learning_rate", parent.config().learning_rate * WARM_LR_SCALE)
-        trained = warm_start(parent, data, parent.config(**overrides), since=args.since,
-                             history_mode=args.history_mode)
+        config = parent.config(**overrides)
+        trained = warm_start(parent, data, config, since=args.since, history_mode=args.history_mode)
+        defaults = parent.metadata.get("serving_defaults")
     else:
-        trained = train(data, ModelConfig(**_overrides(args)), history_mode=args.history_mode or "before")
-    path = save(trained, local_dir)
+        config = ModelConfig(**_overrides(args))
+        trained = train(data, config, history_mode=args.history_mode or "before")
+    if args.tune_defaults or (args.tune_defaults is None and not init_from):
+        defaults, metrics["serving_defaults_validation"] = tune_defaults(
+            data, config, trained.history_mode, args.validation_holdout)
+    path = save(trained, local_dir, metrics, defaults)
     uri = artifact.upload(path, args.model_dir) if remote else str(path.resolve())
     log.info("wrote %s (%d examples, %.1fs)", uri, trained.n_examples, trained.train_seconds)
     if args.publish:

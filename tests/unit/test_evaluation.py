@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from pipelines.evaluation import (
     temporal_split,
     top_k,
 )
+from pipelines.evaluation.metrics import evaluate_lists, ndcg_per_user
+from pipelines.evaluation.splits import random_split
 
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "data"
 
 
@@ -227,17 +231,15 @@ def test_missing_plugin_is_reported_and_broken_plugin_fails(tmp_path: Path, monk
     sys.modules.pop("broken_runner_xyz", None)
 
 
-def test_bench_quality_writes_report(tmp_path: Path, monkeypatch) -> None:
-    from scripts import bench_quality
-
-    monkeypatch.setattr(registry, "PLUGIN_MODULES", ())  # baselines only: no TensorFlow import here
-
+def test_bench_quality_writes_report(tmp_path: Path) -> None:
+    # run as the Makefile runs it (tests do not import a benchmark)
     data = tmp_path / "tinyshop"
     ds = generate_synthetic(n_users=80, n_items=120, mean_events_per_user=20, seed=2)
     write_events_jsonl(ds.events, data / "events.jsonl")
     out = tmp_path / "bench"
-    assert bench_quality.main(["--data", str(data), "--models", "popularity,item_knn,ease",
-                               "--out-dir", str(out), "--opt", "ease.lambda=50"]) == 0
+    subprocess.run([sys.executable, "-m", "bench.quality", "--data", str(data), "--models",
+                    "popularity,item_knn,ease", "--out-dir", str(out), "--opt", "ease.lambda=50"],
+                   check=True, cwd=ROOT, capture_output=True, timeout=120)
     report = json.loads((out / "quality-tinyshop.json").read_text())
     assert set(report) == {"dataset", "protocol", "machine", "models"}
     assert list(report["models"]) == ["popularity", "item_knn", "ease"]
@@ -247,3 +249,36 @@ def test_bench_quality_writes_report(tmp_path: Path, monkeypatch) -> None:
     assert report["models"]["item_knn"]["ndcg@10"] > report["models"]["popularity"]["ndcg@10"]
     details = json.loads((out / "quality-tinyshop.details.json").read_text())
     assert "eval_seconds" in details["models"]["ease"]
+
+
+# ----------------------------------------------------------------------------- ranked lists
+
+def test_evaluate_lists_matches_evaluate_for_the_same_ranking(tiny_split: Split) -> None:
+    # the lists evaluate() would take from SCORES (train items masked, best first)
+    masked = SCORES.copy()
+    masked[tiny_split.train.toarray() > 0] = -np.inf
+    lists = top_k(masked, 2)
+    users = np.arange(3)
+    assert evaluate_lists(lists, users, tiny_split, ks=(1, 2)) == pytest.approx(
+        evaluate(lambda u: SCORES[u], tiny_split, ks=(1, 2)))
+
+
+def test_evaluate_lists_scores_lists_as_returned(tiny_split: Split) -> None:
+    # u0 gets its train item 0 first: a miss that takes a slot (nothing is masked); -1 pads
+    lists = np.array([[0, 1], [0, -1], [4, 3]])
+    m = evaluate_lists(lists, np.arange(3), tiny_split, ks=(1, 2))
+    assert m["recall@1"] == pytest.approx((0 + 1 + 1) / 3)
+    assert m["ndcg@2"] == pytest.approx((1 / math.log2(3) / (1 + 1 / math.log2(3)) + 1 + 1) / 3)
+    assert ndcg_per_user(lists, np.arange(3), tiny_split, 1).tolist() == [0.0, 1.0, 1.0]
+
+
+def test_random_split_holds_out_a_random_share_of_each_users_items() -> None:
+    ds = generate_synthetic(n_users=60, n_items=80, mean_events_per_user=15, seed=4)
+    a, b = random_split(ds, 0.2, seed=1), random_split(ds, 0.2, seed=2)
+    assert a.protocol == "random" and a.test.nnz > 0
+    assert a.train.multiply(a.test).nnz == 0  # no held-out pair keeps a train event
+    assert (a.test != b.test).nnz > 0  # the seed decides which items
+    n_items = np.diff((a.train + a.test).indptr)
+    n_test = np.diff(a.test.indptr)
+    many = n_items >= 5
+    assert np.all(np.abs(n_test[many] - 0.2 * n_items[many]) <= 1)
