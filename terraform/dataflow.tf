@@ -27,9 +27,9 @@ resource "google_dataflow_flex_template_job" "streaming" {
   sdk_container_image     = local.image_uri
   parameters              = local.pipeline_parameters
 
-  service_account_email   = google_service_account.pipeline.email
-  temp_location           = "gs://${google_storage_bucket.staging.name}/temp"
-  staging_location        = "gs://${google_storage_bucket.staging.name}/staging"
+  service_account_email   = google_service_account.component["pipeline"].email
+  temp_location           = "gs://${google_storage_bucket.bucket["staging"].name}/temp"
+  staging_location        = "gs://${google_storage_bucket.bucket["staging"].name}/staging"
   machine_type            = var.dataflow_machine_type
   num_workers             = var.dataflow_num_workers
   max_workers             = var.dataflow_max_workers

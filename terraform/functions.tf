@@ -68,13 +68,13 @@ data "archive_file" "ingest" {
 # redeploys the function; an unchanged tree is a no-op.
 resource "google_storage_bucket_object" "recommend_source" {
   name   = "recommend/${data.archive_file.recommend.output_md5}.zip"
-  bucket = google_storage_bucket.function_source.name
+  bucket = google_storage_bucket.bucket["function_source"].name
   source = data.archive_file.recommend.output_path
 }
 
 resource "google_storage_bucket_object" "ingest_source" {
   name   = "ingest/${data.archive_file.ingest.output_md5}.zip"
-  bucket = google_storage_bucket.function_source.name
+  bucket = google_storage_bucket.bucket["function_source"].name
   source = data.archive_file.ingest.output_path
 }
 
@@ -88,12 +88,12 @@ resource "google_cloudfunctions2_function" "recommend" {
   build_config {
     runtime           = var.python_runtime
     entry_point       = "recommend"
-    service_account   = google_service_account.build.id
+    service_account   = google_service_account.component["build"].id
     docker_repository = google_artifact_registry_repository.images.id
 
     source {
       storage_source {
-        bucket = google_storage_bucket.function_source.name
+        bucket = google_storage_bucket.bucket["function_source"].name
         object = google_storage_bucket_object.recommend_source.name
       }
     }
@@ -108,7 +108,7 @@ resource "google_cloudfunctions2_function" "recommend" {
     max_instance_request_concurrency = var.recommend_concurrency
     ingress_settings                 = var.ingress_settings
     all_traffic_on_latest_revision   = true
-    service_account_email            = google_service_account.recommend.email
+    service_account_email            = google_service_account.component["recommend"].email
 
     environment_variables = merge(local.serving_env, {
       GOOGLE_CLOUD_PROJECT = var.project
@@ -135,12 +135,12 @@ resource "google_cloudfunctions2_function" "ingest" {
   build_config {
     runtime           = var.python_runtime
     entry_point       = "ingest"
-    service_account   = google_service_account.build.id
+    service_account   = google_service_account.component["build"].id
     docker_repository = google_artifact_registry_repository.images.id
 
     source {
       storage_source {
-        bucket = google_storage_bucket.function_source.name
+        bucket = google_storage_bucket.bucket["function_source"].name
         object = google_storage_bucket_object.ingest_source.name
       }
     }
@@ -155,7 +155,7 @@ resource "google_cloudfunctions2_function" "ingest" {
     max_instance_request_concurrency = var.ingest_concurrency
     ingress_settings                 = var.ingress_settings
     all_traffic_on_latest_revision   = true
-    service_account_email            = google_service_account.ingest.email
+    service_account_email            = google_service_account.component["ingest"].email
 
     environment_variables = {
       GOOGLE_CLOUD_PROJECT = var.project

@@ -46,8 +46,8 @@ resource "terraform_data" "pipeline_image" {
       REGION                = var.region
       IMAGE                 = local.image_uri
       TEMPLATE_PATH         = local.flex_template_path
-      BUILD_SERVICE_ACCOUNT = google_service_account.build.id
-      STAGING_BUCKET        = google_storage_bucket.staging.name
+      BUILD_SERVICE_ACCOUNT = google_service_account.component["build"].id
+      STAGING_BUCKET        = google_storage_bucket.bucket["staging"].name
     }
   }
 

@@ -44,10 +44,10 @@ locals {
   image_tag          = var.image_tag != "" ? var.image_tag : substr(local.image_source_hash, 0, 16)
   image_repository   = "${var.region}-docker.pkg.dev/${var.project}/${google_artifact_registry_repository.images.repository_id}"
   image_uri          = "${local.image_repository}/recsys-pipeline:${local.image_tag}"
-  flex_template_path = "gs://${google_storage_bucket.staging.name}/templates/streaming-${local.image_tag}.json"
+  flex_template_path = "gs://${google_storage_bucket.bucket["staging"].name}/templates/streaming-${local.image_tag}.json"
 
   # Model artefacts live under gs://<models>/models/<version>/; the archive under gs://<archive>/events/.
   archive_prefix = "events"
-  model_dir      = "gs://${google_storage_bucket.models.name}/models"
-  archive_dir    = "gs://${google_storage_bucket.archive.name}/${local.archive_prefix}"
+  model_dir      = "gs://${google_storage_bucket.bucket["models"].name}/models"
+  archive_dir    = "gs://${google_storage_bucket.bucket["archive"].name}/${local.archive_prefix}"
 }

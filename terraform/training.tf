@@ -28,7 +28,7 @@ resource "google_cloud_run_v2_job" "training" {
     parallelism = 1
 
     template {
-      service_account       = google_service_account.training.email
+      service_account       = google_service_account.component["training"].email
       timeout               = "${var.training_timeout_seconds}s"
       max_retries           = 1
       execution_environment = "EXECUTION_ENVIRONMENT_GEN2" # needed by the bucket mount
@@ -36,7 +36,7 @@ resource "google_cloud_run_v2_job" "training" {
       volumes {
         name = "archive"
         gcs {
-          bucket    = google_storage_bucket.archive.name
+          bucket    = google_storage_bucket.bucket["archive"].name
           read_only = true
         }
       }
@@ -96,7 +96,7 @@ resource "google_cloud_scheduler_job" "training" {
     uri         = "https://run.googleapis.com/v2/${google_cloud_run_v2_job.training.id}:run"
 
     oauth_token {
-      service_account_email = google_service_account.scheduler.email
+      service_account_email = google_service_account.component["scheduler"].email
       scope                 = "https://www.googleapis.com/auth/cloud-platform"
     }
   }

@@ -33,6 +33,9 @@ HCL_OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=Fal
 
 RESOURCE_REF = re.compile(
     r"(?<![\w./-])(data\.)?((?:google|terraform|archive)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+# A reference to one instance: google_x.name or google_x.name["key"].
+INSTANCE_REF = re.compile(
+    r'(?<![\w./-])((?:google|terraform|archive|time)_[a-z0-9_]+\.[A-Za-z_][\w-]*(?:\["[^"]+"\])?)')
 VAR_REF = re.compile(r"(?<![\w.])var\.([A-Za-z_][\w-]*)")
 LOCAL_REF = re.compile(r"(?<![\w.])local\.([A-Za-z_][\w-]*)")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
@@ -132,6 +135,13 @@ def ref_target(expr: str) -> str:
     match = RESOURCE_REF.search(expr)
     assert match and not match.group(1), f"not a resource reference: {expr!r}"
     return f"{match.group(2)}.{match.group(3)}"
+
+
+def ref_instance(expr: str) -> str:
+    """``"${google_x.name["k"].attr}"`` -> ``'google_x.name["k"]'`` (no key when not indexed)."""
+    match = INSTANCE_REF.search(expr)
+    assert match, f"not a resource reference: {expr!r}"
+    return match.group(1)
 
 
 def first(block_list: Any) -> dict[str, Any]:
@@ -242,7 +252,7 @@ def shared_service_accounts(module: Module, users: dict[str, str]) -> list[str]:
         if not expr:
             problems.append(f"{component} sets no service account")
             continue
-        target = ref_target(expr)
+        target = ref_instance(expr)
         if not target.startswith("google_service_account."):
             problems.append(f"{component} runs as {expr}, not a google_service_account")
         elif target in seen:
@@ -383,13 +393,17 @@ def test_no_project_wide_storage_or_pubsub_roles(module: Module) -> None:
 
 def test_buckets_are_private_and_uniform(module: Module) -> None:
     buckets = module.of_type("google_storage_bucket")
-    assert {"models", "archive", "staging", "function_source"} <= set(buckets)
+    assert set(buckets) == {"bucket", "access_logs"}
+    assert set(module.locals["buckets"]) == {"models", "archive", "staging", "function_source"}
     for name, body in buckets.items():
         assert body["uniform_bucket_level_access"] is True, name
         assert body["public_access_prevention"] == "enforced", name
-    for name in ("models", "archive"):
-        assert first(buckets[name]["versioning"])["enabled"] is True
-    assert any(first(r["condition"]).get("age") for r in buckets["staging"]["lifecycle_rule"])
+        assert first(body["versioning"])["enabled"] is True, name
+    assert buckets["bucket"]["for_each"] == "${local.buckets}"
+    assert first(buckets["bucket"]["logging"])["log_bucket"] == "${google_storage_bucket.access_logs.name}"
+    rules = module.locals["buckets"]
+    assert any(r.get("age") and r.get("prefixes") for r in rules["staging"]["lifecycle_rules"])
+    assert all(any(r.get("noncurrent_days") for r in b["lifecycle_rules"]) for b in rules.values())
 
 
 def test_function_archives_include_the_function_folder_and_schemas(module: Module) -> None:
