@@ -1,5 +1,5 @@
 # Shared names and values. Resources live in files grouped by concern:
-# apis.tf, pubsub.tf, firestore.tf, storage.tf, iam.tf, images.tf, functions.tf,
+# apis.tf, network.tf, pubsub.tf, firestore.tf, storage.tf, iam.tf, images.tf, functions.tf,
 # dataflow.tf, training.tf, monitoring.tf.
 
 data "google_project" "this" {

@@ -410,14 +410,24 @@ variable "dataflow_num_workers" {
 
 variable "dataflow_subnetwork" {
   type        = string
-  description = "Optional subnetwork self link or regions/REGION/subnetworks/NAME for the workers. Null uses the default network."
+  description = "Existing subnetwork for the Dataflow workers (self link, or regions/REGION/subnetworks/NAME; for a Shared VPC the full self link). It must have Private Google Access and allow TCP 12345-12346 between workers. Null creates a network, a subnetwork with Private Google Access and that firewall rule (network.tf)."
   default     = null
+
+  validation {
+    condition     = var.dataflow_subnetwork == null || can(regex("(^|/)regions/[a-z0-9-]+/subnetworks/[a-z0-9-]+$", var.dataflow_subnetwork))
+    error_message = "dataflow_subnetwork must be null, regions/REGION/subnetworks/NAME or a subnetwork self link."
+  }
 }
 
-variable "dataflow_use_public_ips" {
-  type        = bool
-  description = "Give workers public IPs. Set false only on a subnetwork with Private Google Access."
-  default     = true
+variable "dataflow_subnet_cidr" {
+  type        = string
+  description = "IP range of the subnetwork created for the Dataflow workers when dataflow_subnetwork is null."
+  default     = "10.20.0.0/22"
+
+  validation {
+    condition     = can(cidrhost(var.dataflow_subnet_cidr, 0))
+    error_message = "dataflow_subnet_cidr must be a CIDR range such as 10.20.0.0/22."
+  }
 }
 
 variable "pipeline_parameters" {

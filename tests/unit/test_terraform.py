@@ -361,6 +361,21 @@ def test_pipeline_subscriptions_dead_letter_to_the_dlq_topic(module: Module) -> 
     assert ref_target(dlq_sub["topic"]) == "google_pubsub_topic.dead_letter"
 
 
+def test_dataflow_workers_are_private_on_a_subnet_with_google_access(module: Module) -> None:
+    job = module.resources["google_dataflow_flex_template_job.streaming"]
+    assert job["ip_configuration"] == "WORKER_IP_PRIVATE"
+    assert "autoscaling_algorithm" not in job  # not THROUGHPUT_BASED: the API field's enum lacks it
+    assert job["subnetwork"] == "${local.dataflow_subnet}"
+    assert "google_compute_subnetwork.dataflow" in module.locals["dataflow_subnet"]
+    assert "var.dataflow_subnetwork" in module.locals["dataflow_subnet"]
+    subnet = module.resources["google_compute_subnetwork.dataflow"]
+    assert subnet["private_ip_google_access"] is True
+    firewall = module.resources["google_compute_firewall.dataflow_workers"]
+    assert first(firewall["allow"]) == {"protocol": "tcp", "ports": ["12345-12346"]}
+    assert firewall["source_tags"] == firewall["target_tags"] == ["${local.dataflow_workers_tag}"]
+    assert module.locals["dataflow_workers_tag"] == "dataflow"
+
+
 def test_pipeline_parameters_point_at_the_pipeline_subscriptions(module: Module) -> None:
     params = module.locals["pipeline_parameters"]
     text = json.dumps(params)
