@@ -13,9 +13,6 @@ locals {
 
   firestore_location = coalesce(var.firestore_location, var.region)
 
-  # Service agent that forwards dead letters and must be allowed to publish/ack.
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-
   # --- Serving settings: functions/recommend/serving.env (KEY=VALUE lines), defaults, overrides.
   serving_env_file = "${local.repo_root}/functions/recommend/serving.env"
   serving_env_lines = fileexists(local.serving_env_file) ? [

@@ -92,20 +92,9 @@ variable "catalog_subscription" {
   default     = "catalog-updates-pipeline"
 }
 
-variable "max_delivery_attempts" {
-  type        = number
-  description = "Deliveries of a message to the pipeline subscription before Pub/Sub moves it to the dead-letter topic."
-  default     = 10
-
-  validation {
-    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
-    error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub limits)."
-  }
-}
-
 variable "message_retention_days" {
   type        = number
-  description = "Days unacknowledged messages are kept on the subscriptions (lets the pipeline catch up after an outage)."
+  description = "Days unacknowledged messages are kept on the subscriptions (lets the pipeline catch up after an outage). Undeliverable events are not retried by Pub/Sub: the pipeline routes them to the dead-letter topic itself."
   default     = 7
 
   validation {

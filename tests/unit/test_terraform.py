@@ -225,20 +225,15 @@ def unguarded_public_members(module: Module) -> list[str]:
     return problems
 
 
-def subscription_dead_letter_problems(module: Module, subscription: str, dead_letter_topic: str) -> list[str]:
-    """The subscription must dead-letter to ``dead_letter_topic``, retry with backoff and keep messages."""
+def dataflow_subscription_problems(module: Module, subscription: str) -> list[str]:
+    """A subscription the Dataflow pipeline reads must keep messages and carry no dead-letter or
+    retry policy: Pub/Sub does not support them with Dataflow (Dataflow acks on receipt, so they
+    never trigger); the pipeline's own dead-letter output handles bad events."""
     body = module.resources.get(subscription)
     if body is None:
         return [f"{subscription} is not declared"]
-    problems = []
-    policy = body.get("dead_letter_policy")
-    if not policy:
-        problems.append(f"{subscription} has no dead_letter_policy")
-    elif ref_target(first(policy).get("dead_letter_topic", "")) != dead_letter_topic:
-        problems.append(f"{subscription} dead-letters to {first(policy).get('dead_letter_topic')}, "
-                        f"not {dead_letter_topic}")
-    if not body.get("retry_policy"):
-        problems.append(f"{subscription} has no retry_policy")
+    problems = [f"{subscription} has a {policy} (not supported with Dataflow)"
+                for policy in ("dead_letter_policy", "retry_policy") if body.get(policy)]
     if not body.get("message_retention_duration"):
         problems.append(f"{subscription} has no message_retention_duration")
     return problems
@@ -346,16 +341,21 @@ def test_topic_schemas_are_read_from_the_schemas_folder(module: Module) -> None:
         fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
 
 
-def test_pipeline_subscriptions_dead_letter_to_the_dlq_topic(module: Module) -> None:
+def test_pipeline_subscriptions_leave_dead_letters_to_the_pipeline(module: Module) -> None:
     for sub in ("google_pubsub_subscription.events_pipeline", "google_pubsub_subscription.catalog_pipeline"):
-        assert subscription_dead_letter_problems(module, sub, "google_pubsub_topic.dead_letter") == []
+        assert dataflow_subscription_problems(module, sub) == []
     events_sub = module.resources["google_pubsub_subscription.events_pipeline"]
     assert events_sub["name"] == "${var.events_subscription}"
     assert module.resources["google_pubsub_topic.dead_letter"]["name"] == "${var.dead_letter_topic}"
-    # The Pub/Sub service agent may publish dead letters and ack the source subscriptions.
-    agent = module.resources["google_pubsub_topic_iam_member.dead_letter_agent_publisher"]
-    assert agent["role"] == "roles/pubsub.publisher" and "gcp-sa-pubsub" in str(module.locals)
-    assert ref_target(agent["topic"]) == "google_pubsub_topic.dead_letter"
+    # The pipeline publishes its dead-letter output itself, as its own service account.
+    assert ref_target(module.locals["pipeline_parameters"].split("dead_letter_topic")[1]) == \
+        "google_pubsub_topic.dead_letter"
+    publisher = module.resources["google_pubsub_topic_iam_member.pipeline_dead_letter_publisher"]
+    assert publisher["role"] == "roles/pubsub.publisher"
+    assert ref_target(publisher["topic"]) == "google_pubsub_topic.dead_letter"
+    assert ref_instance(publisher["member"]) == 'google_service_account.component["pipeline"]'
+    # Nothing grants the Pub/Sub service agent anything (no policy of Pub/Sub's needs it).
+    assert "gcp-sa-pubsub" not in json.dumps(module.resources) + json.dumps(module.locals)
     # The inspection subscription exists on the DLQ topic.
     dlq_sub = module.resources["google_pubsub_subscription.dead_letter"]
     assert ref_target(dlq_sub["topic"]) == "google_pubsub_topic.dead_letter"
@@ -772,6 +772,10 @@ resource "google_pubsub_topic" "dlq" {
 resource "google_pubsub_subscription" "no_dlq" {
   name  = "s"
   topic = google_pubsub_topic.missing.id
+
+  dead_letter_policy {
+    dead_letter_topic = google_pubsub_topic.dlq.id
+  }
 }
 
 resource "google_cloud_run_v2_service_iam_member" "open" {
@@ -821,10 +825,10 @@ def test_broken_snippet_untyped_undescribed_and_unpinned_are_found(broken: Modul
 
 def test_broken_snippet_public_member_and_missing_dead_letter_are_found(broken: Module) -> None:
     assert len(unguarded_public_members(broken)) == 1
-    problems = subscription_dead_letter_problems(broken, "google_pubsub_subscription.no_dlq",
-                                                 "google_pubsub_topic.dlq")
-    assert "google_pubsub_subscription.no_dlq has no dead_letter_policy" in problems
-    assert "google_pubsub_subscription.no_dlq has no retry_policy" in problems
+    problems = dataflow_subscription_problems(broken, "google_pubsub_subscription.no_dlq")
+    assert problems == [
+        "google_pubsub_subscription.no_dlq has a dead_letter_policy (not supported with Dataflow)",
+        "google_pubsub_subscription.no_dlq has no message_retention_duration"]
 
 
 def test_broken_snippet_shared_service_account_is_found(broken: Module) -> None:
