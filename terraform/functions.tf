@@ -118,9 +118,7 @@ resource "google_cloudfunctions2_function" "recommend" {
   }
 
   depends_on = [
-    google_project_iam_member.build,
-    google_storage_bucket_iam_member.grants,
-    google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.build_iam_propagation,
     google_project_iam_member.recommend,
   ]
 }
@@ -165,9 +163,7 @@ resource "google_cloudfunctions2_function" "ingest" {
   }
 
   depends_on = [
-    google_project_iam_member.build,
-    google_storage_bucket_iam_member.grants,
-    google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.build_iam_propagation,
     google_pubsub_topic_iam_member.ingest_publisher,
   ]
 }

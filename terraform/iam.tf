@@ -88,14 +88,36 @@ resource "google_project_iam_member" "training" {
   member  = google_service_account.component["training"].member
 }
 
+# The function builds read the source from the bucket Cloud Functions copies it into,
+# gcf-v2-sources-<project number>-<region>, which Cloud Functions creates on the first deploy:
+# no bucket-level grant can exist before it. Cloud Run documents roles/run.builder on the
+# project for a user-specified build service account (it covers reading that source,
+# pushing the image and writing logs): https://cloud.google.com/run/docs/configuring/services/build-service-account
 resource "google_project_iam_member" "build" {
   for_each = toset([
-    "roles/logging.logWriter", # build logs (CLOUD_LOGGING_ONLY)
+    "roles/run.builder",       # function builds: source from gcf-v2-sources-*, image push, logs
+    "roles/logging.logWriter", # build logs of the pipeline image (CLOUD_LOGGING_ONLY)
   ])
 
   project = var.project
   role    = each.value
   member  = google_service_account.component["build"].member
+}
+
+# IAM grants take a minute or two to propagate; a build started right after them fails with
+# PERMISSION_DENIED (the provider's cloudfunctions2_basic_builder example waits the same way).
+resource "time_sleep" "build_iam_propagation" {
+  create_duration = "90s"
+
+  triggers = {
+    roles = join(",", sort([for m in google_project_iam_member.build : m.role]))
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.grants,
+    google_artifact_registry_repository_iam_member.build_writer,
+  ]
 }
 
 # --- Buckets.

@@ -51,9 +51,5 @@ resource "terraform_data" "pipeline_image" {
     }
   }
 
-  depends_on = [
-    google_artifact_registry_repository_iam_member.build_writer,
-    google_storage_bucket_iam_member.grants,
-    google_project_iam_member.build,
-  ]
+  depends_on = [time_sleep.build_iam_propagation]
 }

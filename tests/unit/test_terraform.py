@@ -391,6 +391,19 @@ def test_each_component_has_its_own_service_account(module: Module) -> None:
     assert shared_service_accounts(module, users) == []
 
 
+def test_function_builds_can_read_the_copied_sources_and_wait_for_iam(module: Module) -> None:
+    # Cloud Functions copies the source into gcf-v2-sources-<number>-<region>, created on the first
+    # deploy, so only a project-level role can cover it: Cloud Run's documented roles/run.builder.
+    build = module.resources["google_project_iam_member.build"]
+    assert "roles/run.builder" in build["for_each"]
+    assert ref_instance(build["member"]) == 'google_service_account.component["build"]'
+    sleep = module.resources["time_sleep.build_iam_propagation"]
+    assert "${google_project_iam_member.build}" in sleep["depends_on"]
+    for builder in ("google_cloudfunctions2_function", "terraform_data"):
+        for name, body in module.of_type(builder).items():
+            assert "${time_sleep.build_iam_propagation}" in body["depends_on"], f"{builder}.{name}"
+
+
 def test_nothing_public_unless_allowed(module: Module) -> None:
     assert unguarded_public_members(module) == []
     public = module.resources["google_cloud_run_v2_service_iam_member.public_invoker"]
