@@ -209,10 +209,7 @@ resource "google_cloud_run_v2_job_iam_member" "scheduler_runs_training" {
 # --- Function callers: public only when var.allow_unauthenticated says so.
 
 locals {
-  function_services = {
-    recommend = google_cloudfunctions2_function.recommend.name
-    ingest    = google_cloudfunctions2_function.ingest.name
-  }
+  function_services = { for name, fn in google_cloudfunctions2_function.http : name => fn.name }
   function_invokers = {
     for pair in setproduct(keys(local.function_services), var.invoker_members) :
     "${pair[0]}/${pair[1]}" => { function = pair[0], member = pair[1] }
@@ -220,7 +217,6 @@ locals {
 }
 
 resource "google_cloud_run_v2_service_iam_member" "public_invoker" {
-  #checkov:skip=CKV_GCP_102:allUsers is granted only when var.allow_unauthenticated is true (default false), for a public demo.
   for_each = var.allow_unauthenticated ? local.function_services : {}
 
   project  = var.project

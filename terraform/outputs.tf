@@ -1,11 +1,11 @@
 output "recommend_url" {
   description = "HTTPS URL of the recommend function (send an identity token unless allow_unauthenticated)."
-  value       = google_cloudfunctions2_function.recommend.service_config[0].uri
+  value       = google_cloudfunctions2_function.http["recommend"].service_config[0].uri
 }
 
 output "ingest_url" {
   description = "HTTPS URL of the ingest function (POST product events as JSON)."
-  value       = google_cloudfunctions2_function.ingest.service_config[0].uri
+  value       = google_cloudfunctions2_function.http["ingest"].service_config[0].uri
 }
 
 output "events_topic" {

@@ -136,12 +136,12 @@ variable "embedding_dimension" {
 
 variable "python_runtime" {
   type        = string
-  description = "Cloud Functions runtime for both functions."
+  description = "Cloud Functions runtime for both functions. At least python311: the recommend function pins numpy 2.4, which requires Python >= 3.11."
   default     = "python311"
 
   validation {
-    condition     = contains(["python310", "python311", "python312"], var.python_runtime)
-    error_message = "python_runtime must be python310, python311 or python312."
+    condition     = contains(["python311", "python312", "python313"], var.python_runtime)
+    error_message = "python_runtime must be python311, python312 or python313 (numpy 2.4 needs Python >= 3.11)."
   }
 }
 
@@ -208,7 +208,7 @@ variable "recommend_memory" {
 
 variable "recommend_cpu" {
   type        = string
-  description = "vCPUs of one recommend function instance (at least 1 when concurrency > 1)."
+  description = "vCPUs of one recommend function instance. Cloud Run allows concurrency > 1 only with at least 1 vCPU; a precondition on the function enforces it."
   default     = "1"
 
   validation {

@@ -32,7 +32,7 @@ TF_DIR = ROOT / "terraform"
 HCL_OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 
 RESOURCE_REF = re.compile(
-    r"(?<![\w./-])(data\.)?((?:google|terraform|archive)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+    r"(?<![\w./-])(data\.)?((?:google|terraform|archive|time)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
 # A reference to one instance: google_x.name or google_x.name["key"].
 INSTANCE_REF = re.compile(
     r'(?<![\w./-])((?:google|terraform|archive|time)_[a-z0-9_]+\.[A-Za-z_][\w-]*(?:\["[^"]+"\])?)')
@@ -256,10 +256,22 @@ def shared_service_accounts(module: Module, users: dict[str, str]) -> list[str]:
     return problems
 
 
+def _per_instance(module: Module, body: dict[str, Any], expr: str) -> dict[str, str]:
+    """``expr`` per for_each key when it is ``each.value.X`` over ``local.Y`` (else one entry)."""
+    match = re.fullmatch(r"\$\{each\.value\.(\w+)\}", expr or "")
+    source = re.fullmatch(r"\$\{local\.(\w+)\}", str(body.get("for_each", "")))
+    if match and source:
+        items = module.locals[source.group(1)]
+        return {key: str(item.get(match.group(1), "")) for key, item in items.items()}
+    return {"": expr}
+
+
 def component_service_accounts(module: Module) -> dict[str, str]:
     """Component -> service account expression, for functions, the Dataflow job and training."""
-    users = {f"function {n}": first(b.get("service_config")).get("service_account_email", "")
-             for n, b in module.of_type("google_cloudfunctions2_function").items()}
+    users = {}
+    for n, b in module.of_type("google_cloudfunctions2_function").items():
+        expr = first(b.get("service_config")).get("service_account_email", "")
+        users |= {f"function {key or n}": e for key, e in _per_instance(module, b, expr).items()}
     users |= {f"dataflow {n}": b.get("service_account_email", "")
               for n, b in module.of_type("google_dataflow_flex_template_job").items()}
     users |= {f"cloud run job {n}": first(first(b["template"])["template"]).get("service_account", "")
@@ -285,6 +297,7 @@ def test_every_tf_file_parses_and_declares_something(module: Module) -> None:
                     "storage.tf", "iam.tf", "functions.tf", "dataflow.tf", "training.tf", "monitoring.tf"):
         assert concern in files
     assert len(module.resources) > 40
+    assert "network.tf" in files
 
 
 def test_every_reference_is_declared(module: Module) -> None:
@@ -434,26 +447,39 @@ def test_buckets_are_private_and_uniform(module: Module) -> None:
     assert all(any(r.get("noncurrent_days") for r in b["lifecycle_rules"]) for b in rules.values())
 
 
-def test_function_archives_include_the_function_folder_and_schemas(module: Module) -> None:
-    for name in ("recommend", "ingest"):
-        archive = module.data[f"archive_file.{name}"]
-        sources = [first([d["source"]]) for d in archive["dynamic"]]
-        filenames = {s["content"][0]["filename"] for s in sources}
-        assert filenames == {"${source.value}", "schemas/${source.value}"}, filenames
-        function = module.resources[f"google_cloudfunctions2_function.{name}"]
-        storage = first(first(first(function["build_config"])["source"])["storage_source"])
-        assert ref_target(storage["object"]) == f"google_storage_bucket_object.{name}_source"
-        assert f"data.archive_file.{name}.output_md5" in module.resources[
-            f"google_storage_bucket_object.{name}_source"]["name"]
-    dirs = module.locals["function_dirs"]
-    assert dirs == {"recommend": "${local.repo_root}/functions/recommend",
-                    "ingest": "${local.repo_root}/functions/ingest"}
+# What each deploy archive holds: zip prefix -> repository folder (a folder that does not exist
+# yet contributes nothing).
+ARCHIVE_TREES = {
+    "recommend": {"": "functions/recommend", "schemas/": "schemas", "scoring/": "scoring",
+                  "httpfn/": "functions/httpfn"},
+    "ingest": {"": "functions/ingest", "schemas/": "schemas", "httpfn/": "functions/httpfn"},
+}
+
+
+def test_function_archives_include_the_function_folder_and_shared_packages(module: Module) -> None:
+    assert module.locals["function_trees"] == ARCHIVE_TREES
+    archive = module.data["archive_file.function"]
+    assert archive["for_each"] == "${local.function_trees}"
+    (dynamic,) = archive["dynamic"]
+    source = dynamic["source"]
+    assert source["for_each"] == "${local.function_files[each.key]}"
+    assert first(source["content"]) == {"content": "${file(source.value)}", "filename": "${source.key}"}
+    objects = module.resources["google_storage_bucket_object.function_source"]
+    assert objects["for_each"] == "${data.archive_file.function}"
+    assert "each.value.output_md5" in objects["name"]
+    function = module.resources["google_cloudfunctions2_function.http"]
+    assert function["for_each"] == "${local.http_functions}"
+    assert set(module.locals["http_functions"]) == set(ARCHIVE_TREES)
+    storage = first(first(first(function["build_config"])["source"])["storage_source"])
+    assert ref_instance(storage["object"]) == "google_storage_bucket_object.function_source"
+    assert "[each.key]" in storage["object"]
 
 
 @pytest.mark.parametrize("name", ["recommend", "ingest"])
 def test_function_entry_points_exist(module: Module, name: str) -> None:
-    function = module.resources[f"google_cloudfunctions2_function.{name}"]
-    entry = first(function["build_config"])["entry_point"]
+    function = module.resources["google_cloudfunctions2_function.http"]
+    assert first(function["build_config"])["entry_point"] == "${each.value.entry_point}"
+    entry = module.locals["http_functions"][name]["entry_point"]
     main = ROOT / "functions" / name / "main.py"
     tree = ast.parse(main.read_text(encoding="utf-8"))
     assert entry in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -473,17 +499,29 @@ def test_missing_requirement_is_found(tmp_path: Path) -> None:
 
 
 def test_function_service_config_limits(module: Module) -> None:
-    for name in ("recommend", "ingest"):
-        config = first(module.resources[f"google_cloudfunctions2_function.{name}"]["service_config"])
-        for key in ("available_memory", "max_instance_count", "max_instance_request_concurrency",
-                    "timeout_seconds", "service_account_email"):
-            assert config.get(key), f"{name}: service_config.{key} missing"
-    env = first(module.resources["google_cloudfunctions2_function.recommend"]["service_config"])[
-        "environment_variables"]
+    function = module.resources["google_cloudfunctions2_function.http"]
+    config = first(function["service_config"])
+    for key in ("available_memory", "available_cpu", "max_instance_count", "max_instance_request_concurrency",
+                "timeout_seconds", "service_account_email", "environment_variables"):
+        assert config.get(key), f"service_config.{key} missing"
+    for name, settings in module.locals["http_functions"].items():
+        for key in ("memory", "cpu", "max_instances", "concurrency", "timeout_seconds", "service_account"):
+            assert settings.get(key), f"{name}: {key} missing"
+    # concurrency > 1 needs a whole vCPU: a precondition refuses the combination at plan time.
+    (precondition,) = first(function["lifecycle"])["precondition"]
+    assert "each.value.cpu" in precondition["condition"]
+    assert "each.value.concurrency" in precondition["condition"]
+    env = module.locals["http_functions"]["recommend"]["environment"]
     assert "local.serving_env" in env and "DEFAULT_ALPHA" in env and "REFRESH_SECONDS" in env
-    ingest_env = first(module.resources["google_cloudfunctions2_function.ingest"]["service_config"])[
-        "environment_variables"]
+    ingest_env = module.locals["http_functions"]["ingest"]["environment"]
     assert ref_target(ingest_env["EVENTS_TOPIC"]) == "google_pubsub_topic.events"
+
+
+def test_function_runtime_supports_the_pinned_numpy(module: Module) -> None:
+    runtime = module.variables["python_runtime"]
+    assert runtime["default"] >= "python311"
+    allowed = re.findall(r"python3\d+", first(runtime["validation"])["condition"])
+    assert allowed and all(int(r.removeprefix("python3")) >= 11 for r in allowed), allowed
 
 
 def test_serving_variable_defaults_agree_with_serving_env(module: Module) -> None:
@@ -572,8 +610,7 @@ def test_flex_entry_point_maps_template_parameters_to_pipeline_flags(module: Mod
 # ---------------------------------------------------------------------------
 
 REPO_LOCALS = ("serving_env_file", "serving_env_lines", "serving_env_from_file", "serving_env",
-               "image_source_files", "image_source_hash", "function_dirs", "schemas_dir",
-               "function_files", "schema_files")
+               "image_source_files", "image_source_hash", "function_trees", "function_files")
 
 
 def _hcl_value(value: Any) -> str:
@@ -635,19 +672,38 @@ def test_serving_settings_come_from_serving_env(tmp_path: Path) -> None:
 
 
 def test_archives_and_image_hash_cover_the_right_files(tmp_path: Path) -> None:
-    expr = ("{functions = local.function_files, schemas = local.schema_files, "
-            "image = local.image_source_files, hash = local.image_source_hash}")
+    expr = ("{functions = local.function_files, image = local.image_source_files, "
+            "hash = local.image_source_hash}")
     files = eval_repo_locals(ROOT, expr, tmp_path)
     for name in ("recommend", "ingest"):
-        assert "main.py" in files["functions"][name]
-    assert {"__init__.py", "product_event.avsc", "events.py"} <= set(files["schemas"])
+        archive = files["functions"][name]
+        assert {"main.py", "requirements.txt", "schemas/__init__.py",
+                "schemas/product_event.avsc"} <= set(archive)
+        for zipped, disk in archive.items():
+            trees = ARCHIVE_TREES[name]
+            prefix = next(p for p in sorted(trees, key=len, reverse=True) if zipped.startswith(p))
+            assert disk.endswith(f"/{trees[prefix]}/{zipped.removeprefix(prefix)}"), (zipped, disk)
+    assert {"openapi.yaml", "serving.env"} <= set(files["functions"]["recommend"])
     assert {"setup.py", "requirements/constraints.txt", "docker/pipeline.Dockerfile", "docker/flex_main.py",
             "pipelines/streaming.py", "schemas/product_event.avsc"} <= set(files["image"])
-    everything = [f for group in files["functions"].values() for f in group]
-    everything += files["schemas"] + files["image"]
+    everything = [f for group in files["functions"].values() for f in group] + files["image"]
     assert not [f for f in everything if "__pycache__" in f or f.endswith(".pyc")]
     assert not [f for f in files["image"] if f.startswith(("functions/", "tests/", "terraform/"))]
     assert re.fullmatch(r"[0-9a-f]{64}", files["hash"])
+
+
+def test_archives_take_the_shared_packages_when_they_exist(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for path in ("functions/recommend/main.py", "functions/recommend/recommender/index.py",
+                 "functions/ingest/main.py", "functions/httpfn/__init__.py", "functions/httpfn/errors.py",
+                 "scoring/__init__.py", "scoring/__pycache__/x.cpython-311.pyc", "schemas/__init__.py"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("", encoding="utf-8")
+    files = eval_repo_locals(repo, "local.function_files", tmp_path)
+    shared = {"httpfn/__init__.py", "httpfn/errors.py", "schemas/__init__.py"}
+    assert set(files["recommend"]) == {"main.py", "recommender/index.py", "scoring/__init__.py"} | shared
+    assert set(files["ingest"]) == {"main.py"} | shared
+    assert files["recommend"]["httpfn/errors.py"] == f"{repo}/functions/httpfn/errors.py"
 
 
 def test_terraform_fmt_is_clean() -> None:
@@ -704,7 +760,7 @@ def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path:
     assert "--image r-docker.pkg.dev/p/repo/recsys-pipeline:t1" in lines[2]
     files = set(context.read_text(encoding="utf-8").split())
     assert {"./setup.py", "./docker/pipeline.Dockerfile", "./schemas/product_event.avsc",
-            "./pipelines/train.py"} <= files
+            "./pipelines/streaming.py"} <= files
     assert not any(f.startswith(("./.venv", "./tests", "./terraform", "./.")) or "__pycache__" in f
                    for f in files)
 
@@ -894,7 +950,9 @@ TRANSITIVE = {"google-api-core", "google-auth"}
 def missing_requirements(function_dir: Path) -> list[str]:
     """Third-party modules imported by the function's archive (its folder plus schemas/) that its
     requirements.txt does not provide. Imports guarded by ``except ImportError`` are optional."""
-    local_roots = {p.stem for p in function_dir.iterdir() if p.suffix == ".py" or p.is_dir()} | {"schemas"}
+    # Packages the archive adds next to main.py (ARCHIVE_TREES), by import name -> parent folder.
+    shared = {"schemas": ROOT, "scoring": ROOT, "httpfn": ROOT / "functions"}
+    local_roots = {p.stem for p in function_dir.iterdir() if p.suffix == ".py" or p.is_dir()} | set(shared)
     wanted: dict[str, str] = {}
     seen: set[Path] = set()
     queue = [function_dir / "main.py"]
@@ -908,7 +966,7 @@ def missing_requirements(function_dir: Path) -> list[str]:
             if module.startswith("."):
                 queue += _local_paths(path.parent, module.lstrip("."))
             elif root in local_roots:
-                base = ROOT if root == "schemas" else function_dir
+                base = shared.get(root, function_dir) if not (function_dir / root).exists() else function_dir
                 queue += _local_paths(base, module)
             elif root not in sys.stdlib_module_names and root != "__future__":
                 prefix = max((k for k in DIST_FOR_IMPORT if module == k or module.startswith(k + ".")),
