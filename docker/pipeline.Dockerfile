@@ -30,4 +30,4 @@ ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py \
     PYTHONUNBUFFERED=1
 
 # The entrypoint stays the Beam SDK's /opt/apache/beam/boot (workers); Dataflow starts the
-# launcher binary itself, and the training job overrides the command (python -m pipelines.train).
+# launcher binary itself, and the training job overrides the command (python -m pipelines.training).

@@ -48,6 +48,7 @@ resource "google_dataflow_flex_template_job" "streaming" {
 
   depends_on = [
     terraform_data.pipeline_image,
+    google_firestore_database.main,
     google_compute_firewall.dataflow_workers,
     google_project_iam_member.pipeline,
     google_storage_bucket_iam_member.grants,

@@ -140,6 +140,7 @@ resource "google_cloudfunctions2_function" "http" {
 
   depends_on = [
     time_sleep.build_iam_propagation,
+    google_firestore_database.main,
     google_project_iam_member.recommend,
     google_pubsub_topic_iam_member.ingest_publisher,
   ]

@@ -487,7 +487,7 @@ variable "training_init_from" {
 
 variable "training_extra_args" {
   type        = list(string)
-  description = "Extra arguments appended to `python -m pipelines.train` (e.g. [\"--epochs\", \"5\"])."
+  description = "Extra arguments appended to `python -m pipelines.training` (e.g. [\"--epochs\", \"5\"])."
   default     = []
 }
 
