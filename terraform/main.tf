@@ -1,6 +1,6 @@
 # Shared names and values. Resources live in files grouped by concern:
 # apis.tf, network.tf, pubsub.tf, firestore.tf, storage.tf, iam.tf, images.tf, functions.tf,
-# dataflow.tf, training.tf, monitoring.tf.
+# dataflow.tf, training.tf, monitoring.tf, budget.tf.
 
 data "google_project" "this" {
   project_id = var.project

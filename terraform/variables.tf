@@ -552,3 +552,29 @@ variable "pipeline_max_lag_seconds" {
     error_message = "pipeline_max_lag_seconds must be at least 10."
   }
 }
+
+# ---------------------------------------------------------------------------
+# Budget (optional)
+# ---------------------------------------------------------------------------
+
+variable "billing_account" {
+  type        = string
+  description = "Billing account id (XXXXXX-XXXXXX-XXXXXX) for the budget alert. Empty creates no budget; setting it needs roles/billing.costsManager on the billing account."
+  default     = ""
+
+  validation {
+    condition     = var.billing_account == "" || can(regex("^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", var.billing_account))
+    error_message = "billing_account must be empty or a billing account id such as 012345-6789AB-CDEF01."
+  }
+}
+
+variable "budget_amount" {
+  type        = number
+  description = "Monthly budget of the project in the billing account's currency; alerts at 50%, 90% and 100% (forecast) go to the billing account's admins and var.alert_email."
+  default     = 200
+
+  validation {
+    condition     = var.budget_amount > 0
+    error_message = "budget_amount must be positive."
+  }
+}

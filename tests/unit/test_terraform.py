@@ -1094,3 +1094,10 @@ def test_unindexed_fields_are_real_document_fields_with_indexing_disabled(module
     (field_resource,) = module.of_type("google_firestore_field").values()
     assert field_resource["for_each"] == "${local.unindexed_fields}"
     assert field_resource["index_config"] in ([{}], {}), "an empty index_config disables the indexes"
+
+
+def test_budget_is_created_only_with_a_billing_account(module: Module) -> None:
+    budget = module.resources["google_billing_budget.project"]
+    assert budget["count"] == '${var.billing_account == "" ? 0 : 1}'
+    assert module.variables["billing_account"]["default"] == ""
+    assert "billingbudgets.googleapis.com" in module.locals["services"]
