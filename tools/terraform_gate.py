@@ -455,6 +455,7 @@ class Checker:
 
     schema_dir: Path = SCHEMA_DIR
     problems: list[str] = field(default_factory=list)
+    pinned: set[str] | None = None  # providers in the root module's required_providers
 
     def schema(self, provider: str) -> ProviderSchema:
         key = (provider, self.schema_dir)
@@ -501,6 +502,10 @@ class Checker:
                 f"no schema for provider {provider!r}: add its package to tools/terraform_gate.py PACKAGES",
             )
             return
+        if self.pinned is not None and provider not in self.pinned:
+            self.report(
+                block, "", f"provider {provider} is not pinned in the root module's required_providers"
+            )
         schema = self.schema(provider)
         types = schema.resources if block.kind == "resource" else schema.data_sources
         sid = types.get(block.type)
@@ -691,7 +696,14 @@ def check(root: Path, schema_dir: Path = SCHEMA_DIR) -> list[str]:
     """Problems of the module at ``root`` and of every local module below it."""
     checker = Checker(schema_dir=schema_dir)
     display_root = Path.cwd() if root.resolve().is_relative_to(Path.cwd()) else root.parent
-    for directory in module_dirs(root):
+    directories = module_dirs(root)
+    if not directories or directories[0] != root:
+        return [f"{root}: no .tf files"]
+    root_dir, *child_dirs = directories
+    root_module = load_module(root_dir, display_root)
+    checker.pinned = set(root_module.required_providers)
+    checker.check_module(root_module)
+    for directory in child_dirs:
         checker.check_module(load_module(directory, display_root))
     return checker.problems
 

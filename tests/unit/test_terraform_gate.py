@@ -164,6 +164,16 @@ MUTATIONS = [
         ["google_cloudfunctions2_function.http", "lifecycle: unknown argument pre_condition"],
     ),
     (
+        "provider-not-pinned",
+        "versions.tf",
+        '    time = {\n      source  = "hashicorp/time"\n      version = "= 0.13.1"\n    }\n',
+        "",
+        [
+            "time_sleep.build_iam_propagation",
+            "provider time is not pinned in the root module's required_providers",
+        ],
+    ),
+    (
         "provider-pin-drift",
         "versions.tf",
         'version = "= 6.50.0"',
@@ -237,3 +247,28 @@ def test_the_command_line_prints_one_line_per_problem_and_fails(tmp_path: Path) 
         check=False,
     )
     assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def test_local_modules_and_meta_arguments(tmp_path: Path) -> None:
+    root = tmp_path / "terraform"
+    (root / "modules" / "topic").mkdir(parents=True)
+    (root / "versions.tf").write_text(
+        'terraform {\n  required_providers {\n    google = {\n      source  = "hashicorp/google"\n'
+        '      version = "= 6.50.0"\n    }\n  }\n}\n',
+        encoding="utf-8",
+    )
+    (root / "main.tf").write_text(
+        'resource "google_pubsub_topic" "t" {\n  for_each   = toset(["a"])\n  name       = each.key\n'
+        "  depends_on = []\n  lifecycle {\n    prevent_destroy = true\n  }\n  timeouts {\n"
+        '    create = "5m"\n  }\n}\n\nresource "terraform_data" "x" {\n  input = 1\n'
+        '  provisioner "local-exec" {\n    command = "true"\n  }\n}\n',
+        encoding="utf-8",
+    )
+    assert gate.check(root) == []
+    (root / "modules" / "topic" / "main.tf").write_text(
+        'resource "google_pubsub_topic" "t" {\n  nme = "x"\n}\n', encoding="utf-8"
+    )
+    assert gate.check(root) == [
+        "terraform/modules/topic/main.tf:google_pubsub_topic.t: unknown argument nme (did you mean name?)",
+        "terraform/modules/topic/main.tf:google_pubsub_topic.t: missing required argument name",
+    ]
