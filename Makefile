@@ -27,10 +27,10 @@ $(TOOLS_VENV)/.installed: requirements/tools.txt
 	$(TOOLS_VENV)/bin/pip install -q -r requirements/tools.txt
 	touch $@
 
-# Provider schemas for tools/terraform_gate.py: the cdktf wheels are downloaded without their
+# Provider schemas for tools/terraform_gate/: the cdktf wheels are downloaded without their
 # dependencies (only the jsii JSON inside is read) and a compact schema is cached next to them.
 SCHEMA_DIR := build/provider-schemas
-$(SCHEMA_DIR)/.installed: requirements/provider-schemas.txt tools/terraform_gate.py $(TOOLS_VENV)/.installed
+$(SCHEMA_DIR)/.installed: requirements/provider-schemas.txt $(wildcard tools/terraform_gate/*.py) $(TOOLS_VENV)/.installed
 	$(TOOLS_VENV)/bin/pip download -q --no-deps -r requirements/provider-schemas.txt -d $(SCHEMA_DIR)/wheels
 	$(TOOLS_VENV)/bin/python -m tools.terraform_gate --build-schemas --schema-dir $(SCHEMA_DIR)
 	touch $@

@@ -7,7 +7,7 @@ terraform {
       version = "= 6.50.0"
     }
     # google_dataflow_flex_template_job exists only in the beta provider (checked against
-    # the 6.50.0 schemas by tools/terraform_gate.py).
+    # the 6.50.0 schemas by tools/terraform_gate/).
     google-beta = {
       source  = "hashicorp/google-beta"
       version = "= 6.50.0"

@@ -545,8 +545,8 @@ def test_serving_variable_defaults_agree_with_serving_env(module: Module) -> Non
 
 
 def test_pipeline_flags_exist_in_the_streaming_pipeline(module: Module) -> None:
-    streaming = ROOT / "pipelines" / "streaming.py"
-    assert streaming.is_file(), "pipelines/streaming.py (the Flex Template's entry point) is missing"
+    streaming = ROOT / "pipelines" / "streaming" / "pipeline.py"
+    assert streaming.is_file(), "pipelines/streaming/pipeline.py (the Flex Template's entry point) is missing"
     flags = _argparse_flags(streaming)
     params = _merge_keys(module.locals["pipeline_parameters"])
     assert {"events_subscription", "catalog_subscription", "dead_letter_topic"} <= set(params)
@@ -555,13 +555,10 @@ def test_pipeline_flags_exist_in_the_streaming_pipeline(module: Module) -> None:
 
 
 def _training_entry_point() -> Path:
-    """The file defining `python -m pipelines.training`'s flags. pipelines/train.py is the
-    module's name before the restructuring on main lands in this branch."""
-    for candidate in ("pipelines/training.py", "pipelines/training/__main__.py",
-                      "pipelines/training/__init__.py", "pipelines/train.py"):
-        if (ROOT / candidate).is_file():
-            return ROOT / candidate
-    raise AssertionError("no pipelines/training module")
+    """The file defining `python -m pipelines.training`'s flags (its __main__ runs train.main)."""
+    main = (ROOT / "pipelines" / "training" / "__main__.py").read_text(encoding="utf-8")
+    assert "from pipelines.training.train import main" in main
+    return ROOT / "pipelines" / "training" / "train.py"
 
 
 def test_training_args_exist_in_the_training_entry_point(module: Module) -> None:
@@ -615,7 +612,7 @@ def test_flex_entry_point_maps_template_parameters_to_pipeline_flags(module: Mod
     assert normalize(argv, beam) == [
         "--runner=DataflowRunner", "--temp_location=gs://b/t", "--staging_location", "gs://b/s",
         "--events-subscription=projects/p/subscriptions/a_b", "--model-dir=gs://m/x_y", "positional_x"]
-    flags = _argparse_flags(ROOT / "pipelines" / "streaming.py")
+    flags = _argparse_flags(ROOT / "pipelines" / "streaming" / "pipeline.py")
     params = [f"--{k}=v" for k in _merge_keys(module.locals["pipeline_parameters"])]
     for arg in normalize(params, beam):
         assert arg[2:].split("=")[0] in flags, arg
@@ -702,7 +699,7 @@ def test_archives_and_image_hash_cover_the_right_files(tmp_path: Path) -> None:
             assert disk.endswith(f"/{trees[prefix]}/{zipped.removeprefix(prefix)}"), (zipped, disk)
     assert {"openapi.yaml", "serving.env"} <= set(files["functions"]["recommend"])
     assert {"setup.py", "requirements/constraints.txt", "docker/pipeline.Dockerfile", "docker/flex_main.py",
-            "pipelines/streaming.py", "schemas/product_event.avsc"} <= set(files["image"])
+            "pipelines/streaming/pipeline.py", "schemas/product_event.avsc"} <= set(files["image"])
     everything = [f for group in files["functions"].values() for f in group] + files["image"]
     assert not [f for f in everything if "__pycache__" in f or f.endswith(".pyc")]
     assert not [f for f in files["image"] if f.startswith(("functions/", "tests/", "terraform/"))]
@@ -777,7 +774,7 @@ def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path:
     assert "--image r-docker.pkg.dev/p/repo/recsys-pipeline:t1" in lines[2]
     files = set(context.read_text(encoding="utf-8").split())
     assert {"./setup.py", "./docker/pipeline.Dockerfile", "./schemas/product_event.avsc",
-            "./pipelines/streaming.py"} <= files
+            "./pipelines/streaming/pipeline.py"} <= files
     assert not any(f.startswith(("./.venv", "./tests", "./terraform", "./.")) or "__pycache__" in f
                    for f in files)
 
@@ -1057,7 +1054,7 @@ def _argparse_flags(path: Path) -> set[str]:
 
 
 def _model_config_flags() -> set[str]:
-    tree = ast.parse((ROOT / "pipelines" / "model.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "pipelines" / "training" / "model.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "ModelConfig":
             return {n.target.id.replace("_", "-") for n in node.body

@@ -1,4 +1,4 @@
-"""Mutation tests of tools/terraform_gate.py: each injects one error a real `terraform apply`
+"""Mutation tests of tools/terraform_gate/: each injects one error a real `terraform apply`
 (or `terraform validate`) would reject into a copy of terraform/ and expects the gate to name it.
 
 The provider schemas come from the wheels `make tools` downloads (requirements/provider-schemas.txt);
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tools import terraform_gate as gate
+from tools.terraform_gate import checker as gate
+from tools.terraform_gate.providers import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = ROOT / "terraform"
@@ -208,7 +209,7 @@ def test_gate_names_the_injected_error(tmp_path: Path, mutation: tuple) -> None:
 
 
 def test_the_schema_is_the_pinned_provider_version() -> None:
-    for name, package in gate.PACKAGES.items():
+    for name, package in PACKAGES.items():
         schema = gate.Checker().schema(name)
         assert (schema.source, schema.version) == (package.source, package.version)
     google = gate.Checker().schema("google")
