@@ -27,7 +27,15 @@ $(TOOLS_VENV)/.installed: requirements/tools.txt
 	$(TOOLS_VENV)/bin/pip install -q -r requirements/tools.txt
 	touch $@
 
-tools: $(TOOLS_VENV)/.installed ## Separate venv for checkov (its pins clash with the stack)
+# Provider schemas for tools/terraform_gate/: the cdktf wheels are downloaded without their
+# dependencies (only the jsii JSON inside is read) and a compact schema is cached next to them.
+SCHEMA_DIR := build/provider-schemas
+$(SCHEMA_DIR)/.installed: requirements/provider-schemas.txt $(wildcard tools/terraform_gate/*.py) $(TOOLS_VENV)/.installed
+	$(TOOLS_VENV)/bin/pip download -q --no-deps -r requirements/provider-schemas.txt -d $(SCHEMA_DIR)/wheels
+	$(TOOLS_VENV)/bin/python -m tools.terraform_gate --build-schemas --schema-dir $(SCHEMA_DIR)
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed $(SCHEMA_DIR)/.installed ## checkov venv (its pins clash with the stack) + provider schemas
 
 test: venv tools lint terraform-check ## Run every check and test (starts the emulators itself)
 	$(PY) -m pytest tests
@@ -44,8 +52,9 @@ lint: venv ## ruff over the code
 format: venv ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix . ; $(VENV)/bin/ruff format .
 
-terraform-check: tools ## terraform fmt -check and checkov over terraform/
+terraform-check: venv tools ## terraform fmt -check, provider-schema gate and checkov over terraform/
 	terraform fmt -check -recursive terraform
+	$(PY) -m tools.terraform_gate terraform --schema-dir $(SCHEMA_DIR)
 	$(TOOLS_VENV)/bin/checkov -d terraform --quiet --compact --framework terraform --skip-download
 
 stack-start: venv ## Start the Pub/Sub and Firestore emulators and create topics

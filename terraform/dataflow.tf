@@ -27,22 +27,29 @@ resource "google_dataflow_flex_template_job" "streaming" {
   sdk_container_image     = local.image_uri
   parameters              = local.pipeline_parameters
 
-  service_account_email   = google_service_account.pipeline.email
-  temp_location           = "gs://${google_storage_bucket.staging.name}/temp"
-  staging_location        = "gs://${google_storage_bucket.staging.name}/staging"
+  service_account_email   = google_service_account.component["pipeline"].email
+  temp_location           = "gs://${google_storage_bucket.bucket["staging"].name}/temp"
+  staging_location        = "gs://${google_storage_bucket.bucket["staging"].name}/staging"
   machine_type            = var.dataflow_machine_type
   num_workers             = var.dataflow_num_workers
   max_workers             = var.dataflow_max_workers
-  autoscaling_algorithm   = "THROUGHPUT_BASED"
   enable_streaming_engine = true
-  subnetwork              = var.dataflow_subnetwork
-  ip_configuration        = var.dataflow_use_public_ips ? "WORKER_IP_PUBLIC" : "WORKER_IP_PRIVATE"
+  subnetwork              = local.dataflow_subnet
+  ip_configuration        = "WORKER_IP_PRIVATE"
+
+  # No autoscaling_algorithm: the provider sends it as the launch request's
+  # environment.autoscalingAlgorithm, whose enum has no THROUGHPUT_BASED (the API answers
+  # 400, hashicorp/terraform-provider-google#17570). Streaming Engine jobs autoscale
+  # horizontally by default between 1 and max_workers
+  # (https://cloud.google.com/dataflow/docs/horizontal-autoscaling).
 
   # Stop by draining: in-flight events are finished and their state written before exit.
   on_delete = "drain"
 
   depends_on = [
     terraform_data.pipeline_image,
+    google_firestore_database.main,
+    google_compute_firewall.dataflow_workers,
     google_project_iam_member.pipeline,
     google_storage_bucket_iam_member.grants,
     google_pubsub_subscription_iam_member.pipeline,

@@ -2,52 +2,56 @@
 # bucket / topic / subscription / repository / job wherever the API allows it; Firestore
 # and Dataflow only offer project-level roles.
 
-resource "google_service_account" "pipeline" {
+locals {
+  # Component => display name; each runs as its own account (account_id <prefix>-<component>).
+  service_accounts = {
+    pipeline  = "Recommender streaming pipeline (Dataflow launcher and workers)"
+    recommend = "Recommender recommend function"
+    ingest    = "Recommender ingest function"
+    training  = "Recommender training job (Cloud Run job)"
+    scheduler = "Cloud Scheduler: starts the training job"
+    build     = "Cloud Build: function builds and the pipeline/training image"
+  }
+}
+
+resource "google_service_account" "component" {
+  for_each = local.service_accounts
+
   project      = var.project
-  account_id   = "${var.name_prefix}-pipeline"
-  display_name = "Recommender streaming pipeline (Dataflow launcher and workers)"
+  account_id   = "${var.name_prefix}-${each.key}"
+  display_name = each.value
 
   depends_on = [google_project_service.enabled]
 }
 
-resource "google_service_account" "recommend" {
-  project      = var.project
-  account_id   = "${var.name_prefix}-recommend"
-  display_name = "Recommender recommend function"
-
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_service_account.pipeline
+  to   = google_service_account.component["pipeline"]
 }
 
-resource "google_service_account" "ingest" {
-  project      = var.project
-  account_id   = "${var.name_prefix}-ingest"
-  display_name = "Recommender ingest function"
-
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_service_account.recommend
+  to   = google_service_account.component["recommend"]
 }
 
-resource "google_service_account" "training" {
-  project      = var.project
-  account_id   = "${var.name_prefix}-training"
-  display_name = "Recommender training job (Cloud Run job)"
-
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_service_account.ingest
+  to   = google_service_account.component["ingest"]
 }
 
-resource "google_service_account" "scheduler" {
-  project      = var.project
-  account_id   = "${var.name_prefix}-scheduler"
-  display_name = "Cloud Scheduler: starts the training job"
-
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_service_account.training
+  to   = google_service_account.component["training"]
 }
 
-resource "google_service_account" "build" {
-  project      = var.project
-  account_id   = "${var.name_prefix}-build"
-  display_name = "Cloud Build: function builds and the pipeline/training image"
+moved {
+  from = google_service_account.scheduler
+  to   = google_service_account.component["scheduler"]
+}
 
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_service_account.build
+  to   = google_service_account.component["build"]
 }
 
 # --- Project-level roles (no narrower resource exists for these APIs).
@@ -61,7 +65,7 @@ resource "google_project_iam_member" "pipeline" {
 
   project = var.project
   role    = each.value
-  member  = google_service_account.pipeline.member
+  member  = google_service_account.component["pipeline"].member
 }
 
 resource "google_project_iam_member" "recommend" {
@@ -71,7 +75,7 @@ resource "google_project_iam_member" "recommend" {
 
   project = var.project
   role    = each.value
-  member  = google_service_account.recommend.member
+  member  = google_service_account.component["recommend"].member
 }
 
 resource "google_project_iam_member" "training" {
@@ -81,31 +85,53 @@ resource "google_project_iam_member" "training" {
 
   project = var.project
   role    = each.value
-  member  = google_service_account.training.member
+  member  = google_service_account.component["training"].member
 }
 
+# The function builds read the source from the bucket Cloud Functions copies it into,
+# gcf-v2-sources-<project number>-<region>, which Cloud Functions creates on the first deploy:
+# no bucket-level grant can exist before it. Cloud Run documents roles/run.builder on the
+# project for a user-specified build service account (it covers reading that source,
+# pushing the image and writing logs): https://cloud.google.com/run/docs/configuring/services/build-service-account
 resource "google_project_iam_member" "build" {
   for_each = toset([
-    "roles/logging.logWriter", # build logs (CLOUD_LOGGING_ONLY)
+    "roles/run.builder",       # function builds: source from gcf-v2-sources-*, image push, logs
+    "roles/logging.logWriter", # build logs of the pipeline image (CLOUD_LOGGING_ONLY)
   ])
 
   project = var.project
   role    = each.value
-  member  = google_service_account.build.member
+  member  = google_service_account.component["build"].member
+}
+
+# IAM grants take a minute or two to propagate; a build started right after them fails with
+# PERMISSION_DENIED (the provider's cloudfunctions2_basic_builder example waits the same way).
+resource "time_sleep" "build_iam_propagation" {
+  create_duration = "90s"
+
+  triggers = {
+    roles = join(",", sort([for m in google_project_iam_member.build : m.role]))
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.grants,
+    google_artifact_registry_repository_iam_member.build_writer,
+  ]
 }
 
 # --- Buckets.
 
 locals {
   bucket_grants = {
-    pipeline_staging = { bucket = google_storage_bucket.staging.name, role = "roles/storage.objectAdmin", member = google_service_account.pipeline.member }
-    pipeline_archive = { bucket = google_storage_bucket.archive.name, role = "roles/storage.objectAdmin", member = google_service_account.pipeline.member }
-    pipeline_models  = { bucket = google_storage_bucket.models.name, role = "roles/storage.objectViewer", member = google_service_account.pipeline.member }
-    recommend_models = { bucket = google_storage_bucket.models.name, role = "roles/storage.objectViewer", member = google_service_account.recommend.member }
-    training_models  = { bucket = google_storage_bucket.models.name, role = "roles/storage.objectAdmin", member = google_service_account.training.member }
-    training_archive = { bucket = google_storage_bucket.archive.name, role = "roles/storage.objectViewer", member = google_service_account.training.member }
-    build_staging    = { bucket = google_storage_bucket.staging.name, role = "roles/storage.objectAdmin", member = google_service_account.build.member }
-    build_sources    = { bucket = google_storage_bucket.function_source.name, role = "roles/storage.objectViewer", member = google_service_account.build.member }
+    pipeline_staging = { bucket = google_storage_bucket.bucket["staging"].name, role = "roles/storage.objectAdmin", member = google_service_account.component["pipeline"].member }
+    pipeline_archive = { bucket = google_storage_bucket.bucket["archive"].name, role = "roles/storage.objectAdmin", member = google_service_account.component["pipeline"].member }
+    pipeline_models  = { bucket = google_storage_bucket.bucket["models"].name, role = "roles/storage.objectViewer", member = google_service_account.component["pipeline"].member }
+    recommend_models = { bucket = google_storage_bucket.bucket["models"].name, role = "roles/storage.objectViewer", member = google_service_account.component["recommend"].member }
+    training_models  = { bucket = google_storage_bucket.bucket["models"].name, role = "roles/storage.objectAdmin", member = google_service_account.component["training"].member }
+    training_archive = { bucket = google_storage_bucket.bucket["archive"].name, role = "roles/storage.objectViewer", member = google_service_account.component["training"].member }
+    build_staging    = { bucket = google_storage_bucket.bucket["staging"].name, role = "roles/storage.objectAdmin", member = google_service_account.component["build"].member }
+    build_sources    = { bucket = google_storage_bucket.bucket["function_source"].name, role = "roles/storage.objectViewer", member = google_service_account.component["build"].member }
   }
 }
 
@@ -123,14 +149,14 @@ resource "google_pubsub_topic_iam_member" "ingest_publisher" {
   project = var.project
   topic   = google_pubsub_topic.events.name
   role    = "roles/pubsub.publisher"
-  member  = google_service_account.ingest.member
+  member  = google_service_account.component["ingest"].member
 }
 
 resource "google_pubsub_topic_iam_member" "pipeline_dead_letter_publisher" {
   project = var.project
   topic   = google_pubsub_topic.dead_letter.name
   role    = "roles/pubsub.publisher"
-  member  = google_service_account.pipeline.member
+  member  = google_service_account.component["pipeline"].member
 }
 
 resource "google_pubsub_subscription_iam_member" "pipeline" {
@@ -144,7 +170,7 @@ resource "google_pubsub_subscription_iam_member" "pipeline" {
   project      = var.project
   subscription = each.value.subscription
   role         = each.value.role
-  member       = google_service_account.pipeline.member
+  member       = google_service_account.component["pipeline"].member
 }
 
 # --- Artifact Registry: the build pushes, the pipeline and training pull.
@@ -154,13 +180,13 @@ resource "google_artifact_registry_repository_iam_member" "build_writer" {
   location   = google_artifact_registry_repository.images.location
   repository = google_artifact_registry_repository.images.name
   role       = "roles/artifactregistry.writer"
-  member     = google_service_account.build.member
+  member     = google_service_account.component["build"].member
 }
 
 resource "google_artifact_registry_repository_iam_member" "readers" {
   for_each = {
-    pipeline = google_service_account.pipeline.member
-    training = google_service_account.training.member
+    pipeline = google_service_account.component["pipeline"].member
+    training = google_service_account.component["training"].member
   }
 
   project    = var.project
@@ -177,16 +203,13 @@ resource "google_cloud_run_v2_job_iam_member" "scheduler_runs_training" {
   location = google_cloud_run_v2_job.training.location
   name     = google_cloud_run_v2_job.training.name
   role     = "roles/run.invoker"
-  member   = google_service_account.scheduler.member
+  member   = google_service_account.component["scheduler"].member
 }
 
 # --- Function callers: public only when var.allow_unauthenticated says so.
 
 locals {
-  function_services = {
-    recommend = google_cloudfunctions2_function.recommend.name
-    ingest    = google_cloudfunctions2_function.ingest.name
-  }
+  function_services = { for name, fn in google_cloudfunctions2_function.http : name => fn.name }
   function_invokers = {
     for pair in setproduct(keys(local.function_services), var.invoker_members) :
     "${pair[0]}/${pair[1]}" => { function = pair[0], member = pair[1] }
@@ -194,7 +217,6 @@ locals {
 }
 
 resource "google_cloud_run_v2_service_iam_member" "public_invoker" {
-  #checkov:skip=CKV_GCP_102:allUsers is granted only when var.allow_unauthenticated is true (default false), for a public demo.
   for_each = var.allow_unauthenticated ? local.function_services : {}
 
   project  = var.project

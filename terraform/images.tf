@@ -46,14 +46,10 @@ resource "terraform_data" "pipeline_image" {
       REGION                = var.region
       IMAGE                 = local.image_uri
       TEMPLATE_PATH         = local.flex_template_path
-      BUILD_SERVICE_ACCOUNT = google_service_account.build.id
-      STAGING_BUCKET        = google_storage_bucket.staging.name
+      BUILD_SERVICE_ACCOUNT = google_service_account.component["build"].id
+      STAGING_BUCKET        = google_storage_bucket.bucket["staging"].name
     }
   }
 
-  depends_on = [
-    google_artifact_registry_repository_iam_member.build_writer,
-    google_storage_bucket_iam_member.grants,
-    google_project_iam_member.build,
-  ]
+  depends_on = [time_sleep.build_iam_propagation]
 }

@@ -1,6 +1,6 @@
 # Shared names and values. Resources live in files grouped by concern:
-# apis.tf, pubsub.tf, firestore.tf, storage.tf, iam.tf, images.tf, functions.tf,
-# dataflow.tf, training.tf, monitoring.tf.
+# apis.tf, network.tf, pubsub.tf, firestore.tf, storage.tf, iam.tf, images.tf, functions.tf,
+# dataflow.tf, training.tf, monitoring.tf, budget.tf.
 
 data "google_project" "this" {
   project_id = var.project
@@ -12,9 +12,6 @@ locals {
   labels = merge({ app = "realtime-recommender", managed-by = "terraform" }, var.labels)
 
   firestore_location = coalesce(var.firestore_location, var.region)
-
-  # Service agent that forwards dead letters and must be allowed to publish/ack.
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
   # --- Serving settings: functions/recommend/serving.env (KEY=VALUE lines), defaults, overrides.
   serving_env_file = "${local.repo_root}/functions/recommend/serving.env"
@@ -44,10 +41,10 @@ locals {
   image_tag          = var.image_tag != "" ? var.image_tag : substr(local.image_source_hash, 0, 16)
   image_repository   = "${var.region}-docker.pkg.dev/${var.project}/${google_artifact_registry_repository.images.repository_id}"
   image_uri          = "${local.image_repository}/recsys-pipeline:${local.image_tag}"
-  flex_template_path = "gs://${google_storage_bucket.staging.name}/templates/streaming-${local.image_tag}.json"
+  flex_template_path = "gs://${google_storage_bucket.bucket["staging"].name}/templates/streaming-${local.image_tag}.json"
 
   # Model artefacts live under gs://<models>/models/<version>/; the archive under gs://<archive>/events/.
   archive_prefix = "events"
-  model_dir      = "gs://${google_storage_bucket.models.name}/models"
-  archive_dir    = "gs://${google_storage_bucket.archive.name}/${local.archive_prefix}"
+  model_dir      = "gs://${google_storage_bucket.bucket["models"].name}/models"
+  archive_dir    = "gs://${google_storage_bucket.bucket["archive"].name}/${local.archive_prefix}"
 }

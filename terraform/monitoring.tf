@@ -4,11 +4,8 @@
 
 locals {
   notification_channels = [for c in google_monitoring_notification_channel.email : c.name]
-  function_names = {
-    recommend = google_cloudfunctions2_function.recommend.name
-    ingest    = google_cloudfunctions2_function.ingest.name
-  }
-  pipeline_job_name = "${var.name_prefix}-streaming"
+  function_names        = { for name, fn in google_cloudfunctions2_function.http : name => fn.name }
+  pipeline_job_name     = "${var.name_prefix}-streaming"
 }
 
 resource "google_monitoring_notification_channel" "email" {

@@ -1,11 +1,11 @@
 output "recommend_url" {
   description = "HTTPS URL of the recommend function (send an identity token unless allow_unauthenticated)."
-  value       = google_cloudfunctions2_function.recommend.service_config[0].uri
+  value       = google_cloudfunctions2_function.http["recommend"].service_config[0].uri
 }
 
 output "ingest_url" {
   description = "HTTPS URL of the ingest function (POST product events as JSON)."
-  value       = google_cloudfunctions2_function.ingest.service_config[0].uri
+  value       = google_cloudfunctions2_function.http["ingest"].service_config[0].uri
 }
 
 output "events_topic" {
@@ -41,10 +41,10 @@ output "catalog_subscription" {
 output "buckets" {
   description = "Bucket names by purpose: models, archive (events), staging (Dataflow, templates, builds), function_source, access_logs."
   value = {
-    models          = google_storage_bucket.models.name
-    archive         = google_storage_bucket.archive.name
-    staging         = google_storage_bucket.staging.name
-    function_source = google_storage_bucket.function_source.name
+    models          = google_storage_bucket.bucket["models"].name
+    archive         = google_storage_bucket.bucket["archive"].name
+    staging         = google_storage_bucket.bucket["staging"].name
+    function_source = google_storage_bucket.bucket["function_source"].name
     access_logs     = google_storage_bucket.access_logs.name
   }
 }
@@ -61,14 +61,7 @@ output "archive_dir" {
 
 output "service_accounts" {
   description = "Service account e-mail of each component."
-  value = {
-    pipeline  = google_service_account.pipeline.email
-    recommend = google_service_account.recommend.email
-    ingest    = google_service_account.ingest.email
-    training  = google_service_account.training.email
-    scheduler = google_service_account.scheduler.email
-    build     = google_service_account.build.email
-  }
+  value       = { for name, sa in google_service_account.component : name => sa.email }
 }
 
 output "image" {

@@ -1,5 +1,14 @@
-# Topics bound to the Avro contracts in schemas/ (read from the files, not copied),
-# the pipeline's subscriptions with dead-lettering, and the dead-letter topic.
+# Topics bound to the Avro contracts in schemas/ (read from the files, not copied), the
+# pipeline's subscriptions, and the dead-letter topic the pipeline writes to.
+#
+# The subscriptions Dataflow reads carry no dead_letter_policy and no retry_policy: Dataflow
+# acknowledges a message once it is durably in the pipeline, not when it is processed, so
+# Pub/Sub never sees a failure to redeliver or dead-letter, and Pub/Sub documents both as
+# unsupported with Dataflow (https://cloud.google.com/pubsub/docs/handling-failures and
+# https://cloud.google.com/dataflow/docs/concepts/streaming-with-cloud-pubsub). Bad events go
+# to the dead-letter topic from the pipeline's own dead-letter output (pipelines.streaming
+# --dead-letter-topic, with dlq_reason/dlq_field/dlq_source attributes), published by the
+# pipeline's service account; no Pub/Sub service agent grant is needed.
 
 locals {
   retention = "${var.message_retention_days * 86400}s"
@@ -65,16 +74,6 @@ resource "google_pubsub_subscription" "events_pipeline" {
   expiration_policy {
     ttl = "" # never expire, even when the pipeline is stopped for a while
   }
-
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
-  }
 }
 
 resource "google_pubsub_subscription" "dead_letter" {
@@ -99,35 +98,4 @@ resource "google_pubsub_subscription" "catalog_pipeline" {
   expiration_policy {
     ttl = ""
   }
-
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
-  }
-}
-
-# The Pub/Sub service agent forwards undeliverable messages: it must publish to the
-# dead-letter topic and acknowledge (subscribe) on the source subscriptions.
-resource "google_pubsub_topic_iam_member" "dead_letter_agent_publisher" {
-  project = var.project
-  topic   = google_pubsub_topic.dead_letter.name
-  role    = "roles/pubsub.publisher"
-  member  = local.pubsub_service_agent
-}
-
-resource "google_pubsub_subscription_iam_member" "dead_letter_agent_subscriber" {
-  for_each = {
-    events  = google_pubsub_subscription.events_pipeline.name
-    catalog = google_pubsub_subscription.catalog_pipeline.name
-  }
-
-  project      = var.project
-  subscription = each.value
-  role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_service_agent
 }

@@ -38,100 +38,72 @@ resource "google_storage_bucket_iam_member" "access_logs_writer" {
   member = "group:cloud-storage-analytics@google.com"
 }
 
-resource "google_storage_bucket" "models" {
-  name                        = "${local.bucket_prefix}-models"
-  project                     = var.project
-  location                    = var.region
-  force_destroy               = var.force_destroy_buckets
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  versioning {
-    enabled = true # an overwritten or deleted model version can be restored
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = 30
-      with_state                 = "ARCHIVED"
+locals {
+  # Bucket => settings. Every bucket is private (uniform access, public access prevention),
+  # versioned and logs its access to access_logs; names, force_destroy and lifecycle differ.
+  # A lifecycle rule deletes (or moves to storage_class) objects older than age days, or
+  # noncurrent (overwritten or deleted) versions noncurrent_days after they were replaced.
+  buckets = {
+    models = {
+      suffix        = "models"
+      force_destroy = var.force_destroy_buckets
+      lifecycle_rules = [
+        { action = "Delete", noncurrent_days = 30 }, # a replaced model version stays restorable
+      ]
     }
-    action {
-      type = "Delete"
+    archive = {
+      suffix        = "event-archive" # the only copy of the training data
+      force_destroy = var.force_destroy_buckets
+      lifecycle_rules = [
+        { action = "SetStorageClass", storage_class = "NEARLINE", age = 30 },
+        { action = "Delete", noncurrent_days = 7 },
+      ]
     }
-  }
-
-  logging {
-    log_bucket = google_storage_bucket.access_logs.name
+    staging = {
+      suffix        = "dataflow" # Dataflow staging/temp, Flex Template specs, Cloud Build sources
+      force_destroy = true       # only temporary and re-creatable files
+      lifecycle_rules = [
+        { action = "Delete", age = 7, prefixes = ["temp/", "cloudbuild/"] }, # staging/, templates/ serve running jobs
+        { action = "Delete", noncurrent_days = 7 },
+      ]
+    }
+    function_source = {
+      suffix        = "function-source" # archives are rebuilt from the repository
+      force_destroy = true
+      lifecycle_rules = [
+        { action = "Delete", noncurrent_days = 7 }, # the previous archive, for a manual rollback
+      ]
+    }
   }
 }
 
-resource "google_storage_bucket" "archive" {
-  name                        = "${local.bucket_prefix}-event-archive"
+resource "google_storage_bucket" "bucket" {
+  for_each = local.buckets
+
+  name                        = "${local.bucket_prefix}-${each.value.suffix}"
   project                     = var.project
   location                    = var.region
-  force_destroy               = var.force_destroy_buckets
+  force_destroy               = each.value.force_destroy
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
 
-  versioning {
-    enabled = true # archived events are the only copy of the training data
-  }
-
-  lifecycle_rule {
-    condition {
-      age = 30
-    }
-    action {
-      type          = "SetStorageClass"
-      storage_class = "NEARLINE"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = 7
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  logging {
-    log_bucket = google_storage_bucket.access_logs.name
-  }
-}
-
-resource "google_storage_bucket" "staging" {
-  name                        = "${local.bucket_prefix}-dataflow"
-  project                     = var.project
-  location                    = var.region
-  force_destroy               = true # only temporary and re-creatable files
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  # Versioning keeps an overwritten Flex Template spec restorable; old versions expire quickly.
   versioning {
     enabled = true
   }
 
-  lifecycle_rule {
-    condition {
-      age            = 7
-      matches_prefix = ["temp/", "cloudbuild/"] # staging/ and templates/ serve running jobs
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = 7
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
+  dynamic "lifecycle_rule" {
+    for_each = each.value.lifecycle_rules
+    content {
+      condition {
+        age                        = try(lifecycle_rule.value.age, null)
+        matches_prefix             = try(lifecycle_rule.value.prefixes, null)
+        days_since_noncurrent_time = try(lifecycle_rule.value.noncurrent_days, null)
+        with_state                 = can(lifecycle_rule.value.noncurrent_days) ? "ARCHIVED" : null
+      }
+      action {
+        type          = lifecycle_rule.value.action
+        storage_class = try(lifecycle_rule.value.storage_class, null)
+      }
     }
   }
 
@@ -140,31 +112,24 @@ resource "google_storage_bucket" "staging" {
   }
 }
 
-resource "google_storage_bucket" "function_source" {
-  name                        = "${local.bucket_prefix}-function-source"
-  project                     = var.project
-  location                    = var.region
-  force_destroy               = true # archives are rebuilt from the repository
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
+# Addresses before the buckets, service accounts and functions became for_each resources:
+# existing state moves instead of being destroyed and re-created.
+moved {
+  from = google_storage_bucket.models
+  to   = google_storage_bucket.bucket["models"]
+}
 
-  # Terraform replaces the object when the archive changes; versioning keeps the
-  # previous archive briefly for a manual rollback.
-  versioning {
-    enabled = true
-  }
+moved {
+  from = google_storage_bucket.archive
+  to   = google_storage_bucket.bucket["archive"]
+}
 
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = 7
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
+moved {
+  from = google_storage_bucket.staging
+  to   = google_storage_bucket.bucket["staging"]
+}
 
-  logging {
-    log_bucket = google_storage_bucket.access_logs.name
-  }
+moved {
+  from = google_storage_bucket.function_source
+  to   = google_storage_bucket.bucket["function_source"]
 }

@@ -1,5 +1,5 @@
 # Periodic training: Cloud Scheduler starts a Cloud Run job that runs
-# `python -m pipelines.train` in the shared image, reads the event archive, writes a new
+# `python -m pipelines.training` in the shared image, reads the event archive, writes a new
 # model version under the models bucket and publishes it to Firestore.
 # Why a Cloud Run job rather than a Dataflow batch job: training is a single-process
 # TensorFlow fit, not a Beam graph; a Cloud Run job runs the container to completion,
@@ -7,7 +7,7 @@
 
 locals {
   # The archive bucket is mounted read-only (Cloud Storage FUSE, implicit directories on by
-  # default in Cloud Run): pipelines.train reads the archived JSON-lines files under events/
+  # default in Cloud Run): pipelines.training reads the archived JSON-lines files under events/
   # as a local directory; the model dir is a gs:// URI it writes to.
   archive_mount = "/mnt/archive"
   training_args = concat(
@@ -28,7 +28,7 @@ resource "google_cloud_run_v2_job" "training" {
     parallelism = 1
 
     template {
-      service_account       = google_service_account.training.email
+      service_account       = google_service_account.component["training"].email
       timeout               = "${var.training_timeout_seconds}s"
       max_retries           = 1
       execution_environment = "EXECUTION_ENVIRONMENT_GEN2" # needed by the bucket mount
@@ -36,14 +36,14 @@ resource "google_cloud_run_v2_job" "training" {
       volumes {
         name = "archive"
         gcs {
-          bucket    = google_storage_bucket.archive.name
+          bucket    = google_storage_bucket.bucket["archive"].name
           read_only = true
         }
       }
 
       containers {
         image   = local.image_uri
-        command = ["python", "-m", "pipelines.train"]
+        command = ["python", "-m", "pipelines.training"]
         args    = local.training_args
 
         env {
@@ -73,6 +73,7 @@ resource "google_cloud_run_v2_job" "training" {
 
   depends_on = [
     terraform_data.pipeline_image,
+    google_firestore_database.main,
     google_project_iam_member.training,
     google_storage_bucket_iam_member.grants,
     google_artifact_registry_repository_iam_member.readers,
@@ -96,7 +97,7 @@ resource "google_cloud_scheduler_job" "training" {
     uri         = "https://run.googleapis.com/v2/${google_cloud_run_v2_job.training.id}:run"
 
     oauth_token {
-      service_account_email = google_service_account.scheduler.email
+      service_account_email = google_service_account.component["scheduler"].email
       scope                 = "https://www.googleapis.com/auth/cloud-platform"
     }
   }

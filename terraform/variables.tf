@@ -92,20 +92,9 @@ variable "catalog_subscription" {
   default     = "catalog-updates-pipeline"
 }
 
-variable "max_delivery_attempts" {
-  type        = number
-  description = "Deliveries of a message to the pipeline subscription before Pub/Sub moves it to the dead-letter topic."
-  default     = 10
-
-  validation {
-    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
-    error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub limits)."
-  }
-}
-
 variable "message_retention_days" {
   type        = number
-  description = "Days unacknowledged messages are kept on the subscriptions (lets the pipeline catch up after an outage)."
+  description = "Days unacknowledged messages are kept on the subscriptions (lets the pipeline catch up after an outage). Undeliverable events are not retried by Pub/Sub: the pipeline routes them to the dead-letter topic itself."
   default     = 7
 
   validation {
@@ -147,12 +136,12 @@ variable "embedding_dimension" {
 
 variable "python_runtime" {
   type        = string
-  description = "Cloud Functions runtime for both functions."
+  description = "Cloud Functions runtime for both functions. At least python311: the recommend function pins numpy 2.4, which requires Python >= 3.11."
   default     = "python311"
 
   validation {
-    condition     = contains(["python310", "python311", "python312"], var.python_runtime)
-    error_message = "python_runtime must be python310, python311 or python312."
+    condition     = contains(["python311", "python312", "python313"], var.python_runtime)
+    error_message = "python_runtime must be python311, python312 or python313 (numpy 2.4 needs Python >= 3.11)."
   }
 }
 
@@ -219,7 +208,7 @@ variable "recommend_memory" {
 
 variable "recommend_cpu" {
   type        = string
-  description = "vCPUs of one recommend function instance (at least 1 when concurrency > 1)."
+  description = "vCPUs of one recommend function instance. Cloud Run allows concurrency > 1 only with at least 1 vCPU; a precondition on the function enforces it."
   default     = "1"
 
   validation {
@@ -410,14 +399,24 @@ variable "dataflow_num_workers" {
 
 variable "dataflow_subnetwork" {
   type        = string
-  description = "Optional subnetwork self link or regions/REGION/subnetworks/NAME for the workers. Null uses the default network."
+  description = "Existing subnetwork for the Dataflow workers (self link, or regions/REGION/subnetworks/NAME; for a Shared VPC the full self link). It must have Private Google Access and allow TCP 12345-12346 between workers. Null creates a network, a subnetwork with Private Google Access and that firewall rule (network.tf)."
   default     = null
+
+  validation {
+    condition     = var.dataflow_subnetwork == null || can(regex("(^|/)regions/[a-z0-9-]+/subnetworks/[a-z0-9-]+$", var.dataflow_subnetwork))
+    error_message = "dataflow_subnetwork must be null, regions/REGION/subnetworks/NAME or a subnetwork self link."
+  }
 }
 
-variable "dataflow_use_public_ips" {
-  type        = bool
-  description = "Give workers public IPs. Set false only on a subnetwork with Private Google Access."
-  default     = true
+variable "dataflow_subnet_cidr" {
+  type        = string
+  description = "IP range of the subnetwork created for the Dataflow workers when dataflow_subnetwork is null."
+  default     = "10.20.0.0/22"
+
+  validation {
+    condition     = can(cidrhost(var.dataflow_subnet_cidr, 0))
+    error_message = "dataflow_subnet_cidr must be a CIDR range such as 10.20.0.0/22."
+  }
 }
 
 variable "pipeline_parameters" {
@@ -488,7 +487,7 @@ variable "training_init_from" {
 
 variable "training_extra_args" {
   type        = list(string)
-  description = "Extra arguments appended to `python -m pipelines.train` (e.g. [\"--epochs\", \"5\"])."
+  description = "Extra arguments appended to `python -m pipelines.training` (e.g. [\"--epochs\", \"5\"])."
   default     = []
 }
 
@@ -551,5 +550,31 @@ variable "pipeline_max_lag_seconds" {
   validation {
     condition     = var.pipeline_max_lag_seconds >= 10
     error_message = "pipeline_max_lag_seconds must be at least 10."
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Budget (optional)
+# ---------------------------------------------------------------------------
+
+variable "billing_account" {
+  type        = string
+  description = "Billing account id (XXXXXX-XXXXXX-XXXXXX) for the budget alert. Empty creates no budget; setting it needs roles/billing.costsManager on the billing account."
+  default     = ""
+
+  validation {
+    condition     = var.billing_account == "" || can(regex("^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", var.billing_account))
+    error_message = "billing_account must be empty or a billing account id such as 012345-6789AB-CDEF01."
+  }
+}
+
+variable "budget_amount" {
+  type        = number
+  description = "Monthly budget of the project in the billing account's currency; alerts at 50%, 90% and 100% (forecast) go to the billing account's admins and var.alert_email."
+  default     = 200
+
+  validation {
+    condition     = var.budget_amount > 0
+    error_message = "budget_amount must be positive."
   }
 }

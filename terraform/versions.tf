@@ -6,7 +6,8 @@ terraform {
       source  = "hashicorp/google"
       version = "= 6.50.0"
     }
-    # google_dataflow_flex_template_job exists only in the beta provider.
+    # google_dataflow_flex_template_job exists only in the beta provider (checked against
+    # the 6.50.0 schemas by tools/terraform_gate/).
     google-beta = {
       source  = "hashicorp/google-beta"
       version = "= 6.50.0"
@@ -14,6 +15,11 @@ terraform {
     archive = {
       source  = "hashicorp/archive"
       version = "= 2.7.1"
+    }
+    # time_sleep: waits for IAM grants to propagate before builds use them.
+    time = {
+      source  = "hashicorp/time"
+      version = "= 0.13.1"
     }
   }
 }

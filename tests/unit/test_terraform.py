@@ -32,7 +32,10 @@ TF_DIR = ROOT / "terraform"
 HCL_OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 
 RESOURCE_REF = re.compile(
-    r"(?<![\w./-])(data\.)?((?:google|terraform|archive)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+    r"(?<![\w./-])(data\.)?((?:google|terraform|archive|time)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+# A reference to one instance: google_x.name or google_x.name["key"].
+INSTANCE_REF = re.compile(
+    r'(?<![\w./-])((?:google|terraform|archive|time)_[a-z0-9_]+\.[A-Za-z_][\w-]*(?:\["[^"]+"\])?)')
 VAR_REF = re.compile(r"(?<![\w.])var\.([A-Za-z_][\w-]*)")
 LOCAL_REF = re.compile(r"(?<![\w.])local\.([A-Za-z_][\w-]*)")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
@@ -134,6 +137,13 @@ def ref_target(expr: str) -> str:
     return f"{match.group(2)}.{match.group(3)}"
 
 
+def ref_instance(expr: str) -> str:
+    """``"${google_x.name["k"].attr}"`` -> ``'google_x.name["k"]'`` (no key when not indexed)."""
+    match = INSTANCE_REF.search(expr)
+    assert match, f"not a resource reference: {expr!r}"
+    return match.group(1)
+
+
 def first(block_list: Any) -> dict[str, Any]:
     """A nested block parses as a list of dicts; the first one."""
     assert isinstance(block_list, list) and block_list, f"expected a nested block, got {block_list!r}"
@@ -215,20 +225,15 @@ def unguarded_public_members(module: Module) -> list[str]:
     return problems
 
 
-def subscription_dead_letter_problems(module: Module, subscription: str, dead_letter_topic: str) -> list[str]:
-    """The subscription must dead-letter to ``dead_letter_topic``, retry with backoff and keep messages."""
+def dataflow_subscription_problems(module: Module, subscription: str) -> list[str]:
+    """A subscription the Dataflow pipeline reads must keep messages and carry no dead-letter or
+    retry policy: Pub/Sub does not support them with Dataflow (Dataflow acks on receipt, so they
+    never trigger); the pipeline's own dead-letter output handles bad events."""
     body = module.resources.get(subscription)
     if body is None:
         return [f"{subscription} is not declared"]
-    problems = []
-    policy = body.get("dead_letter_policy")
-    if not policy:
-        problems.append(f"{subscription} has no dead_letter_policy")
-    elif ref_target(first(policy).get("dead_letter_topic", "")) != dead_letter_topic:
-        problems.append(f"{subscription} dead-letters to {first(policy).get('dead_letter_topic')}, "
-                        f"not {dead_letter_topic}")
-    if not body.get("retry_policy"):
-        problems.append(f"{subscription} has no retry_policy")
+    problems = [f"{subscription} has a {policy} (not supported with Dataflow)"
+                for policy in ("dead_letter_policy", "retry_policy") if body.get(policy)]
     if not body.get("message_retention_duration"):
         problems.append(f"{subscription} has no message_retention_duration")
     return problems
@@ -242,7 +247,7 @@ def shared_service_accounts(module: Module, users: dict[str, str]) -> list[str]:
         if not expr:
             problems.append(f"{component} sets no service account")
             continue
-        target = ref_target(expr)
+        target = ref_instance(expr)
         if not target.startswith("google_service_account."):
             problems.append(f"{component} runs as {expr}, not a google_service_account")
         elif target in seen:
@@ -251,10 +256,22 @@ def shared_service_accounts(module: Module, users: dict[str, str]) -> list[str]:
     return problems
 
 
+def _per_instance(module: Module, body: dict[str, Any], expr: str) -> dict[str, str]:
+    """``expr`` per for_each key when it is ``each.value.X`` over ``local.Y`` (else one entry)."""
+    match = re.fullmatch(r"\$\{each\.value\.(\w+)\}", expr or "")
+    source = re.fullmatch(r"\$\{local\.(\w+)\}", str(body.get("for_each", "")))
+    if match and source:
+        items = module.locals[source.group(1)]
+        return {key: str(item.get(match.group(1), "")) for key, item in items.items()}
+    return {"": expr}
+
+
 def component_service_accounts(module: Module) -> dict[str, str]:
     """Component -> service account expression, for functions, the Dataflow job and training."""
-    users = {f"function {n}": first(b.get("service_config")).get("service_account_email", "")
-             for n, b in module.of_type("google_cloudfunctions2_function").items()}
+    users = {}
+    for n, b in module.of_type("google_cloudfunctions2_function").items():
+        expr = first(b.get("service_config")).get("service_account_email", "")
+        users |= {f"function {key or n}": e for key, e in _per_instance(module, b, expr).items()}
     users |= {f"dataflow {n}": b.get("service_account_email", "")
               for n, b in module.of_type("google_dataflow_flex_template_job").items()}
     users |= {f"cloud run job {n}": first(first(b["template"])["template"]).get("service_account", "")
@@ -280,6 +297,7 @@ def test_every_tf_file_parses_and_declares_something(module: Module) -> None:
                     "storage.tf", "iam.tf", "functions.tf", "dataflow.tf", "training.tf", "monitoring.tf"):
         assert concern in files
     assert len(module.resources) > 40
+    assert "network.tf" in files
 
 
 def test_every_reference_is_declared(module: Module) -> None:
@@ -336,19 +354,39 @@ def test_topic_schemas_are_read_from_the_schemas_folder(module: Module) -> None:
         fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
 
 
-def test_pipeline_subscriptions_dead_letter_to_the_dlq_topic(module: Module) -> None:
+def test_pipeline_subscriptions_leave_dead_letters_to_the_pipeline(module: Module) -> None:
     for sub in ("google_pubsub_subscription.events_pipeline", "google_pubsub_subscription.catalog_pipeline"):
-        assert subscription_dead_letter_problems(module, sub, "google_pubsub_topic.dead_letter") == []
+        assert dataflow_subscription_problems(module, sub) == []
     events_sub = module.resources["google_pubsub_subscription.events_pipeline"]
     assert events_sub["name"] == "${var.events_subscription}"
     assert module.resources["google_pubsub_topic.dead_letter"]["name"] == "${var.dead_letter_topic}"
-    # The Pub/Sub service agent may publish dead letters and ack the source subscriptions.
-    agent = module.resources["google_pubsub_topic_iam_member.dead_letter_agent_publisher"]
-    assert agent["role"] == "roles/pubsub.publisher" and "gcp-sa-pubsub" in str(module.locals)
-    assert ref_target(agent["topic"]) == "google_pubsub_topic.dead_letter"
+    # The pipeline publishes its dead-letter output itself, as its own service account.
+    assert ref_target(module.locals["pipeline_parameters"].split("dead_letter_topic")[1]) == \
+        "google_pubsub_topic.dead_letter"
+    publisher = module.resources["google_pubsub_topic_iam_member.pipeline_dead_letter_publisher"]
+    assert publisher["role"] == "roles/pubsub.publisher"
+    assert ref_target(publisher["topic"]) == "google_pubsub_topic.dead_letter"
+    assert ref_instance(publisher["member"]) == 'google_service_account.component["pipeline"]'
+    # Nothing grants the Pub/Sub service agent anything (no policy of Pub/Sub's needs it).
+    assert "gcp-sa-pubsub" not in json.dumps(module.resources) + json.dumps(module.locals)
     # The inspection subscription exists on the DLQ topic.
     dlq_sub = module.resources["google_pubsub_subscription.dead_letter"]
     assert ref_target(dlq_sub["topic"]) == "google_pubsub_topic.dead_letter"
+
+
+def test_dataflow_workers_are_private_on_a_subnet_with_google_access(module: Module) -> None:
+    job = module.resources["google_dataflow_flex_template_job.streaming"]
+    assert job["ip_configuration"] == "WORKER_IP_PRIVATE"
+    assert "autoscaling_algorithm" not in job  # not THROUGHPUT_BASED: the API field's enum lacks it
+    assert job["subnetwork"] == "${local.dataflow_subnet}"
+    assert "google_compute_subnetwork.dataflow" in module.locals["dataflow_subnet"]
+    assert "var.dataflow_subnetwork" in module.locals["dataflow_subnet"]
+    subnet = module.resources["google_compute_subnetwork.dataflow"]
+    assert subnet["private_ip_google_access"] is True
+    firewall = module.resources["google_compute_firewall.dataflow_workers"]
+    assert first(firewall["allow"]) == {"protocol": "tcp", "ports": ["12345-12346"]}
+    assert firewall["source_tags"] == firewall["target_tags"] == ["${local.dataflow_workers_tag}"]
+    assert module.locals["dataflow_workers_tag"] == "dataflow"
 
 
 def test_pipeline_parameters_point_at_the_pipeline_subscriptions(module: Module) -> None:
@@ -364,6 +402,25 @@ def test_each_component_has_its_own_service_account(module: Module) -> None:
     assert {"function recommend", "function ingest", "dataflow streaming", "cloud run job training",
             "scheduler training"} <= set(users)
     assert shared_service_accounts(module, users) == []
+
+
+def test_function_builds_can_read_the_copied_sources_and_wait_for_iam(module: Module) -> None:
+    # Cloud Functions copies the source into gcf-v2-sources-<number>-<region>, created on the first
+    # deploy, so only a project-level role can cover it: Cloud Run's documented roles/run.builder.
+    build = module.resources["google_project_iam_member.build"]
+    assert "roles/run.builder" in build["for_each"]
+    assert ref_instance(build["member"]) == 'google_service_account.component["build"]'
+    sleep = module.resources["time_sleep.build_iam_propagation"]
+    assert "${google_project_iam_member.build}" in sleep["depends_on"]
+    for builder in ("google_cloudfunctions2_function", "terraform_data"):
+        for name, body in module.of_type(builder).items():
+            assert "${time_sleep.build_iam_propagation}" in body["depends_on"], f"{builder}.{name}"
+
+
+def test_firestore_users_wait_for_the_database(module: Module) -> None:
+    for key in ("google_cloudfunctions2_function.http", "google_dataflow_flex_template_job.streaming",
+                "google_cloud_run_v2_job.training"):
+        assert "${google_firestore_database.main}" in module.resources[key]["depends_on"], key
 
 
 def test_nothing_public_unless_allowed(module: Module) -> None:
@@ -383,35 +440,52 @@ def test_no_project_wide_storage_or_pubsub_roles(module: Module) -> None:
 
 def test_buckets_are_private_and_uniform(module: Module) -> None:
     buckets = module.of_type("google_storage_bucket")
-    assert {"models", "archive", "staging", "function_source"} <= set(buckets)
+    assert set(buckets) == {"bucket", "access_logs"}
+    assert set(module.locals["buckets"]) == {"models", "archive", "staging", "function_source"}
     for name, body in buckets.items():
         assert body["uniform_bucket_level_access"] is True, name
         assert body["public_access_prevention"] == "enforced", name
-    for name in ("models", "archive"):
-        assert first(buckets[name]["versioning"])["enabled"] is True
-    assert any(first(r["condition"]).get("age") for r in buckets["staging"]["lifecycle_rule"])
+        assert first(body["versioning"])["enabled"] is True, name
+    assert buckets["bucket"]["for_each"] == "${local.buckets}"
+    assert first(buckets["bucket"]["logging"])["log_bucket"] == "${google_storage_bucket.access_logs.name}"
+    rules = module.locals["buckets"]
+    assert any(r.get("age") and r.get("prefixes") for r in rules["staging"]["lifecycle_rules"])
+    assert all(any(r.get("noncurrent_days") for r in b["lifecycle_rules"]) for b in rules.values())
 
 
-def test_function_archives_include_the_function_folder_and_schemas(module: Module) -> None:
-    for name in ("recommend", "ingest"):
-        archive = module.data[f"archive_file.{name}"]
-        sources = [first([d["source"]]) for d in archive["dynamic"]]
-        filenames = {s["content"][0]["filename"] for s in sources}
-        assert filenames == {"${source.value}", "schemas/${source.value}"}, filenames
-        function = module.resources[f"google_cloudfunctions2_function.{name}"]
-        storage = first(first(first(function["build_config"])["source"])["storage_source"])
-        assert ref_target(storage["object"]) == f"google_storage_bucket_object.{name}_source"
-        assert f"data.archive_file.{name}.output_md5" in module.resources[
-            f"google_storage_bucket_object.{name}_source"]["name"]
-    dirs = module.locals["function_dirs"]
-    assert dirs == {"recommend": "${local.repo_root}/functions/recommend",
-                    "ingest": "${local.repo_root}/functions/ingest"}
+# What each deploy archive holds: zip prefix -> repository folder (a folder that does not exist
+# yet contributes nothing).
+ARCHIVE_TREES = {
+    "recommend": {"": "functions/recommend", "schemas/": "schemas", "scoring/": "scoring",
+                  "httpfn/": "functions/httpfn"},
+    "ingest": {"": "functions/ingest", "schemas/": "schemas", "httpfn/": "functions/httpfn"},
+}
+
+
+def test_function_archives_include_the_function_folder_and_shared_packages(module: Module) -> None:
+    assert module.locals["function_trees"] == ARCHIVE_TREES
+    archive = module.data["archive_file.function"]
+    assert archive["for_each"] == "${local.function_trees}"
+    (dynamic,) = archive["dynamic"]
+    source = dynamic["source"]
+    assert source["for_each"] == "${local.function_files[each.key]}"
+    assert first(source["content"]) == {"content": "${file(source.value)}", "filename": "${source.key}"}
+    objects = module.resources["google_storage_bucket_object.function_source"]
+    assert objects["for_each"] == "${data.archive_file.function}"
+    assert "each.value.output_md5" in objects["name"]
+    function = module.resources["google_cloudfunctions2_function.http"]
+    assert function["for_each"] == "${local.http_functions}"
+    assert set(module.locals["http_functions"]) == set(ARCHIVE_TREES)
+    storage = first(first(first(function["build_config"])["source"])["storage_source"])
+    assert ref_instance(storage["object"]) == "google_storage_bucket_object.function_source"
+    assert "[each.key]" in storage["object"]
 
 
 @pytest.mark.parametrize("name", ["recommend", "ingest"])
 def test_function_entry_points_exist(module: Module, name: str) -> None:
-    function = module.resources[f"google_cloudfunctions2_function.{name}"]
-    entry = first(function["build_config"])["entry_point"]
+    function = module.resources["google_cloudfunctions2_function.http"]
+    assert first(function["build_config"])["entry_point"] == "${each.value.entry_point}"
+    entry = module.locals["http_functions"][name]["entry_point"]
     main = ROOT / "functions" / name / "main.py"
     tree = ast.parse(main.read_text(encoding="utf-8"))
     assert entry in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -431,17 +505,29 @@ def test_missing_requirement_is_found(tmp_path: Path) -> None:
 
 
 def test_function_service_config_limits(module: Module) -> None:
-    for name in ("recommend", "ingest"):
-        config = first(module.resources[f"google_cloudfunctions2_function.{name}"]["service_config"])
-        for key in ("available_memory", "max_instance_count", "max_instance_request_concurrency",
-                    "timeout_seconds", "service_account_email"):
-            assert config.get(key), f"{name}: service_config.{key} missing"
-    env = first(module.resources["google_cloudfunctions2_function.recommend"]["service_config"])[
-        "environment_variables"]
+    function = module.resources["google_cloudfunctions2_function.http"]
+    config = first(function["service_config"])
+    for key in ("available_memory", "available_cpu", "max_instance_count", "max_instance_request_concurrency",
+                "timeout_seconds", "service_account_email", "environment_variables"):
+        assert config.get(key), f"service_config.{key} missing"
+    for name, settings in module.locals["http_functions"].items():
+        for key in ("memory", "cpu", "max_instances", "concurrency", "timeout_seconds", "service_account"):
+            assert settings.get(key), f"{name}: {key} missing"
+    # concurrency > 1 needs a whole vCPU: a precondition refuses the combination at plan time.
+    (precondition,) = first(function["lifecycle"])["precondition"]
+    assert "each.value.cpu" in precondition["condition"]
+    assert "each.value.concurrency" in precondition["condition"]
+    env = module.locals["http_functions"]["recommend"]["environment"]
     assert "local.serving_env" in env and "DEFAULT_ALPHA" in env and "REFRESH_SECONDS" in env
-    ingest_env = first(module.resources["google_cloudfunctions2_function.ingest"]["service_config"])[
-        "environment_variables"]
+    ingest_env = module.locals["http_functions"]["ingest"]["environment"]
     assert ref_target(ingest_env["EVENTS_TOPIC"]) == "google_pubsub_topic.events"
+
+
+def test_function_runtime_supports_the_pinned_numpy(module: Module) -> None:
+    runtime = module.variables["python_runtime"]
+    assert runtime["default"] >= "python311"
+    allowed = re.findall(r"python3\d+", first(runtime["validation"])["condition"])
+    assert allowed and all(int(r.removeprefix("python3")) >= 11 for r in allowed), allowed
 
 
 def test_serving_variable_defaults_agree_with_serving_env(module: Module) -> None:
@@ -459,8 +545,8 @@ def test_serving_variable_defaults_agree_with_serving_env(module: Module) -> Non
 
 
 def test_pipeline_flags_exist_in_the_streaming_pipeline(module: Module) -> None:
-    streaming = ROOT / "pipelines" / "streaming.py"
-    assert streaming.is_file(), "pipelines/streaming.py (the Flex Template's entry point) is missing"
+    streaming = ROOT / "pipelines" / "streaming" / "pipeline.py"
+    assert streaming.is_file(), "pipelines/streaming/pipeline.py (the Flex Template's entry point) is missing"
     flags = _argparse_flags(streaming)
     params = _merge_keys(module.locals["pipeline_parameters"])
     assert {"events_subscription", "catalog_subscription", "dead_letter_topic"} <= set(params)
@@ -468,15 +554,23 @@ def test_pipeline_flags_exist_in_the_streaming_pipeline(module: Module) -> None:
         assert param.replace("_", "-") in flags, f"pipelines.streaming has no --{param} flag"
 
 
+def _training_entry_point() -> Path:
+    """The file defining `python -m pipelines.training`'s flags (its __main__ runs train.main)."""
+    main = (ROOT / "pipelines" / "training" / "__main__.py").read_text(encoding="utf-8")
+    assert "from pipelines.training.train import main" in main
+    return ROOT / "pipelines" / "training" / "train.py"
+
+
 def test_training_args_exist_in_the_training_entry_point(module: Module) -> None:
     job = module.resources["google_cloud_run_v2_job.training"]
     container = first(first(first(job["template"])["template"])["containers"])
-    assert container["command"] == ["python", "-m", "pipelines.train"]
-    flags = _argparse_flags(ROOT / "pipelines" / "train.py")
+    assert container["command"] == ["python", "-m", "pipelines.training"]
+    entry = _training_entry_point()
+    flags = _argparse_flags(entry)
     used = re.findall(r'"--([\w-]+)"', module.locals["training_args"])
     assert {"data", "model-dir", "publish"} <= set(used)
     for flag in used:
-        assert flag in flags, f"pipelines.train has no --{flag} flag"
+        assert flag in flags, f"{entry.relative_to(ROOT)} has no --{flag} flag"
 
 
 def test_image_hash_covers_everything_the_dockerfile_copies(module: Module) -> None:
@@ -518,7 +612,7 @@ def test_flex_entry_point_maps_template_parameters_to_pipeline_flags(module: Mod
     assert normalize(argv, beam) == [
         "--runner=DataflowRunner", "--temp_location=gs://b/t", "--staging_location", "gs://b/s",
         "--events-subscription=projects/p/subscriptions/a_b", "--model-dir=gs://m/x_y", "positional_x"]
-    flags = _argparse_flags(ROOT / "pipelines" / "streaming.py")
+    flags = _argparse_flags(ROOT / "pipelines" / "streaming" / "pipeline.py")
     params = [f"--{k}=v" for k in _merge_keys(module.locals["pipeline_parameters"])]
     for arg in normalize(params, beam):
         assert arg[2:].split("=")[0] in flags, arg
@@ -530,8 +624,7 @@ def test_flex_entry_point_maps_template_parameters_to_pipeline_flags(module: Mod
 # ---------------------------------------------------------------------------
 
 REPO_LOCALS = ("serving_env_file", "serving_env_lines", "serving_env_from_file", "serving_env",
-               "image_source_files", "image_source_hash", "function_dirs", "schemas_dir",
-               "function_files", "schema_files")
+               "image_source_files", "image_source_hash", "function_trees", "function_files")
 
 
 def _hcl_value(value: Any) -> str:
@@ -593,19 +686,38 @@ def test_serving_settings_come_from_serving_env(tmp_path: Path) -> None:
 
 
 def test_archives_and_image_hash_cover_the_right_files(tmp_path: Path) -> None:
-    expr = ("{functions = local.function_files, schemas = local.schema_files, "
-            "image = local.image_source_files, hash = local.image_source_hash}")
+    expr = ("{functions = local.function_files, image = local.image_source_files, "
+            "hash = local.image_source_hash}")
     files = eval_repo_locals(ROOT, expr, tmp_path)
     for name in ("recommend", "ingest"):
-        assert "main.py" in files["functions"][name]
-    assert {"__init__.py", "product_event.avsc", "events.py"} <= set(files["schemas"])
+        archive = files["functions"][name]
+        assert {"main.py", "requirements.txt", "schemas/__init__.py",
+                "schemas/product_event.avsc"} <= set(archive)
+        for zipped, disk in archive.items():
+            trees = ARCHIVE_TREES[name]
+            prefix = next(p for p in sorted(trees, key=len, reverse=True) if zipped.startswith(p))
+            assert disk.endswith(f"/{trees[prefix]}/{zipped.removeprefix(prefix)}"), (zipped, disk)
+    assert {"openapi.yaml", "serving.env"} <= set(files["functions"]["recommend"])
     assert {"setup.py", "requirements/constraints.txt", "docker/pipeline.Dockerfile", "docker/flex_main.py",
-            "pipelines/streaming.py", "schemas/product_event.avsc"} <= set(files["image"])
-    everything = [f for group in files["functions"].values() for f in group]
-    everything += files["schemas"] + files["image"]
+            "pipelines/streaming/pipeline.py", "schemas/product_event.avsc"} <= set(files["image"])
+    everything = [f for group in files["functions"].values() for f in group] + files["image"]
     assert not [f for f in everything if "__pycache__" in f or f.endswith(".pyc")]
     assert not [f for f in files["image"] if f.startswith(("functions/", "tests/", "terraform/"))]
     assert re.fullmatch(r"[0-9a-f]{64}", files["hash"])
+
+
+def test_archives_take_the_shared_packages_when_they_exist(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for path in ("functions/recommend/main.py", "functions/recommend/recommender/index.py",
+                 "functions/ingest/main.py", "functions/httpfn/__init__.py", "functions/httpfn/errors.py",
+                 "scoring/__init__.py", "scoring/__pycache__/x.cpython-311.pyc", "schemas/__init__.py"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("", encoding="utf-8")
+    files = eval_repo_locals(repo, "local.function_files", tmp_path)
+    shared = {"httpfn/__init__.py", "httpfn/errors.py", "schemas/__init__.py"}
+    assert set(files["recommend"]) == {"main.py", "recommender/index.py", "scoring/__init__.py"} | shared
+    assert set(files["ingest"]) == {"main.py"} | shared
+    assert files["recommend"]["httpfn/errors.py"] == f"{repo}/functions/httpfn/errors.py"
 
 
 def test_terraform_fmt_is_clean() -> None:
@@ -662,7 +774,7 @@ def test_stage_script_builds_a_minimal_context_and_stages_the_template(tmp_path:
     assert "--image r-docker.pkg.dev/p/repo/recsys-pipeline:t1" in lines[2]
     files = set(context.read_text(encoding="utf-8").split())
     assert {"./setup.py", "./docker/pipeline.Dockerfile", "./schemas/product_event.avsc",
-            "./pipelines/train.py"} <= files
+            "./pipelines/streaming/pipeline.py"} <= files
     assert not any(f.startswith(("./.venv", "./tests", "./terraform", "./.")) or "__pycache__" in f
                    for f in files)
 
@@ -743,6 +855,10 @@ resource "google_pubsub_topic" "dlq" {
 resource "google_pubsub_subscription" "no_dlq" {
   name  = "s"
   topic = google_pubsub_topic.missing.id
+
+  dead_letter_policy {
+    dead_letter_topic = google_pubsub_topic.dlq.id
+  }
 }
 
 resource "google_cloud_run_v2_service_iam_member" "open" {
@@ -792,10 +908,10 @@ def test_broken_snippet_untyped_undescribed_and_unpinned_are_found(broken: Modul
 
 def test_broken_snippet_public_member_and_missing_dead_letter_are_found(broken: Module) -> None:
     assert len(unguarded_public_members(broken)) == 1
-    problems = subscription_dead_letter_problems(broken, "google_pubsub_subscription.no_dlq",
-                                                 "google_pubsub_topic.dlq")
-    assert "google_pubsub_subscription.no_dlq has no dead_letter_policy" in problems
-    assert "google_pubsub_subscription.no_dlq has no retry_policy" in problems
+    problems = dataflow_subscription_problems(broken, "google_pubsub_subscription.no_dlq")
+    assert problems == [
+        "google_pubsub_subscription.no_dlq has a dead_letter_policy (not supported with Dataflow)",
+        "google_pubsub_subscription.no_dlq has no message_retention_duration"]
 
 
 def test_broken_snippet_shared_service_account_is_found(broken: Module) -> None:
@@ -848,7 +964,9 @@ TRANSITIVE = {"google-api-core", "google-auth"}
 def missing_requirements(function_dir: Path) -> list[str]:
     """Third-party modules imported by the function's archive (its folder plus schemas/) that its
     requirements.txt does not provide. Imports guarded by ``except ImportError`` are optional."""
-    local_roots = {p.stem for p in function_dir.iterdir() if p.suffix == ".py" or p.is_dir()} | {"schemas"}
+    # Packages the archive adds next to main.py (ARCHIVE_TREES), by import name -> parent folder.
+    shared = {"schemas": ROOT, "scoring": ROOT, "httpfn": ROOT / "functions"}
+    local_roots = {p.stem for p in function_dir.iterdir() if p.suffix == ".py" or p.is_dir()} | set(shared)
     wanted: dict[str, str] = {}
     seen: set[Path] = set()
     queue = [function_dir / "main.py"]
@@ -862,7 +980,7 @@ def missing_requirements(function_dir: Path) -> list[str]:
             if module.startswith("."):
                 queue += _local_paths(path.parent, module.lstrip("."))
             elif root in local_roots:
-                base = ROOT if root == "schemas" else function_dir
+                base = shared.get(root, function_dir) if not (function_dir / root).exists() else function_dir
                 queue += _local_paths(base, module)
             elif root not in sys.stdlib_module_names and root != "__future__":
                 prefix = max((k for k in DIST_FOR_IMPORT if module == k or module.startswith(k + ".")),
@@ -936,7 +1054,7 @@ def _argparse_flags(path: Path) -> set[str]:
 
 
 def _model_config_flags() -> set[str]:
-    tree = ast.parse((ROOT / "pipelines" / "model.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "pipelines" / "training" / "model.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "ModelConfig":
             return {n.target.id.replace("_", "-") for n in node.body
@@ -973,3 +1091,10 @@ def test_unindexed_fields_are_real_document_fields_with_indexing_disabled(module
     (field_resource,) = module.of_type("google_firestore_field").values()
     assert field_resource["for_each"] == "${local.unindexed_fields}"
     assert field_resource["index_config"] in ([{}], {}), "an empty index_config disables the indexes"
+
+
+def test_budget_is_created_only_with_a_billing_account(module: Module) -> None:
+    budget = module.resources["google_billing_budget.project"]
+    assert budget["count"] == '${var.billing_account == "" ? 0 : 1}'
+    assert module.variables["billing_account"]["default"] == ""
+    assert "billingbudgets.googleapis.com" in module.locals["services"]
