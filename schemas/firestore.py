@@ -117,9 +117,13 @@ class UserDoc:
     model_version: str | None = None
     embedding: tuple[float, ...] | None = None
     event_count: int = 0
+    # Optional: ids of items the user interacted with before the ``history`` window (distinct,
+    # stored as one JSON string like ``history``). ``exclude_seen`` excludes history and seen;
+    # empty in documents written without it.
+    seen: tuple[str, ...] = ()
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        doc = {
             "user_id": self.user_id,
             "history": pack_history(self.history),
             "last_event_id": self.last_event_id,
@@ -129,6 +133,9 @@ class UserDoc:
             "embedding": _to_vector(self.embedding),
             "event_count": self.event_count,
         }
+        if self.seen:
+            doc["seen"] = json.dumps(list(self.seen), separators=(",", ":"), ensure_ascii=False)
+        return doc
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> UserDoc:
@@ -142,7 +149,18 @@ class UserDoc:
             model_version=doc.get("model_version"),
             embedding=tuple(emb) if emb is not None else None,
             event_count=int(doc.get("event_count") or 0),
+            seen=_unpack_ids(doc.get("seen")),
         )
+
+
+def _unpack_ids(value: Any) -> tuple[str, ...]:
+    """A stored id list: the packed JSON string, or a plain list."""
+    if not value:
+        return ()
+    ids = json.loads(value) if isinstance(value, (str, bytes)) else value
+    if not isinstance(ids, list):
+        raise ValueError(f"seen is a JSON array of ids, got {type(ids).__name__}")
+    return tuple(str(i) for i in ids)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from schemas import names
 from schemas.firestore import HistoryEntry, UserDoc
 
 SERVE_SCRIPT = ROOT / "scripts" / "serve_recommend.sh"
-FIRESTORE_PORT = 18286  # own port: neither `make stack-start` (8086) nor the tests (18086)
 DEFAULT_USERS = 200
 
 
@@ -45,11 +44,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def firestore_emulator(port: int = FIRESTORE_PORT) -> Iterator[dict[str, str]]:
-    """A Firestore emulator (``scripts.local_stack``) for the block; yields the client environment."""
+def firestore_emulator(port: int | None = None) -> Iterator[dict[str, str]]:
+    """A Firestore emulator (``scripts.local_stack``) for the block, on a free port unless given
+    (not `make stack-start`'s, not the tests'); yields the client environment."""
     from scripts import local_stack
 
-    config = local_stack.StackConfig(firestore_port=port)
+    config = local_stack.StackConfig(firestore_port=port or free_port())
     with tempfile.TemporaryDirectory(prefix="served-http-") as tmp:
         pid = local_stack.start_emulator("firestore", config, Path(tmp))
         try:
@@ -84,7 +84,7 @@ def user_documents(split: Split, users: ServedUsers, histories: Sequence[Sequenc
                             last_event_id=entries[-1].event_id if entries else "",
                             last_event_ts=entries[-1].timestamp if entries else 0, updated_at=0,
                             model_version=version, embedding=tuple(float(x) for x in users.queries[j]),
-                            event_count=len(entries)))
+                            event_count=len(entries), seen=tuple(users.seen[j])))
     return docs
 
 
@@ -169,9 +169,7 @@ def pick(users: ServedUsers, histories: Sequence[Sequence[str]], n: int, seed: i
     pos = np.arange(users.users.size)
     if n < pos.size:
         pos = np.sort(np.random.default_rng(seed).choice(pos, size=n, replace=False))
-    sub = ServedUsers(users=users.users[pos], queries=users.queries[pos],
-                      history=[users.history[p] for p in pos])
-    return sub, [histories[p] for p in pos], pos
+    return users.subset(pos), [histories[p] for p in pos], pos
 
 
 def served_http_metrics(artifact: Path, split: Split, users: ServedUsers, histories: Sequence[Sequence[str]],

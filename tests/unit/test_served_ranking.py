@@ -56,7 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     content[np.arange(N_ITEMS), N_CAT + rng.integers(0, 20, N_ITEMS)] = 0.7
     content /= np.linalg.norm(content, axis=1, keepdims=True)
     ids = np.array([f"i{n}" for n in range(N_ITEMS)])
-    defaults = ScoringDefaults(alpha=0.8, min_pool=100, alpha_by_history=((0, 0.8), (30, 0.6)))
+    defaults = ScoringDefaults(alpha=0.8, min_pool=100, alpha_by_history=((0, 0.8), (15, 0.6)))
     snap = IndexSnapshot(version=VERSION, created_at=1, item_ids=ids, embeddings=emb, content=content,
                          categories=np.array([f"c{c}" for c in cats]), in_stock=rng.random(N_ITEMS) > 0.05,
                          popularity=rng.random(N_ITEMS).astype(np.float32),
@@ -67,13 +67,16 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     test = sp.random(N_USERS, N_ITEMS, density=0.005, random_state=4, format="csr")
     split = Split.from_matrices(train, test, item_ids=ids.tolist())
     users = np.arange(N_USERS, dtype=np.int32)
-    histories = served.stored_history(split, users)
+    # stored histories of 5-24 events: the rest of each user's train items is in users/{id}.seen
+    histories = [served.stored_history(split, users[u:u + 1], 5 + u % 20)[0] for u in users.tolist()]
+    seen = served.seen_items(split, users, histories)
     queries = rng.normal(size=(N_USERS, DIM)).astype(np.float32)
     docs = {}
     for u, hist, q in zip(users.tolist(), histories, queries):
         entries = tuple(HistoryEntry(f"e{u}-{n}", i, "view", n) for n, i in enumerate(hist))
         docs[str(u)] = UserDoc(user_id=str(u), history=entries, last_event_id="", last_event_ts=0,
-                               updated_at=0, model_version=VERSION, embedding=tuple(q.tolist()))
+                               updated_at=0, model_version=VERSION, embedding=tuple(q.tolist()),
+                               seen=tuple(seen[u]))
     current = CurrentModelDoc(version=VERSION, artifact_uri=str(path.parent), index_uri=str(path),
                               switched_at=1, serving_defaults=defaults.to_dict())
     settings = Settings(retrieval="ivf", ivf_nprobe=4, ivf_min_items=1000, refresh_seconds=1e9)
@@ -81,7 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     service.start()
     config = RetrievalConfig(backend="ivf", nprobe=4, min_items=1000)
     catalogue = served.ServedCatalogue.from_snapshot(IndexSnapshot.load(path), split.item_ids, config)
-    return split, service, catalogue, served.served_users(catalogue, users, histories, queries)
+    return split, service, catalogue, served.served_users(catalogue, users, histories, queries, seen)
 
 
 def _function_lists(service: Recommender, users: np.ndarray, alpha: float | None) -> tuple[list, list]:
@@ -112,9 +115,9 @@ def test_served_metrics_score_lists_as_returned(world):
     metrics, lists = served.evaluate_served(catalogue, users, split, (10, 20))
     assert lists.shape == (N_USERS, K)
     assert 0.0 <= metrics["ndcg@10"] <= 1.0 and metrics["alpha"] > 0
-    # the stored history is excluded, so no list repeats a stored-history item
-    for j, hist in enumerate(users.history):
-        assert not np.isin(catalogue.to_split[hist], lists[j]).any()
+    # history and seen are excluded: no list repeats a train item
+    assert metrics["train_items_in_top20"] == 0.0
+    assert all(len(s) > 0 for s in users.seen) and all(h.size < 25 for h in users.history)
 
 
 def test_choose_prefers_the_best_mean_and_keeps_ties_on_the_default():

@@ -57,7 +57,7 @@ def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
     alpha = resolve_alpha(p.alpha, index.defaults, history.size, settings.default_alpha)
     request = RankRequest(
         k=p.k, alpha=alpha, pool=resolve_pool(p.k, index.defaults, settings.min_pool, settings.pool_factor),
-        exclude_rows=_excluded_rows(index, p, history), in_stock_only=p.in_stock_only,
+        exclude_rows=_excluded_rows(index, p, history, user), in_stock_only=p.in_stock_only,
         categories=index.category_codes_for(p.categories) if p.categories else None)
     ranked = rank_user(index, retriever_for(index.embeddings, index.ivf), query, request)
     items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
@@ -71,9 +71,13 @@ def _history_ids(user: UserDoc | None) -> list[str]:
     return [h.item_id for h in user.history] if user is not None else []
 
 
-def _excluded_rows(index: ItemIndex, p: RecommendParams, history: np.ndarray) -> np.ndarray | None:
+def _excluded_rows(index: ItemIndex, p: RecommendParams, history: np.ndarray, user: UserDoc | None
+                   ) -> np.ndarray | None:
+    """History, then the user's older ``seen`` items, then the session (``exclude_seen``)."""
     if not p.exclude_seen:
         return None
+    if user is not None and user.seen:
+        history = np.concatenate([history, index.rows(user.seen)])
     return np.concatenate([history, index.rows(p.session_items)]) if p.session_items else history
 
 
@@ -95,7 +99,8 @@ def cold_start(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None
     """
     if index is None and (trending is None or not trending.items):
         raise Unavailable("no item index and no trending list are available yet")
-    excluded = set(_history_ids(user)) | set(p.session_items) if p.exclude_seen else set()
+    excluded = (set(_history_ids(user)) | set(user.seen if user is not None else ()) | set(p.session_items)
+                if p.exclude_seen else set())
     items: list[dict[str, Any]] = []
     taken: set[str] = set()
     if trending is not None and trending.items:
