@@ -304,7 +304,7 @@ def catalogue_of(trained: Any, split_item_ids: Sequence[str], config: RetrievalC
 
 def measure_defaults(trained: Any, vsplit: Split, retrieval: RetrievalConfig | None = None, k: int = 20,
                      seed: int = 0, max_users: int = VALIDATION_USERS
-                     ) -> tuple[ScoringDefaults, dict[str, Any]]:
+                     ) -> tuple[ScoringDefaults | None, dict[str, Any]]:
     """Sweep the served ranking of a model trained on ``vsplit``'s train part over its test part.
 
     Ranks (at most ``max_users`` of) the slice's users with the scoring core at every alpha of
@@ -320,6 +320,9 @@ def measure_defaults(trained: Any, vsplit: Split, retrieval: RetrievalConfig | N
     users = users[known]
     if users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+    if users.size == 0:
+        log.warning("no validation users: no serving defaults measured (the function's settings apply)")
+        return None, {"users": 0}
     catalogue = catalogue_of(trained, vsplit.item_ids, retrieval)
     histories = stored_history(vsplit, users)
     queries = keras_queries(trained, [vsplit.user_ids[u] for u in users], histories)

@@ -422,7 +422,7 @@ def resolve_init_from(spec: str | None, project: str | None, client: Any = None)
 
 
 def tune_defaults(data: TrainingInput, config: ModelConfig, history_mode: str, holdout: str = "temporal"
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """``(serving defaults, validation report)`` measured on a slice of ``data`` (see the module doc).
 
     The slice (``holdout``: each user's newest 10% of items, or a random 10%) is never trained on:
@@ -441,7 +441,7 @@ def tune_defaults(data: TrainingInput, config: ModelConfig, history_mode: str, h
     defaults, report = measure_defaults(trained, vsplit, seed=config.seed)
     report.update(holdout=holdout, fraction=VALIDATION_FRACTION, train_events=len(sub),
                   seconds=round(time.monotonic() - t0, 1))
-    return defaults.to_dict(), report
+    return (defaults.to_dict() if defaults is not None else None), report
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

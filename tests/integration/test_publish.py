@@ -146,6 +146,11 @@ def test_train_cli_publishes_and_switches_current(tmp_path, firestore_client):
     current = firestore_client.collection(names.MODELS).document(names.CURRENT_MODEL_DOC).get().to_dict()
     assert current["version"] == path.name
     assert len(list(firestore_client.collection(names.ITEMS).stream())) == len(ds.items)
+    # the measured serving defaults travel with the version (the function reads them from the snapshot)
+    defaults = json.loads((path / "metadata.json").read_text())["serving_defaults"]
+    assert defaults and CurrentModelDoc.from_document(current).serving_defaults == defaults
+    model = firestore_client.collection(names.MODELS).document(path.name).get().to_dict()
+    assert ModelDoc.from_document(model).serving_defaults == defaults
 
 
 def test_init_from_current_warm_starts_from_the_published_version(tmp_path, firestore_client):

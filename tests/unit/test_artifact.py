@@ -108,6 +108,17 @@ def test_new_item_gets_content_embedding(trained_and_saved):
     np.testing.assert_allclose(emb[0], emb[2], rtol=1e-5)
 
 
+def test_serving_defaults_go_to_metadata_and_snapshot(trained_and_saved, tmp_path):
+    trained, path = trained_and_saved
+    assert json.loads((path / "metadata.json").read_text())["serving_defaults"] is None
+    assert IndexSnapshot.load(path / "item_index.npz").serving_defaults is None  # optional
+    defaults = {"alpha": 0.9, "min_pool": 100,
+                "alpha_by_history": [{"min_history": 0, "alpha": 0.9}, {"min_history": 10, "alpha": 1.0}]}
+    again = save(trained, tmp_path, serving_defaults=defaults)
+    assert json.loads((again / "metadata.json").read_text())["serving_defaults"] == defaults
+    assert IndexSnapshot.load(again / "item_index.npz").serving_defaults == defaults
+
+
 def test_not_an_artifact(tmp_path):
     with pytest.raises(artifact.ArtifactError, match="not a model artefact"):
         artifact.load_towers(tmp_path)
@@ -171,10 +182,16 @@ def test_cli_trains_and_warm_starts(tmp_path, monkeypatch, data):
     models = tmp_path / "models"
     first = run(["--data", str(events), "--epochs", "1", "--model-dir", str(models), "--dim", "8"])
     assert (first / "metadata.json").exists()
+    first_meta = json.loads((first / "metadata.json").read_text())
+    defaults = first_meta["serving_defaults"]  # measured on a validation slice of the events
+    assert 0.0 <= defaults["alpha"] <= 1.0 and defaults["min_pool"] in (100, 200, 400)
+    assert first_meta["metrics"]["serving_defaults_validation"]["users"] > 0
+    assert IndexSnapshot.load(first / "item_index.npz").serving_defaults == defaults
     second = run(["--data", str(events), "--init-from", first.name, "--model-dir", str(models),
                   "--since", "0", "--epochs", "1"])
     meta = json.loads((second / "metadata.json").read_text())
     assert meta["parent_version"] == first.name and meta["dim"] == 8
+    assert meta["serving_defaults"] == defaults  # a warm start keeps its parent's
     assert Path(models / second.name).is_dir()
 
 
