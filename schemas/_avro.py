@@ -16,7 +16,6 @@ from schemas.errors import InvalidRecord
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_STRING_CHARS = 1024
-MAX_ID_CHARS = 256
 
 
 @cache

@@ -1,4 +1,7 @@
-"""The catalogue item contract (``catalog_item.avsc``): parse, validate, encode."""
+"""The catalogue item contract (``catalog_item.avsc``): parse, validate, encode.
+
+``item_id`` follows the id contract (:mod:`schemas.ids`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from schemas._avro import (
     validate_record,
 )
 from schemas.errors import InvalidRecord
-from schemas.events import _check_id
+from schemas.ids import check_id
 
 SCHEMA_FILE = "catalog_item.avsc"
 MAX_TAGS = 64
@@ -60,7 +63,7 @@ def validate_item(record: Mapping[str, Any]) -> CatalogItem:
     if isinstance(rec.get("price"), int) and not isinstance(rec.get("price"), bool):
         rec["price"] = float(rec["price"])
     validate_record(rec, catalog_schema())
-    _check_id("item_id", rec["item_id"])
+    check_id("item_id", rec["item_id"])
     for name in ("title", "category", "brand"):
         if len(rec[name]) > MAX_STRING_CHARS:
             raise InvalidRecord(name, f"longer than {MAX_STRING_CHARS} characters")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas._avro import (
-    MAX_ID_CHARS,
     MAX_STRING_CHARS,
     decode_json_payload,
     load_schema,
@@ -24,6 +23,7 @@ from schemas._avro import (
     validate_record,
 )
 from schemas.errors import InvalidRecord
+from schemas.ids import MAX_ID_CHARS, check_id, control_character
 
 SCHEMA_FILE = "product_event.avsc"
 EVENT_TYPES = ("view", "add_to_cart", "purchase")
@@ -90,8 +90,11 @@ def validate_event(record: Mapping[str, Any]) -> ProductEvent:
     if ts > now_ms + MAX_FUTURE_SKEW_MS:
         raise InvalidRecord("timestamp", f"{ts} is more than a day in the future")
     session_id = rec.get("session_id")
-    if session_id is not None and len(session_id) > MAX_ID_CHARS:
-        raise InvalidRecord("session_id", f"longer than {MAX_ID_CHARS} characters")
+    if session_id is not None:
+        if len(session_id) > MAX_ID_CHARS:
+            raise InvalidRecord("session_id", f"longer than {MAX_ID_CHARS} characters")
+        if control_character(session_id) is not None:
+            raise InvalidRecord("session_id", "must not contain control characters")
     context = rec.get("context")
     if context is not None:
         if len(context) > MAX_CONTEXT_ENTRIES:
@@ -113,10 +116,5 @@ def parse_event(data: bytes | str) -> ProductEvent:
 
 
 def _check_id(name: str, value: str) -> None:
-    if not value.strip():
-        raise InvalidRecord(name, "must not be empty")
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidRecord(name, f"longer than {MAX_ID_CHARS} characters")
-    if "/" in value or value in (".", "..") or value.startswith("__"):
-        raise InvalidRecord(name, "must not contain '/', be '.' or '..', or start with '__' "
-                                  "(it is used as a Firestore document id)")
+    """The id contract (:func:`schemas.ids.check_id`); kept for the loaders that import it."""
+    check_id(name, value)

@@ -178,6 +178,24 @@ def test_avro_json_input_is_accepted():
     assert parse_event(pub.published[0][1]).context == {"a": "b"}
 
 
+def test_the_id_contract_decides_at_ingest():
+    """What ingest accepts the recommend function serves (schemas.ids): a 200-character user id
+    is accepted and published; a 257-character one and control characters are refused here."""
+    pub = FakePublisher()
+    long_user = "u" * 200
+    batch = [event(0, user_id=long_user), event(1, user_id="u" * 257), event(2, item_id="i\x00"),
+             event(3, item_id="i\x7f"), event(4, user_id="u\n1")]
+    status, body, _ = post(batch, pub)
+    assert status == 202 and body["accepted"] == 1 and body["event_ids"] == ["e0"]
+    errors = {e["index"]: e for e in body["errors"]}
+    assert errors[1]["field"] == "user_id" and errors[1]["reason"] == "longer than 256 characters"
+    for index, name in ((2, "item_id"), (3, "item_id"), (4, "user_id")):
+        assert errors[index]["field"] == name
+        assert errors[index]["reason"].startswith("must not contain control characters")
+    [(_, data, attrs)] = pub.published
+    assert attrs["user_id"] == long_user and parse_event(data).user_id == long_user
+
+
 def test_mixed_batch_publishes_valid_and_reports_each_invalid():
     pub = FakePublisher()
     batch = [event(0), event(1, event_type="click"), "not an object", event(3, user_id=""),

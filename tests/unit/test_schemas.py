@@ -140,7 +140,12 @@ NESTED = {"a": [{"b": [1, 2, {"c": None}]}, "d"]}
     (event(user_id="   "), "user_id", "must not be empty"),
     (event(item_id="a/b"), "item_id", "must not contain '/'"),
     (event(user_id=".."), "user_id", "must not contain '/', be '.' or '..'"),
-    (event(event_id="__name__"), "event_id", "start with '__'"),
+    (event(event_id="__name__"), "event_id", "match '__...__'"),
+    (event(item_id="i\x00"), "item_id", "must not contain control characters (U+0000 at character 1)"),
+    (event(user_id="u\n1"), "user_id", "must not contain control characters (U+000A"),
+    (event(item_id="i\x7f"), "item_id", "must not contain control characters (U+007F"),
+    (event(event_id="e\x85"), "event_id", "must not contain control characters (U+0085"),
+    (event(session_id="s\x00"), "session_id", "must not contain control characters"),
     (event(user_id=LONG), "user_id", "longer than 256 characters"),
     (event(session_id="s" * 257), "session_id", "longer than 256 characters"),
     (event(session_id=5), "session_id", "got int 5, expected null or string"),
@@ -240,14 +245,16 @@ def test_null_unions_encode_as_null():
     assert body["session_id"] is None and body["context"] is None
 
 
-ID = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), min_size=1,
-             max_size=40).filter(lambda s: s.strip() and s not in (".", "..") and not s.startswith("__"))
+ID = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/"), min_size=1,
+             max_size=40).filter(lambda s: s.strip() and s not in (".", "..")
+                                 and not (len(s) >= 4 and s.startswith("__") and s.endswith("__")))
 SHORT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+SESSION = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30)
 
 EVENTS = st.builds(
     ProductEvent, event_id=ID, event_type=st.sampled_from(["view", "add_to_cart", "purchase"]),
     user_id=ID, item_id=ID, timestamp=st.integers(MIN_TIMESTAMP_MS, NOW_MS),
-    session_id=st.none() | SHORT,
+    session_id=st.none() | SESSION,
     context=st.none() | st.dictionaries(SHORT.filter(bool), SHORT, max_size=MAX_CONTEXT_ENTRIES))
 
 

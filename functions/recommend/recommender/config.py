@@ -31,7 +31,6 @@ class Settings:
     pool_factor: int = 4
     max_session_items: int = 50
     max_categories: int = 20
-    max_id_length: int = 128
     refresh_seconds: float = 5.0
     trending_ttl_seconds: float = 30.0
     firestore_timeout_seconds: float = 1.0

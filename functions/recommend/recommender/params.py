@@ -11,8 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from httpfn.errors import InvalidParameter
+from schemas.catalog import MAX_STRING_CHARS
+from schemas.ids import control_character, id_problem
 
 from .config import Settings
+
+# A category filter value can be any category the catalogue contract accepts.
+MAX_CATEGORY_CHARS = MAX_STRING_CHARS
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
@@ -40,26 +45,18 @@ class SimilarParams:
     in_stock_only: bool = True
 
 
-def check_id(name: str, value: Any, max_len: int) -> str:
-    """A Firestore-safe document id: non-empty string, no '/', not '.'/'..', not ``__x__``."""
-    if not isinstance(value, str):
-        raise InvalidParameter(f"{name} must be a string", name)
-    if not value or not value.strip():
-        raise InvalidParameter(f"{name} must not be empty", name)
-    if len(value) > max_len:
-        raise InvalidParameter(f"{name} is longer than {max_len} characters", name)
-    if "/" in value or value in (".", "..") or (value.startswith("__") and value.endswith("__")):
-        raise InvalidParameter(f"{name} must not contain '/' or be '.', '..' or '__...__'", name)
-    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise InvalidParameter(f"{name} must not contain control characters", name)
+def check_id(name: str, value: Any) -> str:
+    """An id under the one id contract (:mod:`schemas.ids`): what ingest and the pipeline accept."""
+    if (problem := id_problem(value)) is not None:
+        raise InvalidParameter(f"{name} {problem}", name)
     return value
 
 
-def check_text(name: str, value: str, max_len: int) -> str:
+def check_text(name: str, value: str, max_len: int = MAX_CATEGORY_CHARS) -> str:
     """A free-text value such as a category name: non-empty, bounded, no control characters."""
     if not value or len(value) > max_len:
         raise InvalidParameter(f"{name} values must have 1 to {max_len} characters", name)
-    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if control_character(value) is not None or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
         raise InvalidParameter(f"{name} must not contain control characters", name)
     return value
 
@@ -106,8 +103,8 @@ def parse_bool(name: str, value: Any, text: bool = True) -> bool:
     raise InvalidParameter(f"{name} must be {'true, false, 1 or 0' if text else 'a JSON boolean'}", name)
 
 
-def parse_list(name: str, value: Any, max_items: int, max_len: int, comma_separated: bool,
-               check: Callable[[str, str, int], str]) -> tuple[str, ...]:
+def parse_list(name: str, value: Any, max_items: int, comma_separated: bool,
+               check: Callable[[str, str], str]) -> tuple[str, ...]:
     """A de-duplicated list of strings from a JSON array or from query values, each ``check``-ed.
 
     With ``comma_separated`` every string is split on commas first (``a,b`` -> ``a``, ``b``).
@@ -129,7 +126,7 @@ def parse_list(name: str, value: Any, max_items: int, max_len: int, comma_separa
     if len(items) > max_items:
         raise InvalidParameter(f"{name} has {len(items)} values; at most {max_items} allowed", name)
     for v in items:
-        check(name, v, max_len)
+        check(name, v)
     return tuple(dict.fromkeys(items))
 
 
@@ -159,17 +156,17 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
             present.pop("user_id", None)
     user_id = present.get("user_id")
     return RecommendParams(
-        user_id=None if user_id is None else check_id("user_id", user_id, settings.max_id_length),
+        user_id=None if user_id is None else check_id("user_id", user_id),
         k=parse_k(present["k"], settings.max_k, from_query) if "k" in present else settings.default_k,
         alpha=parse_alpha(present["alpha"], from_query) if "alpha" in present else None,
         categories=parse_list(
-            "category", present["category"], settings.max_categories, settings.max_id_length,
+            "category", present["category"], settings.max_categories,
             comma_separated=False, check=check_text) if "category" in present else (),
         exclude_seen=parse_bool("exclude_seen", present.get("exclude_seen", True), from_query),
         in_stock_only=parse_bool("in_stock_only", present.get("in_stock_only", True), from_query),
         session_items=parse_list(
             "session_items", present["session_items"], settings.max_session_items,
-            settings.max_id_length, comma_separated=True, check=check_id)
+            comma_separated=True, check=check_id)
         if "session_items" in present else (),
     )
 
@@ -185,7 +182,7 @@ def similar_params(values: Mapping[str, list[str]], settings: Settings) -> Simil
     k = _single(values, "k")
     in_stock_only = _single(values, "in_stock_only")
     return SimilarParams(
-        item_id=check_id("item_id", item_id, settings.max_id_length),
+        item_id=check_id("item_id", item_id),
         k=settings.default_k if k is None else parse_k(k, settings.max_k),
         in_stock_only=True if in_stock_only is None else parse_bool("in_stock_only", in_stock_only),
     )
