@@ -5,6 +5,7 @@
     POST /recommendations   (the same fields as a JSON object)
     GET  /similar-items?item_id=I&k=10
     GET  /healthz
+    GET  /console/  the operator console (static page) and its read-only /console/api/* endpoints
 
 Run locally: ``scripts/serve_recommend.sh`` (production serving settings from serving.env),
 or ``functions-framework --target recommend --source functions/recommend/main.py`` after
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from pathlib import Path
 
 import flask
 import functions_framework
@@ -25,6 +27,7 @@ import functions_framework
 from httpfn.errors import InvalidParameter, MethodNotAllowed, NotFound
 from httpfn.responses import error_response, json_response
 from recommender.config import Settings
+from recommender.console_api import ConsoleApi
 from recommender.params import recommend_params, similar_params
 from recommender.service import Recommender
 from recommender.store import FirestoreStore
@@ -42,6 +45,8 @@ SERVICE.start()  # cold start: index snapshot + trending, before the first reque
 gc.freeze()
 
 _ROUTES = {"/recommendations": ("GET", "POST"), "/similar-items": ("GET",), "/healthz": ("GET",)}
+CONSOLE = ConsoleApi(SERVICE, SETTINGS, Path(__file__).resolve().parent / "console")
+_ROUTES.update({path: ("GET",) for path in CONSOLE.handlers})
 
 
 def _recommendations(request: flask.Request) -> flask.Response:
@@ -65,6 +70,7 @@ def _healthz(request: flask.Request) -> flask.Response:
 
 
 _HANDLERS = {"/recommendations": _recommendations, "/similar-items": _similar, "/healthz": _healthz}
+_HANDLERS.update(CONSOLE.handlers)
 
 
 @functions_framework.http
