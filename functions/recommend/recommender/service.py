@@ -76,7 +76,7 @@ class Recommender:
             except StoreUnavailable as e:
                 log.warning("degraded: %s", e)
                 return strategy.cold_start(self.indexes.index, p, None, self.indexes.trending,
-                                           degraded=True)
+                                           degraded=True, default_alpha=self.settings.default_alpha)
         self.indexes.ensure_trending()
         return self.rank_for(self.indexes.index, p, user)
 

@@ -15,6 +15,7 @@ import numpy as np
 from httpfn.errors import NotFound, Unavailable
 from schemas.firestore import TrendingDoc, UserDoc
 from scoring.rank import (
+    DEFAULT_ALPHA,
     Query,
     RankRequest,
     rank_user,
@@ -49,11 +50,11 @@ def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
     (``index.defaults``), else ``DEFAULT_ALPHA``; the pool likewise.
     """
     if index is None:
-        return cold_start(None, p, user, trending, degraded=True)
+        return cold_start(None, p, user, trending, degraded=True, default_alpha=settings.default_alpha)
     history = index.rows(_history_ids(user))
     query = query_for(index, p, user, history)
     if query is None:
-        return cold_start(index, p, user, trending, degraded=False)
+        return cold_start(index, p, user, trending, degraded=False, default_alpha=settings.default_alpha)
     alpha = resolve_alpha(p.alpha, index.defaults, history.size, settings.default_alpha)
     request = RankRequest(
         k=p.k, alpha=alpha, pool=resolve_pool(p.k, index.defaults, settings.min_pool, settings.pool_factor),
@@ -91,7 +92,8 @@ def query_for(index: ItemIndex, p: RecommendParams, user: UserDoc | None,
 
 
 def cold_start(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
-               trending: TrendingDoc | None, degraded: bool) -> dict[str, Any]:
+               trending: TrendingDoc | None, degraded: bool, default_alpha: float = DEFAULT_ALPHA
+               ) -> dict[str, Any]:
     """Trending (then snapshot popularity) filtered like any other request.
 
     Scores: trending score / the largest one; past the trending list, popularity / the
@@ -116,7 +118,8 @@ def cold_start(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None
     if index is not None and len(items) < p.k:
         ceiling = items[-1]["score"] if items else 1.0
         items.extend(_popular(index, p, excluded | taken, p.k - len(items), ceiling))
-    return response(index, p, user, COLD_START, items, degraded=degraded)
+    alpha = resolve_alpha(p.alpha, index.defaults if index is not None else None, 0, default_alpha)
+    return response(index, p, user, COLD_START, items, degraded=degraded, alpha=alpha)
 
 
 def _allowed(index: ItemIndex | None, item_id: str, p: RecommendParams) -> bool:
@@ -149,7 +152,7 @@ def _popular(index: ItemIndex, p: RecommendParams, excluded: set[str], n: int, c
 def response(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None, strategy: str,
              items: list[dict[str, Any]], query: str | None = None, degraded: bool = False,
              alpha: float | None = None) -> dict[str, Any]:
-    """The ``/recommendations`` body (``alpha``: the one used; the requested one for cold start)."""
+    """The ``/recommendations`` body (``alpha``: the one used, or a ranked request would use)."""
     body: dict[str, Any] = {
         "user_id": p.user_id, "model_version": index.version if index is not None else None,
         "strategy": strategy, "query": query,
