@@ -108,7 +108,9 @@ def serving_function(env: Mapping[str, str], port: int, timeout_s: float = 180.0
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the recommend function exited ({proc.returncode}); see {log.name}")
+                tail = Path(log.name).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"the recommend function exited ({proc.returncode}): {tail}; "
+                                   f"see {log.name}")
             try:
                 with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
                     if r.status == 200 and json.loads(r.read()).get("model_version"):
@@ -120,12 +122,22 @@ def serving_function(env: Mapping[str, str], port: int, timeout_s: float = 180.0
             time.sleep(0.5)
         yield base
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """TERM the function's process group (gunicorn and its workers), KILL it after 20 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=20)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def fetch_lists(base: str, user_ids: Sequence[str], k: int, item_index: Mapping[str, int]
