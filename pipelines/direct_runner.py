@@ -1,8 +1,9 @@
-"""Running the streaming pipeline on the DirectRunner: tuned Pub/Sub read, serve until a signal, drain.
+"""Running the streaming pipeline on the DirectRunner: a Pub/Sub read that acks only durable work,
+serve until a signal, drain.
 
-Nothing here runs on Dataflow (it has its own Pub/Sub source and ``gcloud dataflow jobs drain``)
-and no DoFn calls into it: the idle clock comes from the runner's executor
-(:mod:`pipelines.compat.beam_direct_pubsub`).
+Nothing here runs on Dataflow (it has its own Pub/Sub source, acks after its checkpoint, and
+``gcloud dataflow jobs drain``) and no DoFn calls into it: what is done, and so may be acked, is
+read from the runner's executor (:mod:`pipelines.compat.beam_direct_pubsub`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def is_direct(options: PipelineOptions) -> bool:
     return runner is None or "Direct" in str(runner)
 
 
-def install(max_messages: int) -> None:
-    """Use the tuned, drainable Pub/Sub read for the DirectRunner sources started after this call."""
-    beam_direct_pubsub.install(max_messages=max_messages)
+def install(max_messages: int, max_unacked: int | None = None) -> None:
+    """Use the tuned, drainable, ack-when-durable Pub/Sub read for the DirectRunner sources
+    started after this call."""
+    beam_direct_pubsub.install(max_messages=max_messages, max_unacked=max_unacked)
 
 
 def serve(result: Any, drain_idle_s: float, settle_s: float) -> None:
@@ -55,18 +57,20 @@ def serve(result: Any, drain_idle_s: float, settle_s: float) -> None:
         drain(result, drain_idle_s, settle_s)
 
 
-def drain(result: Any, idle_s: float, settle_s: float, timeout_s: float = 120.0) -> None:
-    """Stop pulling, wait until no step has worked for ``idle_s`` (and ``settle_s`` passed), then stop.
+def drain(result: Any, idle_s: float, settle_s: float = 0.0, timeout_s: float = 120.0) -> None:
+    """Stop pulling, wait until every pulled message is acked and no step has worked for
+    ``idle_s`` (and ``settle_s`` passed), then stop.
 
-    ``settle_s`` covers work that waits on a timer (the open archive window).
+    Whatever is still held at the timeout is redelivered by Pub/Sub to the next run.
     """
     LOG.info("draining: no more pulls; waiting for in-flight work")
     beam_direct_pubsub.start_drain()
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         waited = time.monotonic() - started
-        if beam_direct_pubsub.idle_seconds() >= idle_s and waited >= max(settle_s, idle_s):
+        if (beam_direct_pubsub.unacked() == 0 and beam_direct_pubsub.idle_seconds() >= idle_s
+                and waited >= max(settle_s, idle_s)):
             break
         time.sleep(0.2)
-    LOG.info("drained after %.1f s; stopping", time.monotonic() - started)
+    LOG.info("drained after %.1f s (%s); stopping", time.monotonic() - started, beam_direct_pubsub.stats())
     result.cancel()

@@ -10,11 +10,14 @@ Two interchangeable ways to batch user embeddings (``--inference``):
   the bundle too.
 
 Both read the towers from a :class:`~pipelines.streaming.model_watcher.ModelWatcher`, so a new
-``models/current`` is used from the next batch on, without a restart.
+``models/current`` is used from the next batch on, without a restart. A batch the towers fail on
+(``EMBED_ERRORS``) goes to the dead-letter output, its users' events with the reason; those users'
+documents are not written then (their state keeps the events, so the next write has them).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -24,10 +27,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.streaming.firestore_io import FirestoreCurrentModel, FirestoreSettings
+from pipelines.streaming.firestore_io import FirestoreCurrentModel, FirestoreSettings, UserWrite
 from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, shared_watcher
-from pipelines.streaming.parse import METRICS_NAMESPACE
-from pipelines.streaming.user_state import UserState
+from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
+from pipelines.streaming.user_state import UserState, UserUpdate
 from schemas.catalog import CatalogItem
 from schemas.clock import now_ms
 from schemas.firestore import ItemDoc, UserDoc
@@ -59,6 +62,21 @@ class WatchedModel:
             fallback_uri=self.model_dir))
 
 
+
+
+def embed_errors() -> tuple[type[BaseException], ...]:
+    """What a tower call can raise on bad input or state: Python's value/shape errors and, once
+    TensorFlow is loaded, its ``OpError``."""
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, IndexError)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        errors += (tf.errors.OpError,)
+    return errors
+
+
+def as_update(element: UserState | UserUpdate) -> UserUpdate:
+    """A bare ``UserState`` (no events known) as a :class:`UserUpdate`."""
+    return element if isinstance(element, UserUpdate) else UserUpdate(element)
 
 
 def user_docs(states: Sequence[UserState], model: LoadedModel | None) -> list[UserDoc]:
@@ -98,36 +116,50 @@ def _global(value: Any, timestamp: float) -> WindowedValue:
 
 
 class EmbedUsersFn(beam.DoFn):
-    """``UserState`` -> ``UserDoc`` with the current query tower, one batch per bundle."""
+    """``UserUpdate`` (or ``UserState``) -> ``UserWrite`` with the current query tower, one batch
+    per bundle; a failed batch's events -> ``dead_letter``."""
 
     def __init__(self, models: ModelSource) -> None:
         self.models = models
         self.batch_size = Metrics.distribution(METRICS_NAMESPACE, "embed_users_batch_size")
         self.no_model = Metrics.counter(METRICS_NAMESPACE, "users_without_model")
+        self.failed = stage_failures("embed_users")
 
     def setup(self) -> None:
         self._watcher = self.models.watcher()
 
     def start_bundle(self) -> None:
-        self._buffer: dict[str, tuple[UserState, float]] = {}
+        self._buffer: dict[str, tuple[UserUpdate, float]] = {}
 
-    def process(self, state: UserState, timestamp: Any = beam.DoFn.TimestampParam) -> None:
-        previous = self._buffer.get(state.user_id)
-        if previous is None or state.event_count > previous[0].event_count:
-            self._buffer[state.user_id] = (state, timestamp)
+    def process(self, element: UserState | UserUpdate, timestamp: Any = beam.DoFn.TimestampParam) -> None:
+        update = as_update(element)
+        previous = self._buffer.get(update.state.user_id)
+        if previous is not None:  # the newest state, and every event either carried
+            newest = update.state if update.state.event_count > previous[0].state.event_count else \
+                previous[0].state
+            update = UserUpdate(newest, previous[0].events + update.events)
+        self._buffer[update.state.user_id] = (update, timestamp)
 
-    def finish_bundle(self) -> Iterator[WindowedValue]:
+    def finish_bundle(self) -> Iterator[Any]:
         if not self._buffer:
             return
         model = self._watcher.current()
         pending = list(self._buffer.values())
         self._buffer = {}
-        docs = user_docs([s for s, _ in pending], model)
+        try:
+            docs = user_docs([u.state for u, _ in pending], model)
+        except embed_errors() as e:
+            for update, ts in pending:
+                self.failed.inc(len(update.events))
+                for event in update.events:
+                    dead = failed_record(event, "embed_users", e)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, _global(dead, ts))
+            return
         self.batch_size.update(len(docs))
         if model is None:
             self.no_model.inc(len(docs))
-        for doc, (_, ts) in zip(docs, pending):
-            yield _global(doc, ts)
+        for doc, (update, ts) in zip(docs, pending):
+            yield _global(UserWrite(doc, update.events), ts)
 
 
 class EmbedItemsFn(beam.DoFn):
@@ -169,13 +201,14 @@ class TowersModelHandler(ModelHandler[UserState, PredictionResult, CurrentModel]
     def load_model(self) -> CurrentModel:
         return self.models.watcher()
 
-    def run_inference(self, batch: Sequence[UserState], model: CurrentModel,
+    def run_inference(self, batch: Sequence[UserUpdate], model: CurrentModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         loaded = model.current()
         if loaded is None:
-            return [PredictionResult(s, None, None) for s in batch]
-        emb = loaded.towers.embed_users([s.user_id for s in batch], [s.item_ids for s in batch])
-        return [PredictionResult(s, e, loaded.version) for s, e in zip(batch, emb)]
+            return [PredictionResult(u, None, None) for u in batch]
+        states = [u.state for u in batch]
+        emb = loaded.towers.embed_users([s.user_id for s in states], [s.item_ids for s in states])
+        return [PredictionResult(u, e, loaded.version) for u, e in zip(batch, emb)]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
@@ -184,18 +217,29 @@ class TowersModelHandler(ModelHandler[UserState, PredictionResult, CurrentModel]
         return False
 
 
-def _doc_from_prediction(keyed: tuple[str, PredictionResult]) -> UserDoc:
+def _doc_from_prediction(keyed: tuple[str, PredictionResult]) -> UserWrite:
     _, result = keyed
-    state: UserState = result.example
+    update: UserUpdate = result.example
+    state = update.state
     emb = result.inference
-    return UserDoc(user_id=state.user_id, history=state.history, last_event_id=state.last_event_id,
-                   last_event_ts=state.last_event_ts, updated_at=now_ms(), model_version=result.model_id,
-                   embedding=tuple(float(x) for x in emb) if emb is not None else None,
-                   event_count=state.event_count)
+    return UserWrite(UserDoc(user_id=state.user_id, history=state.history, last_event_id=state.last_event_id,
+                             last_event_ts=state.last_event_ts, updated_at=now_ms(),
+                             model_version=result.model_id,
+                             embedding=tuple(float(x) for x in emb) if emb is not None else None,
+                             event_count=state.event_count), update.events)
+
+
+def _failed_batch(failed: tuple[Any, BaseException]) -> Iterator[Any]:
+    """RunInference's failed batch (keyed updates, error) -> its events' dead letters."""
+    batch, error = failed
+    for _, update in batch:
+        for event in update.events:
+            yield failed_record(event, "embed_users", error)
 
 
 class EmbedUsers(beam.PTransform):
-    """``UserState`` -> ``UserDoc`` with the current query tower (``bundle`` or ``runinference``)."""
+    """``UserUpdate`` -> ``docs`` (``UserWrite``) with the current query tower (``bundle`` or
+    ``runinference``) and ``dead_letter`` (the events of batches the towers failed on)."""
 
     def __init__(self, models: ModelSource, inference: str = "bundle") -> None:
         super().__init__()
@@ -204,13 +248,17 @@ class EmbedUsers(beam.PTransform):
         self.models = models
         self.inference = inference
 
-    def expand(self, states: beam.PCollection) -> beam.PCollection:
+    def expand(self, states: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.inference == "bundle":
-            return states | "EmbedBundle" >> beam.ParDo(EmbedUsersFn(self.models))
-        return (states
-                | "KeyByUser" >> beam.Map(lambda s: (s.user_id, s))
-                | "RunInference" >> RunInference(KeyedModelHandler(TowersModelHandler(self.models)))
-                | "ToUserDoc" >> beam.Map(_doc_from_prediction))
+            out = states | "EmbedBundle" >> beam.ParDo(EmbedUsersFn(self.models)).with_outputs(
+                DEAD_LETTER, main="docs")
+            return {"docs": out.docs, DEAD_LETTER: out[DEAD_LETTER]}
+        main, other = (states
+                       | "KeyByUser" >> beam.Map(lambda s: (as_update(s).state.user_id, as_update(s)))
+                       | "RunInference" >> RunInference(KeyedModelHandler(TowersModelHandler(self.models)))
+                       .with_exception_handling(exc_class=embed_errors()))
+        return {"docs": main | "ToUserDoc" >> beam.Map(_doc_from_prediction),
+                DEAD_LETTER: other.failed_inferences | "FailedToDeadLetters" >> beam.FlatMap(_failed_batch)}
 
 
 class EmbedItems(beam.PTransform):

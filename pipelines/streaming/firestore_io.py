@@ -9,30 +9,55 @@
 * ``items/{id}``: catalogue updates, batched the same way.
 * ``stats/trending``: a transaction keeps the newest window (and, for one window, its latest
   pane) so an old window's final firing cannot overwrite a newer list.
+
+Every commit finishes before its bundle does, so what a bundle wrote is durable when the bundle
+ends (the local read acks on that). A commit that fails (``WRITE_ERRORS``) does not end the
+pipeline: the events of its users (``UserWrite.events``) or its catalogue items go to the
+dead-letter output with the reason, counted as ``user_write_failed`` / ``item_write_failed``; a
+failed trending write is counted and dropped (the next pane rewrites the list).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.compat import firestore_writes
-from pipelines.streaming.parse import METRICS_NAMESPACE
+from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
 from schemas import names
+from schemas.events import ProductEvent
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
 
+LOG = logging.getLogger(__name__)
 MAX_BATCH_WRITES = 500
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
 
 
+def write_errors() -> tuple[type[BaseException], ...]:
+    """What a commit can raise: the API's call and retry errors."""
+    from google.api_core import exceptions
+
+    return (exceptions.GoogleAPICallError, exceptions.RetryError)
+
+
+@dataclass(frozen=True)
+class UserWrite:
+    """A ``users/{id}`` document to write and the events it newly holds (dead-lettered if the
+    write fails)."""
+
+    doc: UserDoc
+    events: tuple[ProductEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,10 +164,20 @@ def commit_in_batches(client: Any, writes: Sequence[tuple[Any, dict[str, Any]]],
     """``set`` every (reference, data) pair: batches of at most ``MAX_BATCH_WRITES``, up to
     ``parallelism`` commits in flight, which overlaps the round trips of independent batches.
     Returns when every batch is committed; raises the first commit error."""
+    for failure in commit_chunks(client, writes, merge, parallelism):
+        if failure is not None:
+            raise failure[1]
+
+
+def commit_chunks(client: Any, writes: Sequence[tuple[Any, dict[str, Any]]], merge: bool = False,
+                  parallelism: int = 4) -> list[tuple[range, BaseException] | None]:
+    """Like :func:`commit_in_batches`, but waits for every batch and returns, per batch, ``None``
+    or (the indexes of ``writes`` it held, the ``write_errors()`` it failed with)."""
     if not writes:
-        return
+        return []
     size = min(MAX_BATCH_WRITES, max(MIN_CONCURRENT_CHUNK, -(-len(writes) // parallelism)))
-    chunks = [writes[i:i + size] for i in range(0, len(writes), size)]
+    spans = [range(i, min(i + size, len(writes))) for i in range(0, len(writes), size)]
+    errors = write_errors()
 
     def commit(chunk: Sequence[tuple[Any, dict[str, Any]]]) -> None:
         batch = client.batch()
@@ -153,15 +188,25 @@ def commit_in_batches(client: Any, writes: Sequence[tuple[Any, dict[str, Any]]],
             firestore_writes.add_sets(batch, chunk)
         batch.commit()
 
-    if len(chunks) == 1:
-        commit(chunks[0])
-        return
-    for future in [_commit_pool.submit(commit, c) for c in chunks]:
-        future.result()
+    def attempt(span: range) -> tuple[range, BaseException] | None:
+        try:
+            commit(writes[span.start:span.stop])
+        except errors as e:
+            return span, e
+        return None
+
+    if len(spans) == 1:
+        return [attempt(spans[0])]
+    return [future.result() for future in [_commit_pool.submit(attempt, s) for s in spans]]
+
+
+def _dead_letters(records: Iterable[Any], stage: str, error: BaseException) -> list[WindowedValue]:
+    return [WindowedValue(failed_record(r, stage, error), 0, (GlobalWindow(),)) for r in records]
 
 
 class WriteUserDocsFn(beam.DoFn):
-    """Buffers ``UserDoc``\\s for a bundle and commits the newest per user in batches."""
+    """Buffers ``UserWrite``\\s (or ``UserDoc``\\s) for a bundle and commits the newest per user
+    in batches; the events of a failed commit -> ``dead_letter``."""
 
     def __init__(self, settings: FirestoreSettings, collection: str = names.USERS) -> None:
         self.settings = settings
@@ -169,6 +214,7 @@ class WriteUserDocsFn(beam.DoFn):
         self.written = Metrics.counter(METRICS_NAMESPACE, "user_docs_written")
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "user_docs_stale_skipped")
         self.batch_size = Metrics.distribution(METRICS_NAMESPACE, "user_write_batch_size")
+        self.failed = stage_failures("user_write")
 
     def setup(self) -> None:
         self._client = self.settings.client()
@@ -176,25 +222,38 @@ class WriteUserDocsFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._buffer: list[UserDoc] = []
+        self._events: dict[str, list[ProductEvent]] = {}
 
-    def process(self, doc: UserDoc) -> None:
-        self._buffer.append(doc)
+    def process(self, element: UserWrite | UserDoc) -> None:
+        write = element if isinstance(element, UserWrite) else UserWrite(element)
+        self._buffer.append(write.doc)
+        if write.events:
+            self._events.setdefault(write.doc.user_id, []).extend(write.events)
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator[Any]:
         if not self._buffer:
             return
-        fresh = self._guard.claim(self._buffer)
-        self.skipped.inc(len(self._buffer) - len(fresh))
-        committed = False
+        buffer, events, self._buffer, self._events = self._buffer, self._events, [], {}
+        fresh = self._guard.claim(buffer)
+        self.skipped.inc(len(buffer) - len(fresh))
+        failed: set[int] = set()
         try:
             coll = self._client.collection(self.collection)
-            commit_in_batches(self._client, [(coll.document(d.user_id), d.to_document()) for d in fresh])
-            committed = True
+            for failure in commit_chunks(self._client, [(coll.document(d.user_id), d.to_document())
+                                                        for d in fresh]):
+                if failure is None:
+                    continue
+                span, error = failure
+                failed.update(span)
+                lost = [e for i in span for e in events.get(fresh[i].user_id, ())]
+                self.failed.inc(len(lost))
+                yield from (beam.pvalue.TaggedOutput(DEAD_LETTER, d)
+                            for d in _dead_letters(lost, "user_write", error))
         finally:
-            self._guard.release(fresh, committed)
-        self.written.inc(len(fresh))
+            self._guard.release([d for i, d in enumerate(fresh) if i not in failed], True)
+            self._guard.release([fresh[i] for i in failed], False)
+        self.written.inc(len(fresh) - len(failed))
         self.batch_size.update(len(fresh))
-        self._buffer = []
 
 
 class WriteItemDocsFn(beam.DoFn):
@@ -207,6 +266,7 @@ class WriteItemDocsFn(beam.DoFn):
         self.settings = settings
         self.collection = collection
         self.written = Metrics.counter(METRICS_NAMESPACE, "item_docs_written")
+        self.failed = stage_failures("item_write")
 
     def setup(self) -> None:
         self._client = self.settings.client()
@@ -217,14 +277,21 @@ class WriteItemDocsFn(beam.DoFn):
     def process(self, doc: ItemDoc) -> None:
         self._buffer[doc.item_id] = doc  # the latest update of an item in a bundle wins
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator[Any]:
         if not self._buffer:
             return
+        docs, self._buffer = list(self._buffer.values()), {}
         coll = self._client.collection(self.collection)
-        writes = [(coll.document(i), _without_popularity(d.to_document())) for i, d in self._buffer.items()]
-        commit_in_batches(self._client, writes, merge=True)
-        self.written.inc(len(self._buffer))
-        self._buffer = {}
+        writes = [(coll.document(d.item.item_id), _without_popularity(d.to_document())) for d in docs]
+        failed = 0
+        for failure in commit_chunks(self._client, writes, merge=True):
+            if failure is not None:
+                span, error = failure
+                failed += len(span)
+                self.failed.inc(len(span))
+                yield from (beam.pvalue.TaggedOutput(DEAD_LETTER, d)
+                            for d in _dead_letters([docs[i].item for i in span], "item_write", error))
+        self.written.inc(len(docs) - failed)
 
 
 def _without_popularity(doc: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +320,7 @@ class WriteTrendingFn(beam.DoFn):
         self.settings = settings
         self.written = Metrics.counter(METRICS_NAMESPACE, "trending_written")
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "trending_stale_skipped")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "trending_write_failed")
 
     def setup(self) -> None:
         self._client = self.settings.client()
@@ -274,7 +342,13 @@ class WriteTrendingFn(beam.DoFn):
         if rank <= WriteTrendingFn._last_written.get(self.settings, (-1, -1)):
             self.skipped.inc()
             return
-        if self._write_if_newer(doc):
+        try:
+            newer = self._write_if_newer(doc)
+        except write_errors() as e:  # derived data: the next pane writes the list again
+            self.failed.inc()
+            LOG.warning("stats/trending write failed: %s", e)
+            return
+        if newer:
             WriteTrendingFn._last_written[self.settings] = rank
             self.written.inc()
         else:

@@ -3,6 +3,11 @@
 A dead letter keeps the original payload byte for byte and the original attributes, plus
 ``dlq_reason``, ``dlq_field`` and ``dlq_source`` (:mod:`schemas.names`), so it can be fixed
 and republished. Nothing in here raises on bad input.
+
+The later stages route what they fail on the same way (:func:`failed_record`): the record
+re-encoded as it was published (the canonical JSON of the event or item), ``dlq_reason``
+``"<stage>: <error>"`` and ``dlq_field`` naming the stage, so an operator can republish it once
+the cause is fixed (the per-user dedup drops whatever was counted meanwhile).
 """
 
 from __future__ import annotations
@@ -45,6 +50,19 @@ def dead_letter(data: bytes, attributes: Mapping[str, str], error: InvalidRecord
     attrs[names.DLQ_FIELD_ATTR] = error.field[:MAX_ATTR_CHARS]
     attrs[names.DLQ_SOURCE_ATTR] = source
     return PubsubMessage(data=data, attributes=attrs)
+
+
+def failed_record(record: Any, stage: str, error: BaseException) -> PubsubMessage:
+    """The dead letter of an event or catalogue item that a stage after parsing failed on."""
+    source = SOURCE_EVENTS if hasattr(record, "event_id") else SOURCE_CATALOG
+    attributes = record.pubsub_attributes() if hasattr(record, "pubsub_attributes") else {}
+    reason = f"{stage}: {type(error).__name__}: {error}"
+    return dead_letter(record.to_pubsub_data(), attributes, InvalidRecord(stage, reason), source)
+
+
+def stage_failures(stage: str) -> Any:
+    """The counter of records a stage sent to the dead-letter topic (``<stage>_failed``)."""
+    return Metrics.counter(METRICS_NAMESPACE, f"{stage}_failed")
 
 
 class ParseFn(beam.DoFn):

@@ -6,10 +6,19 @@ Reads the events and catalogue-updates subscriptions (with attributes) and, in F
   embedding recomputed with the *current* query tower after every accepted event;
 * ``items/{id}``: catalogue updates embedded with the current candidate tower and content encoder;
 * ``stats/trending``: item counts over sliding event-time windows, ranked;
-* invalid messages go to the dead-letter topic (original payload + ``dlq_*`` attributes);
-* accepted events are archived as JSON lines per window under ``--archive-dir`` for training.
+* invalid messages go to the dead-letter topic (original payload + ``dlq_*`` attributes), and so
+  do the events a later stage fails on (seed read, embedding, Firestore commit), with the reason;
+* accepted events are archived as JSON lines per arrival window under ``--archive-dir`` for
+  training, written per bundle.
 
-A new ``models/current`` is picked up without a restart (``--model-refresh-seconds``).
+A new ``models/current`` is picked up without a restart (``--model-refresh-seconds``). A user's
+document is written at most once per ``--user-write-interval-seconds`` (coalesced in keyed state).
+
+Delivery: at least once into the pipeline, effectively once into ``users/{id}``: the DirectRunner
+read acks a message only once everything it caused is durable (documents committed, dead letters
+published, archive written; :mod:`pipelines.compat.beam_direct_pubsub`), Dataflow acks after its
+own checkpoint, and a redelivered event is dropped by the per-user dedup (seeded from
+``users/{id}`` after a restart).
 
 Locally (DirectRunner, emulators from ``make stack-start``; SIGTERM/Ctrl-C drains then exits)::
 
@@ -53,7 +62,7 @@ from pipelines.streaming.firestore_io import (
 )
 from pipelines.streaming.parse import DEAD_LETTER, ParseCatalog, ParseEvents
 from pipelines.streaming.trending import ComputeTrending
-from pipelines.streaming.user_state import ACCEPTED_BATCHES, UpdateUserState, UserStore
+from pipelines.streaming.user_state import ACCEPTED_BATCHES, WRITE_INTERVAL_S, UpdateUserState, UserStore
 from schemas import names
 
 LOG = logging.getLogger(__name__)
@@ -76,10 +85,13 @@ class StreamingConfig:
     trending_period_s: int = trending.PERIOD_S
     trending_top_k: int = trending.TOP_K
     trending_early_firing_s: int = trending.EARLY_FIRING_S
+    trending_fanout: int = trending.FANOUT
     allowed_lateness_s: int = trending.ALLOWED_LATENESS_S
+    user_write_interval_s: float = WRITE_INTERVAL_S
     model_refresh_s: float = 10.0
     inference: str = "bundle"
     direct_pull_max_messages: int = 5000
+    direct_max_unacked: int = 20000
     drain_idle_s: float = 3.0
 
     @property
@@ -113,12 +125,18 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
                              "re-emits every open sliding window (size / period of them), so a "
                              "short interval costs freshness of user documents (see "
                              "pipelines/streaming/trending.py EARLY_FIRING_S)")
+    parser.add_argument("--trending-fanout", type=int, default=d["trending_fanout"],
+                        help="hot-key fan-out of trending's global combines (intermediate keys)")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=d["allowed_lateness_s"])
+    parser.add_argument("--user-write-interval-seconds", type=float, default=d["user_write_interval_s"],
+                        help="write a user's document at most once per this interval (0: every bundle)")
     parser.add_argument("--model-refresh-seconds", type=float, default=d["model_refresh_s"])
     parser.add_argument("--inference", choices=["bundle", "runinference"], default=d["inference"])
     parser.add_argument("--direct-pull-max-messages", type=int, default=d["direct_pull_max_messages"],
                         help="DirectRunner only: largest read bundle (pulls repeat while a backlog "
                              "answers; a trickle makes small bundles)")
+    parser.add_argument("--direct-max-unacked", type=int, default=d["direct_max_unacked"],
+                        help="DirectRunner only: pulling pauses while this many messages wait to be acked")
     parser.add_argument("--drain-idle-seconds", type=float, default=d["drain_idle_s"],
                         help="DirectRunner only: idle time that ends a drain")
     args, beam_args = parser.parse_known_args(argv)
@@ -140,19 +158,20 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
         archive_dir=args.archive_dir, archive_window_s=args.archive_window_seconds,
         history_length=args.history_length, trending_window_s=args.trending_window_seconds,
         trending_period_s=args.trending_period_seconds, trending_top_k=args.trending_top_k,
-        trending_early_firing_s=args.trending_early_firing_seconds,
-        allowed_lateness_s=args.allowed_lateness_seconds, model_refresh_s=args.model_refresh_seconds,
+        trending_early_firing_s=args.trending_early_firing_seconds, trending_fanout=args.trending_fanout,
+        allowed_lateness_s=args.allowed_lateness_seconds,
+        user_write_interval_s=args.user_write_interval_seconds, model_refresh_s=args.model_refresh_seconds,
         inference=args.inference, direct_pull_max_messages=args.direct_pull_max_messages,
-        drain_idle_s=args.drain_idle_seconds)
+        direct_max_unacked=args.direct_max_unacked, drain_idle_s=args.drain_idle_seconds)
     return config, options
 
 
 class RecommenderCore(beam.PTransform):
     """The I/O-free middle: ``{"events", "catalog"}`` messages -> docs, dead letters, events.
 
-    Output dict: ``user_docs``, ``item_docs``, ``trending`` (``TrendingDoc``), ``dead_letters``
-    (``PubsubMessage``) and ``accepted_batches`` (deduplicated ``ProductEvent``\\s, a tuple
-    per bundle).
+    Output dict: ``user_docs`` (``UserWrite``: the document and the events it newly holds),
+    ``item_docs``, ``trending`` (``TrendingDoc``), ``dead_letters`` (``PubsubMessage``) and
+    ``accepted_batches`` (deduplicated ``ProductEvent``\\s, a tuple per bundle).
     """
 
     def __init__(self, config: StreamingConfig, models: ModelSource, user_store: UserStore | None) -> None:
@@ -165,15 +184,18 @@ class RecommenderCore(beam.PTransform):
         cfg = self.config
         events = inputs["events"] | "ParseEvents" >> ParseEvents()
         catalog = inputs["catalog"] | "ParseCatalog" >> ParseCatalog()
-        users = events.valid | "UpdateUserState" >> UpdateUserState(cfg.history_length, self.user_store)
+        users = events.valid | "UpdateUserState" >> UpdateUserState(
+            cfg.history_length, self.user_store, cfg.user_write_interval_s)
         accepted = users[ACCEPTED_BATCHES]
+        embedded = users["states"] | "EmbedUsers" >> EmbedUsers(self.models, cfg.inference)
+        dead = (events[DEAD_LETTER], catalog[DEAD_LETTER], users[DEAD_LETTER], embedded[DEAD_LETTER])
         return {
-            "user_docs": users.states | "EmbedUsers" >> EmbedUsers(self.models, cfg.inference),
+            "user_docs": embedded["docs"],
             "item_docs": catalog.valid | "EmbedItems" >> EmbedItems(self.models),
             "trending": accepted | "Trending" >> ComputeTrending(
                 cfg.trending_window_s, cfg.trending_period_s, cfg.trending_top_k,
-                cfg.trending_early_firing_s, cfg.allowed_lateness_s),
-            "dead_letters": (events[DEAD_LETTER], catalog[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten(),
+                cfg.trending_early_firing_s, cfg.allowed_lateness_s, cfg.trending_fanout),
+            "dead_letters": dead | "DeadLetters" >> beam.Flatten(),
             "accepted_batches": accepted,
         }
 
@@ -189,12 +211,18 @@ def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollecti
                                                        with_attributes=True),
     }
     out = sources | "Core" >> RecommenderCore(config, models, store)
-    out["dead_letters"] | "WriteDeadLetters" >> WriteToPubSub(config.dead_letter_topic, with_attributes=True)
-    out["user_docs"] | "WriteUsers" >> beam.ParDo(WriteUserDocsFn(config.firestore))
-    out["item_docs"] | "WriteItems" >> beam.ParDo(WriteItemDocsFn(config.firestore))
+    users = out["user_docs"] | "WriteUsers" >> beam.ParDo(WriteUserDocsFn(config.firestore)).with_outputs(
+        DEAD_LETTER, main="written")
+    items = out["item_docs"] | "WriteItems" >> beam.ParDo(WriteItemDocsFn(config.firestore)).with_outputs(
+        DEAD_LETTER, main="written")
     out["trending"] | "WriteTrending" >> beam.ParDo(WriteTrendingFn(config.firestore))
+    dead = [out["dead_letters"], users[DEAD_LETTER], items[DEAD_LETTER]]
     if config.archive_dir:
-        out["accepted_batches"] | "Archive" >> ArchiveEvents(config.archive_dir, config.archive_window_s)
+        archived = out["accepted_batches"] | "Archive" >> ArchiveEvents(config.archive_dir,
+                                                                        config.archive_window_s)
+        dead.append(archived[DEAD_LETTER])
+    (tuple(dead) | "AllDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteToPubSub(config.dead_letter_topic, with_attributes=True))
     return out
 
 
@@ -205,12 +233,12 @@ def run(argv: list[str] | None = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     direct = direct_runner.is_direct(options)
     if direct:
-        direct_runner.install(max_messages=config.direct_pull_max_messages)
+        direct_runner.install(max_messages=config.direct_pull_max_messages,
+                              max_unacked=config.direct_max_unacked)
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, config)
     result = p.run()
     if direct and test_pipeline is None:
-        settle_s = config.archive_window_s + 1 if config.archive_dir else 0.0
-        direct_runner.serve(result, config.drain_idle_s, settle_s)
+        direct_runner.serve(result, config.drain_idle_s, settle_s=config.user_write_interval_s)
     return result
 

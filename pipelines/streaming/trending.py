@@ -11,6 +11,13 @@ partial instead of ``size / period`` windows:
 2. slice counts -> sliding windows (``size``, ``period``) summed in accumulating mode, so each
    pane is the running total of its window, again with early firings.
 
+The slice combine is global (one key), which on Dataflow is a hot key: every bundle's partial
+of a slice meets on one worker. ``fanout`` spreads them first over that many intermediate keys
+(each bundle picks one at random), combined per key, so the single-key merge handles at most
+``fanout`` partials per firing instead of one per bundle. (Beam's ``with_fanout`` does the same
+but re-windows between its two stages, which dropped late panes here; the second, sliding
+combine only ever sees one element per slice pane.)
+
 A window's pane becomes the ``stats/trending`` list only if the window's newest event lies in
 its last slice: that is the window covering the last ``size`` up to now. The Firestore writer
 keeps the newest window, so older windows' final firings do not overwrite it.
@@ -18,6 +25,7 @@ keeps the newest window, so older windows' final firings do not overwrite it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +81,19 @@ class CountPerSlice(beam.DoFn):
             counts.add_event(event)
         for counts in slices.values():
             yield window.TimestampedValue(counts, counts.max_ts / 1000.0)
+
+
+class ShardPartials(beam.DoFn):
+    """Partial counts -> (shard, partial), one random shard of ``fanout`` per bundle."""
+
+    def __init__(self, fanout: int) -> None:
+        self.fanout = fanout
+
+    def start_bundle(self) -> None:
+        self._shard = random.randrange(self.fanout)
+
+    def process(self, partial: ItemCounts) -> Iterator[tuple[int, ItemCounts]]:
+        yield self._shard, partial
 
 
 class CountItemEvents(beam.CombineFn):
@@ -132,6 +153,8 @@ WINDOW_S, PERIOD_S, TOP_K, ALLOWED_LATENESS_S = 3600, 60, 50, 600
 # Each early firing re-emits every open sliding window (WINDOW_S / PERIOD_S of them), which delays
 # the user-document writes behind it: a long interval keeps freshness flat (docs/benchmarks.md).
 EARLY_FIRING_S = 30
+# Intermediate keys of the hot-key fan-out: about the number of workers that feed one window.
+FANOUT = 16
 
 
 def _early_trigger(early_firing_s: int) -> trigger.TriggerFn:
@@ -144,22 +167,26 @@ class ComputeTrending(beam.PTransform):
     every few seconds."""
 
     def __init__(self, size_s: int = WINDOW_S, period_s: int = PERIOD_S, top_k: int = TOP_K,
-                 early_firing_s: int = EARLY_FIRING_S, allowed_lateness_s: int = ALLOWED_LATENESS_S
-                 ) -> None:
+                 early_firing_s: int = EARLY_FIRING_S, allowed_lateness_s: int = ALLOWED_LATENESS_S,
+                 fanout: int = FANOUT) -> None:
         super().__init__()
         if size_s % period_s:
             raise ValueError(f"trending window size {size_s}s must be a multiple of the period {period_s}s")
         self.size_s, self.period_s, self.top_k = size_s, period_s, top_k
         self.early_firing_s, self.allowed_lateness_s = early_firing_s, allowed_lateness_s
+        self.fanout = max(1, fanout)
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         early = _early_trigger(self.early_firing_s)
         return (events
                 | "CountPerBundleSlice" >> beam.ParDo(CountPerSlice(self.period_s))
+                | "ShardPartials" >> beam.ParDo(ShardPartials(self.fanout))
                 | "SliceWindows" >> beam.WindowInto(
                     window.FixedWindows(self.period_s), trigger=early,
                     accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=self.allowed_lateness_s)
+                | "CountPerShard" >> beam.CombinePerKey(MergeItemCounts())
+                | "DropShard" >> beam.Values()
                 | "CountPerSlice" >> beam.CombineGlobally(MergeItemCounts()).without_defaults()
                 | "SlidingWindows" >> beam.WindowInto(
                     window.SlidingWindows(self.size_s, self.period_s), trigger=early,

@@ -6,13 +6,24 @@ dedup memory, and they are enough: an accepted event is either still in the hist
 evicted, and evicted events all sort before the history's oldest entry, so a replay of one is
 recognised as "older than the full history" and dropped. That rule only needs what is
 stored in ``users/{id}``, so dedup survives a restart: state is seeded from Firestore the first
-time a user is seen since start.
+time a user is seen since start. A redelivered message (the local read acks only once the
+user's document holding the event is committed) therefore finds its event either in the stored
+history (duplicate) or older than all of it (too old): it is never counted twice. Rejecting
+"older than the full history" is exact only because the history is ordered by (time, id) and
+evicts its oldest entry; ``last_event_ts`` could not serve (events arrive out of order) and
+``event_count`` carries no ids.
+
+Per-user writes are coalesced (``write_interval_s``): a user's state is emitted at once if its
+last emission is at least that long ago, else the accepted events wait in keyed state for a
+processing-time timer at ``last emission + interval``, so ``users/{id}`` is written at most once
+per interval however hot the user, and a user below that rate is not delayed at all.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,11 +32,13 @@ from typing import Any, Protocol
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.transforms.window import GlobalWindow
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.streaming.parse import METRICS_NAMESPACE
+from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
 from schemas.events import ProductEvent
 from schemas.firestore import HistoryEntry, UserDoc
 
@@ -33,6 +46,9 @@ ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 TOO_OLD = "too_old"
 ACCEPTED_BATCHES = "accepted_batches"
+WRITE_INTERVAL_S = 1.0  # Firestore's sustained limit: one write per second per document
+# what a seed read can raise: the API's errors, and a stored document that no longer parses
+SEED_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,22 @@ def apply_events(state: UserState, events: Iterable[ProductEvent],
                      last_event_id=last_id, last_event_ts=last_ts), outcomes
 
 
+@dataclass(frozen=True)
+class UserUpdate:
+    """A user's newest state and the events accepted since its previous emission (the events
+    travel on so that a failed embedding or write dead-letters them)."""
+
+    state: UserState
+    events: tuple[ProductEvent, ...] = ()
+
+
+def seed_errors() -> tuple[type[BaseException], ...]:
+    """``SEED_ERRORS`` plus the Google API's call and retry errors."""
+    from google.api_core import exceptions
+
+    return (*SEED_ERRORS, exceptions.GoogleAPICallError, exceptions.RetryError)
+
+
 class UserStore(Protocol):
     """Where state is seeded from: ``get`` returns the stored document or ``None``."""
 
@@ -144,6 +176,11 @@ class _Prefetched:
         self._lock = threading.Lock()
         self._max = max_users
 
+    def forget(self, user_ids: Iterable[str]) -> None:
+        with self._lock:
+            for u in user_ids:
+                self._users.pop(u, None)
+
     def claim_new(self, user_ids: Iterable[str]) -> set[str]:
         with self._lock:
             new = {u for u in user_ids if u not in self._users}
@@ -167,6 +204,7 @@ class PrefetchSeedsFn(beam.DoFn):
         self.store = store
         self.batch = Metrics.distribution(METRICS_NAMESPACE, "seed_prefetch_batch_size")
         self.events_per_user = Metrics.distribution(METRICS_NAMESPACE, "events_per_user_per_bundle")
+        self.failed = stage_failures("seed_read")
 
     def start_bundle(self) -> None:
         self._buffer: dict[str, list[tuple[ProductEvent, Any]]] = {}
@@ -179,7 +217,17 @@ class PrefetchSeedsFn(beam.DoFn):
         if not buffer:
             return
         new = _prefetched.claim_new(buffer) if self.store is not None else set()
-        docs = get_many(self.store, new) if new else {}
+        try:
+            docs = get_many(self.store, new) if new else {}
+        except seed_errors() as e:  # those users' events to the dead letters; re-read next time
+            _prefetched.forget(new)
+            for user_id in new:
+                pending = buffer.pop(user_id)
+                self.failed.inc(len(pending))
+                for event, ts in pending:
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(
+                        failed_record(event, "seed_read", e), ts, (GlobalWindow(),)))
+            new, docs = set(), {}
         if new:
             self.batch.update(len(new))
         for user_id, pending in buffer.items():
@@ -192,7 +240,8 @@ class PrefetchSeedsFn(beam.DoFn):
 
 class UpdateUserStateFn(beam.DoFn):
     """Keyed by user id: dedup, update history with a bundle's events of one user (in arrival
-    order, one state read and write); emit the resulting ``UserState`` once if any was accepted.
+    order, one state read and write); emit a :class:`UserUpdate` once if any was accepted, or,
+    if the user's previous emission is less than ``write_interval_s`` ago, when its timer fires.
 
     Accepted events also go, as one tuple per bundle (timestamped with its earliest event),
     to the ``accepted_batches`` output for trending and the archive, so duplicates are counted
@@ -200,12 +249,18 @@ class UpdateUserStateFn(beam.DoFn):
     """
 
     STATE = ReadModifyWriteStateSpec("user", PickleCoder())
+    EMITTED = ReadModifyWriteStateSpec("emitted", PickleCoder())  # (last emission s, waiting events)
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
 
-    def __init__(self, history_length: int, store: UserStore | None) -> None:
+    def __init__(self, history_length: int, store: UserStore | None,
+                 write_interval_s: float = WRITE_INTERVAL_S) -> None:
         if history_length < 1:
             raise ValueError(f"history_length must be >= 1, got {history_length}")
         self.history_length = history_length
         self.store = store
+        self.write_interval_s = write_interval_s
+        self.deferred = Metrics.counter(METRICS_NAMESPACE, "events_write_coalesced")
+        self.failed = stage_failures("user_state")
         self.accepted = Metrics.counter(METRICS_NAMESPACE, "events_accepted")
         self.duplicates = Metrics.counter(METRICS_NAMESPACE, "events_duplicate")
         self.too_old = Metrics.counter(METRICS_NAMESPACE, "events_too_old")
@@ -225,12 +280,21 @@ class UpdateUserStateFn(beam.DoFn):
         return UserState.from_doc(doc)
 
     def process(self, element: tuple[str, tuple[Sequence[ProductEvent], Seed | None]],
-                state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE)) -> Iterator[object]:
+                state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE),
+                emitted: beam.DoFn.StateParam = beam.DoFn.StateParam(EMITTED),
+                flush: beam.DoFn.TimerParam = beam.DoFn.TimerParam(FLUSH),
+                timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[object]:
         user_id, (events, seed) = element
         current = state.read()
         first_sight = current is None
         if first_sight:
-            current = self._initial_state(user_id, seed)
+            try:
+                current = self._initial_state(user_id, seed)
+            except seed_errors() as e:
+                self.failed.inc(len(events))
+                for event in events:
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, failed_record(event, "user_state", e))
+                return
         current, outcomes = apply_events(current, events, self.history_length)
         accepted = [e for e, outcome in zip(events, outcomes) if outcome == ACCEPTED]
         for outcome in outcomes:
@@ -242,7 +306,30 @@ class UpdateUserStateFn(beam.DoFn):
             return
         self.accepted.inc(len(accepted))
         self._accepted.extend(accepted)
-        yield current
+        if self.write_interval_s <= 0:
+            yield UserUpdate(current, tuple(accepted))
+            return
+        last, waiting = emitted.read() or (0.0, ())
+        now = time.time()
+        if not waiting and now - last >= self.write_interval_s:
+            emitted.write((now, ()))
+            yield UserUpdate(current, tuple(accepted))
+            return
+        if not waiting:
+            flush.set(Timestamp.of(last + self.write_interval_s))
+        emitted.write((last, waiting + tuple(accepted)))
+        self.deferred.inc(len(accepted))
+
+    @on_timer(FLUSH)
+    def flush_coalesced(self, state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE),
+                        emitted: beam.DoFn.StateParam = beam.DoFn.StateParam(EMITTED)) -> Iterator[object]:
+        """The interval since the user's last emission is over: emit what waited."""
+        _, waiting = emitted.read() or (0.0, ())
+        if not waiting:
+            return
+        emitted.write((time.time(), ()))
+        current = state.read()
+        yield TimestampedValue(UserUpdate(current, waiting), current.last_event_ts / 1000.0)
 
     def finish_bundle(self) -> Iterator[beam.pvalue.TaggedOutput]:
         accepted, self._accepted = self._accepted, []
@@ -253,22 +340,29 @@ class UpdateUserStateFn(beam.DoFn):
 
 
 class UpdateUserState(beam.PTransform):
-    """Events -> the newest ``UserState`` per user and bundle with an accepted event, plus
-    tagged ``accepted_batches`` (a tuple of the accepted events per bundle).
+    """Events -> :class:`UserUpdate`\\s (``states``: the newest state per user, at most one per
+    ``write_interval_s``), tagged ``accepted_batches`` (a tuple of the accepted events per bundle)
+    and ``dead_letter`` (events whose seed read failed).
 
     Keyed (and grouped per bundle) by user id by the prefetch step, which also batches the
     seed reads.
     """
 
-    def __init__(self, history_length: int, store: UserStore | None) -> None:
+    def __init__(self, history_length: int, store: UserStore | None,
+                 write_interval_s: float = WRITE_INTERVAL_S) -> None:
         super().__init__()
         self.history_length = history_length
         self.store = store
+        self.write_interval_s = write_interval_s
 
-    def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (events
-                | "PrefetchSeeds" >> beam.ParDo(PrefetchSeedsFn(self.store)).with_output_types(
-                    tuple[str, tuple[Any, Any]])
-                | "DedupAndUpdateHistory" >> beam.ParDo(
-                    UpdateUserStateFn(self.history_length, self.store)).with_outputs(
-                        ACCEPTED_BATCHES, main="states"))
+    def expand(self, events: beam.PCollection) -> dict[str, beam.PCollection]:
+        seeded = (events
+                  | "PrefetchSeeds" >> beam.ParDo(PrefetchSeedsFn(self.store)).with_outputs(
+                      DEAD_LETTER, main="grouped"))
+        users = (seeded.grouped
+                 | "Keyed" >> beam.Map(lambda kv: kv).with_output_types(tuple[str, tuple[Any, Any]])
+                 | "DedupAndUpdateHistory" >> beam.ParDo(
+                     UpdateUserStateFn(self.history_length, self.store, self.write_interval_s)
+                 ).with_outputs(ACCEPTED_BATCHES, DEAD_LETTER, main="states"))
+        return {"states": users.states, ACCEPTED_BATCHES: users[ACCEPTED_BATCHES],
+                DEAD_LETTER: (seeded[DEAD_LETTER], users[DEAD_LETTER]) | "StateDeadLetters" >> beam.Flatten()}

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.data import read_events_jsonl
-from pipelines.streaming.archive import archive_file_naming, batch_lines, event_line
+from pipelines.streaming.archive import AppendArchiveFn, archive_file_name, batch_lines, event_line
 from pipelines.streaming.embed import EmbedUsers, item_docs, user_docs
 from pipelines.streaming.firestore_io import MonotonicGuard, _trending_rank
 from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
@@ -43,13 +43,14 @@ from pipelines.streaming.user_state import (
     UpdateUserState,
     UpdateUserStateFn,
     UserState,
+    UserUpdate,
     apply_event,
     apply_events,
 )
 from schemas import names
 from schemas.catalog import CatalogItem
 from schemas.content import ContentEncoder
-from schemas.events import ProductEvent
+from schemas.events import ProductEvent, parse_event
 from schemas.firestore import CurrentModelDoc, HistoryEntry, TrendingDoc, UserDoc
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms, a whole hour
@@ -211,12 +212,14 @@ def test_stateful_dedup_with_test_stream_and_seeding():
                              TimestampedValue(ev("b1", "u2", "i3", T0 + 5), (T0 + 5) / 1000)])
               .advance_watermark_to_infinity())
     with streaming_pipeline() as p:
-        out = p | stream | UpdateUserState(history_length=10, store=MemoryStore({"u2": seed}))
+        out = p | stream | UpdateUserState(history_length=10, store=MemoryStore({"u2": seed}),
+                                           write_interval_s=0)
         # one state per user and bundle: u1's two events of the first bundle give one state
-        assert_that(out.states | beam.Map(lambda s: (s.user_id, s.event_count, tuple(s.item_ids))),
-                    equal_to([("u1", 2, ("i2", "i1")), ("u2", 5, ("i9", "i3"))]),
+        assert_that(out["states"] | beam.Map(lambda u: (u.state.user_id, u.state.event_count,
+                                                        tuple(u.state.item_ids), len(u.events))),
+                    equal_to([("u1", 2, ("i2", "i1"), 2), ("u2", 5, ("i9", "i3"), 1)]),
                     label="states")
-        assert_that(out.accepted_batches | beam.FlatMap(lambda b: [e.event_id for e in b]),
+        assert_that(out[ACCEPTED_BATCHES] | beam.FlatMap(lambda b: [e.event_id for e in b]),
                     equal_to(["a1", "a2", "b1"]),
                     label="accepted")
 
@@ -255,11 +258,24 @@ class FakeState:
         self.value = value
 
 
-def run_state_fn(fn: UpdateUserStateFn, state: FakeState, user: str, events, seed=None):
-    """(states emitted, accepted event ids) of a bundle with one grouped element."""
+class FakeTimer:
+    def __init__(self) -> None:
+        self.set_to: list = []
+
+    def set(self, ts) -> None:
+        self.set_to.append(ts)
+
+
+def run_state_fn(fn: UpdateUserStateFn, state: FakeState, user: str, events, seed=None, emitted=None,
+                 flush=None):
+    """(states emitted, accepted event ids) of a bundle with one grouped element (a fresh
+    coalescing state unless ``emitted`` is given: the state is emitted at once)."""
     fn.start_bundle()
-    states = list(fn.process((user, (tuple(events), seed)), state=state))
-    assert all(isinstance(s, UserState) for s in states)
+    updates = list(fn.process((user, (tuple(events), seed)), state=state,
+                              emitted=emitted if emitted is not None else FakeState(),
+                              flush=flush if flush is not None else FakeTimer()))
+    assert all(isinstance(u, UserUpdate) for u in updates)
+    states = [u.state for u in updates]
     batches = list(fn.finish_bundle())
     assert len(batches) <= 1 and all(b.tag == ACCEPTED_BATCHES for b in batches)
     accepted = [e.event_id for b in batches for e in b.value.value]
@@ -356,7 +372,8 @@ def test_embed_users_keeps_latest_state_per_user(inference):
     s2 = UserState("u1", s1.history + (HistoryEntry("e2", "i2", "view", T0 + 1),), 2, "e2", T0 + 1)
     s3 = UserState("u2", (HistoryEntry("e3", "i4", "view", T0),), 1, "e3", T0)
     with TestPipeline() as p:
-        docs = p | beam.Create([s1, s2, s3]) | EmbedUsers(StaticModels("v1"), inference)
+        out = p | beam.Create([s1, s2, s3]) | EmbedUsers(StaticModels("v1"), inference)
+        docs = out["docs"] | beam.Map(lambda w: w.doc)
         assert_that(docs | beam.Filter(lambda d: d.model_version == "v1"),
                     latest_per_user_equal_to([("u1", 2, ("i1", "i2"), (2.0, 3.0, 5.0, 1.0)),
                                               ("u2", 1, ("i4",), (1.0, 4.0, 4.0, 1.0))]))
@@ -535,17 +552,37 @@ def test_archive_batch_lines_read_back_as_the_batch(tmp_path):
     assert read_events_jsonl(path) == [*batch, ev("e4")]
 
 
-def test_archive_file_names_are_unique_per_run_and_pane():
-    from apache_beam.transforms.window import IntervalWindow
-    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+def test_archive_file_names_are_unique_per_run_and_part():
+    a = archive_file_name(T0 // 1000, 60, "run1")
+    assert a == "events-20260101T000000-20260101T000100-run1.jsonl"
+    assert archive_file_name(T0 // 1000, 60, "run2") != a
+    assert archive_file_name(T0 // 1000, 60, "run1", "w1-b000001") != a
 
-    win = IntervalWindow(T0 / 1000, T0 / 1000 + 60)
-    pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
-    late = PaneInfo(False, True, PaneInfoTiming.LATE, 1, 1)
-    a = archive_file_naming("run1")(win, pane, 0, 1, None, None)
-    assert a == "events-20260101T000000-20260101T000100-run1-p0-00000-of-00001.jsonl"
-    assert archive_file_naming("run2")(win, pane, 0, 1, None, None) != a
-    assert archive_file_naming("run1")(win, late, 0, 1, None, None) != a
+
+def test_archive_appends_every_bundle_to_its_window_file_before_the_bundle_ends(tmp_path):
+    fn = AppendArchiveFn(str(tmp_path / "arch"), 3600, "run1")
+    fn.setup()
+    for batch in [(ev("e1"), ev("e2")), (ev("e3"),)]:
+        fn.start_bundle()
+        fn.process(batch)
+        assert list(fn.finish_bundle()) == []  # written, nothing dead-lettered
+    files = list((tmp_path / "arch").glob("*.jsonl"))
+    assert len(files) == 1 and [e.event_id for e in read_events_jsonl(files[0])] == ["e1", "e2", "e3"]
+
+
+def test_archive_write_failure_dead_letters_the_events(tmp_path):
+    blocker = tmp_path / "arch"
+    fn = AppendArchiveFn(str(blocker), 60, "run1")
+    fn.setup()
+    blocker.rmdir()
+    blocker.write_text("not a directory")  # every append now fails with an OSError
+    fn.start_bundle()
+    fn.process((ev("e1"), ev("e2")))
+    out = list(fn.finish_bundle())
+    assert [o.tag for o in out] == [DEAD_LETTER, DEAD_LETTER]
+    message = out[0].value.value
+    assert parse_event(message.data) == ev("e1")
+    assert message.attributes[names.DLQ_REASON_ATTR].startswith("archive: ")
 
 
 # ---------------------------------------------------------------- whole core, in memory
@@ -566,7 +603,8 @@ def latest_per_user_equal_to(expected: list):
 
 def test_core_end_to_end_with_test_stream():
     config, _ = parse_args(["--history-length", "3", "--trending-window-seconds", "120",
-                            "--trending-period-seconds", "60", "--trending-early-firing-seconds", "1"])
+                            "--trending-period-seconds", "60", "--trending-early-firing-seconds", "1",
+                            "--user-write-interval-seconds", "0"])
     assert isinstance(config, StreamingConfig)
     events = [ev(f"e{i}", f"u{i % 2}", f"i{i}", T0 + i * 1000) for i in range(6)]
     item = CatalogItem("new1", "T", "books", "acme", 3.0, (), True, T0)
@@ -580,7 +618,7 @@ def test_core_end_to_end_with_test_stream():
               .advance_watermark_to_infinity(tag="catalog"))
     with streaming_pipeline() as p:
         out = p | stream | RecommenderCore(config, StaticModels("v1"), MemoryStore({}))
-        assert_that(out["user_docs"],
+        assert_that(out["user_docs"] | beam.Map(lambda w: w.doc),
                     latest_per_user_equal_to([("u0", 3, ("i0", "i2", "i4"), (3.0, 6.0, 16.0, 1.0)),
                                               ("u1", 3, ("i1", "i3", "i5"), (3.0, 9.0, 22.0, 1.0))]),
                     label="users")
