@@ -30,7 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from pipelines.streaming.firestore_io import FirestoreCurrentModel, FirestoreSettings, UserWrite
 from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, shared_watcher
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
-from pipelines.streaming.user_state import UserState, UserUpdate
+from pipelines.streaming.user_state import UserState, UserUpdate, pack_dedup
 from schemas.catalog import CatalogItem
 from schemas.clock import now_ms
 from schemas.firestore import ItemDoc, UserDoc
@@ -90,7 +90,7 @@ def user_docs(states: Sequence[UserState], model: LoadedModel | None) -> list[Us
     return [UserDoc(user_id=s.user_id, history=s.history, last_event_id=s.last_event_id,
                     last_event_ts=s.last_event_ts, updated_at=updated_at, model_version=version,
                     embedding=tuple(float(x) for x in e) if e is not None else None,
-                    event_count=s.event_count)
+                    event_count=s.event_count, seen=s.seen)
             for s, e in zip(states, embeddings)]
 
 
@@ -159,7 +159,7 @@ class EmbedUsersFn(beam.DoFn):
         if model is None:
             self.no_model.inc(len(docs))
         for doc, (update, ts) in zip(docs, pending):
-            yield _global(UserWrite(doc, update.events), ts)
+            yield _global(UserWrite(doc, update.events, pack_dedup(update.state)), ts)
 
 
 class EmbedItemsFn(beam.DoFn):
@@ -226,7 +226,8 @@ def _doc_from_prediction(keyed: tuple[str, PredictionResult]) -> UserWrite:
                              last_event_ts=state.last_event_ts, updated_at=now_ms(),
                              model_version=result.model_id,
                              embedding=tuple(float(x) for x in emb) if emb is not None else None,
-                             event_count=state.event_count), update.events)
+                             event_count=state.event_count, seen=state.seen), update.events,
+                     pack_dedup(state))
 
 
 def _failed_batch(failed: tuple[Any, BaseException]) -> Iterator[Any]:

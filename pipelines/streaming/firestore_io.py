@@ -34,6 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.compat import firestore_writes
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
+from pipelines.streaming.user_state import DEDUP_FIELD, StoredUser
 from schemas import names
 from schemas.events import ProductEvent
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
@@ -58,6 +59,13 @@ class UserWrite:
 
     doc: UserDoc
     events: tuple[ProductEvent, ...] = ()
+    dedup: str | None = None  # the state's dedup memory, stored as users/{id}.dedup
+
+    def to_document(self) -> dict[str, Any]:
+        data = self.doc.to_document()
+        if self.dedup is not None:
+            data[DEDUP_FIELD] = self.dedup
+        return data
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,11 @@ class FirestoreSettings:
             return _clients[key]
 
 
+def stored_user(data: dict[str, Any]) -> StoredUser:
+    """A ``users/{id}`` document as read: the ``UserDoc`` and the pipeline's ``dedup`` field."""
+    return StoredUser(UserDoc.from_document(data), data.get(DEDUP_FIELD))
+
+
 class FirestoreUserStore:
     """Seeds per-user state from ``users/{id}``."""
 
@@ -85,18 +98,18 @@ class FirestoreUserStore:
         self.settings = settings
         self.collection = collection
 
-    def get(self, user_id: str) -> UserDoc | None:
+    def get(self, user_id: str) -> StoredUser | None:
         snap = self.settings.client().collection(self.collection).document(user_id).get()
-        return UserDoc.from_document(snap.to_dict()) if snap.exists else None
+        return stored_user(snap.to_dict()) if snap.exists else None
 
-    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserDoc | None]:
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, StoredUser | None]:
         """One batched read (``get_all``) for many users."""
         client = self.settings.client()
         coll = client.collection(self.collection)
-        out: dict[str, UserDoc | None] = dict.fromkeys(user_ids)
+        out: dict[str, StoredUser | None] = dict.fromkeys(user_ids)
         for snap in client.get_all([coll.document(u) for u in user_ids]):
             if snap.exists:
-                out[snap.id] = UserDoc.from_document(snap.to_dict())
+                out[snap.id] = stored_user(snap.to_dict())
         return out
 
 
@@ -223,24 +236,28 @@ class WriteUserDocsFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._buffer: list[UserDoc] = []
         self._events: dict[str, list[ProductEvent]] = {}
+        self._writes: dict[tuple[str, int], UserWrite] = {}
 
     def process(self, element: UserWrite | UserDoc) -> None:
         write = element if isinstance(element, UserWrite) else UserWrite(element)
         self._buffer.append(write.doc)
+        self._writes[(write.doc.user_id, write.doc.event_count)] = write
         if write.events:
             self._events.setdefault(write.doc.user_id, []).extend(write.events)
 
     def finish_bundle(self) -> Iterator[Any]:
         if not self._buffer:
             return
-        buffer, events, self._buffer, self._events = self._buffer, self._events, [], {}
+        buffer, events, writes = self._buffer, self._events, self._writes
+        self._buffer, self._events, self._writes = [], {}, {}
         fresh = self._guard.claim(buffer)
         self.skipped.inc(len(buffer) - len(fresh))
         failed: set[int] = set()
         try:
             coll = self._client.collection(self.collection)
-            for failure in commit_chunks(self._client, [(coll.document(d.user_id), d.to_document())
-                                                        for d in fresh]):
+            data = [(coll.document(d.user_id), writes[(d.user_id, d.event_count)].to_document())
+                    for d in fresh]
+            for failure in commit_chunks(self._client, data):
                 if failure is None:
                     continue
                 span, error = failure

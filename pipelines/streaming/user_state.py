@@ -1,17 +1,24 @@
 """Per-user state: deduplicate by ``event_id`` and keep the bounded recent history.
 
-The state of one user is its last N events (by event time, ties broken by ``event_id``),
-oldest first, plus a count of distinct accepted events. The history's event ids are the
-dedup memory, and they are enough: an accepted event is either still in the history or was
-evicted, and evicted events all sort before the history's oldest entry, so a replay of one is
-recognised as "older than the full history" and dropped. That rule only needs what is
-stored in ``users/{id}``, so dedup survives a restart: state is seeded from Firestore the first
-time a user is seen since start. A redelivered message (the local read acks only once the
-user's document holding the event is committed) therefore finds its event either in the stored
-history (duplicate) or older than all of it (too old): it is never counted twice. Rejecting
-"older than the full history" is exact only because the history is ordered by (time, id) and
-evicts its oldest entry; ``last_event_ts`` could not serve (events arrive out of order) and
-``event_count`` carries no ids.
+The state of one user is its last N events (by event time, ties broken by ``event_id``), oldest
+first, a count of distinct accepted events, and a dedup memory of the counted events that are no
+longer in the history (``recent``: their ids, with when they were counted, kept for
+``retention_s``) plus ``floor``, the highest (time, id) ever forgotten from that memory. An event
+is a duplicate if its id is in the history or in ``recent``; it is too old (dropped uncounted,
+because it cannot be told from a forgotten one) only if it sorts at or below ``floor``; any other
+event is counted, into the history or, if older than a full history, into ``recent``.
+
+Why the memory: a message is redelivered only if it was not acked, i.e. its effects were maybe
+not written, and it may come back after newer events of the same user were accepted (Pub/Sub
+holds it until its ack deadline expires, while the restarted pipeline already reads new
+messages). "Older than the full history" (the only rule the history alone allows) would then
+drop an event that was never counted; ``last_event_ts`` cannot tell either (events arrive out of
+order) and ``event_count`` carries no ids. With the memory a redelivered event is exactly once as
+long as it comes back within ``retention_s`` of the newer events (the read's ack deadline is far
+shorter). All of it is stored in ``users/{id}`` (the memory as the extra ``dedup`` field, see
+:func:`pack_dedup`), so dedup survives a restart: state is seeded from Firestore the first time a
+user is seen since start. A document written before the memory existed seeds ``floor`` at its
+history's oldest entry when that history is full: the old rule, for the events before it.
 
 Per-user writes are coalesced (``write_interval_s``): a user's state is emitted at once if its
 last emission is at least that long ago, else the accepted events wait in keyed state for a
@@ -22,11 +29,12 @@ per interval however hot the user, and a user below that rate is not delayed at 
 from __future__ import annotations
 
 import bisect
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import apache_beam as beam
@@ -47,8 +55,13 @@ DUPLICATE = "duplicate"
 TOO_OLD = "too_old"
 ACCEPTED_BATCHES = "accepted_batches"
 WRITE_INTERVAL_S = 1.0  # Firestore's sustained limit: one write per second per document
+DEDUP_RETENTION_S = 60.0  # how long a counted id is remembered after leaving the history
+MAX_RECENT = 2000  # and at most this many per user (a hot user's forgotten ids raise the floor)
+DEDUP_FIELD = "dedup"  # the extra users/{id} field holding the memory (pack_dedup)
 # what a seed read can raise: the API's errors, and a stored document that no longer parses
 SEED_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, TypeError)
+
+Key = tuple[int, str]  # (event time ms, event id): the history's order
 
 
 @dataclass(frozen=True)
@@ -60,51 +73,73 @@ class UserState:
     event_count: int = 0
     last_event_id: str = ""
     last_event_ts: int = 0
+    recent: tuple[tuple[int, int, str], ...] = ()  # (counted at, s; event time; id), oldest first
+    floor: Key | None = None
+    seen: tuple[str, ...] = ()  # passed through from the stored document
 
     @classmethod
-    def from_doc(cls, doc: UserDoc) -> UserState:
-        """Seed from a stored ``users/{id}`` document (history re-sorted defensively)."""
+    def from_doc(cls, doc: UserDoc, dedup: str | None = None, history_length: int | None = None) -> UserState:
+        """Seed from a stored ``users/{id}`` document (history re-sorted defensively) and its
+        ``dedup`` field; without one, a full history's oldest entry is the floor."""
         history = tuple(sorted(doc.history, key=_order_key))
+        recent, floor = unpack_dedup(dedup)
+        if dedup is None and history and (history_length is None or len(history) >= history_length):
+            floor = _order_key(history[0])
         return cls(user_id=doc.user_id, history=history, event_count=doc.event_count,
-                   last_event_id=doc.last_event_id, last_event_ts=doc.last_event_ts)
+                   last_event_id=doc.last_event_id, last_event_ts=doc.last_event_ts, recent=recent,
+                   floor=floor, seen=tuple(getattr(doc, "seen", ()) or ()))
 
     @property
     def item_ids(self) -> list[str]:
         return [h.item_id for h in self.history]
 
 
-def _order_key(entry: HistoryEntry) -> tuple[int, str]:
+def pack_dedup(state: UserState) -> str:
+    """The dedup memory as one compact JSON string (``users/{id}.dedup``)."""
+    return json.dumps({"floor": list(state.floor) if state.floor else None,
+                       "recent": [list(r) for r in state.recent]}, separators=(",", ":"))
+
+
+def unpack_dedup(value: str | None) -> tuple[tuple[tuple[int, int, str], ...], Key | None]:
+    """``(recent, floor)`` from :func:`pack_dedup`'s string (empty for None)."""
+    if not value:
+        return (), None
+    data = json.loads(value)
+    floor = data.get("floor")
+    return (tuple((int(a), int(t), str(i)) for a, t, i in data.get("recent") or ()),
+            (int(floor[0]), str(floor[1])) if floor else None)
+
+
+@dataclass(frozen=True)
+class StoredUser:
+    """A stored ``users/{id}`` and its dedup memory (``None``: the document has none)."""
+
+    doc: UserDoc
+    dedup: str | None = None
+
+
+def _order_key(entry: HistoryEntry) -> Key:
     return entry.timestamp, entry.event_id
 
 
-def apply_event(state: UserState, event: ProductEvent, history_length: int) -> tuple[UserState, str]:
-    """Apply one event; return the new state and ``accepted``, ``duplicate`` or ``too_old``.
-
-    Out-of-order events are inserted in event-time order; when the history is full, an event
-    older than all of it is dropped (it would be evicted at once).
-    """
-    if any(h.event_id == event.event_id for h in state.history):
-        return state, DUPLICATE
-    entry = HistoryEntry(event_id=event.event_id, item_id=event.item_id,
-                         event_type=event.event_type, timestamp=event.timestamp)
-    key = _order_key(entry)
-    if len(state.history) >= history_length and key < _order_key(state.history[0]):
-        return state, TOO_OLD
-    keys = [_order_key(h) for h in state.history]
-    history = list(state.history)
-    history.insert(bisect.bisect_right(keys, key), entry)
-    return UserState(user_id=state.user_id, history=tuple(history[-history_length:]),
-                     event_count=state.event_count + 1, last_event_id=event.event_id,
-                     last_event_ts=event.timestamp), ACCEPTED
+def apply_event(state: UserState, event: ProductEvent, history_length: int,
+                now_s: float | None = None) -> tuple[UserState, str]:
+    """Apply one event; return the new state and ``accepted``, ``duplicate`` or ``too_old``."""
+    new_state, outcomes = apply_events(state, (event,), history_length, now_s)
+    return new_state, outcomes[0]
 
 
-def apply_events(state: UserState, events: Iterable[ProductEvent],
-                 history_length: int) -> tuple[UserState, list[str]]:
-    """Apply ``events`` in order: the same final state and outcomes as :func:`apply_event` one
-    by one, with the history kept in lists (one ``UserState`` built at the end, not per event)."""
+def apply_events(state: UserState, events: Iterable[ProductEvent], history_length: int,
+                 now_s: float | None = None, retention_s: float = DEDUP_RETENTION_S,
+                 max_recent: int = MAX_RECENT) -> tuple[UserState, list[str]]:
+    """Apply ``events`` in arrival order (see the module docstring for the rules); return the new
+    state and one outcome per event. Out-of-order events are inserted in event-time order; the
+    history is kept in lists and one ``UserState`` built at the end."""
+    now = int(time.time() if now_s is None else now_s)
     history = list(state.history)
     keys = [_order_key(h) for h in history]
-    ids = {h.event_id for h in history}
+    recent = list(state.recent)
+    ids = {h.event_id for h in history} | {r[2] for r in recent}
     outcomes: list[str] = []
     count, last_id, last_ts = state.event_count, state.last_event_id, state.last_event_ts
     for event in events:
@@ -112,23 +147,41 @@ def apply_events(state: UserState, events: Iterable[ProductEvent],
             outcomes.append(DUPLICATE)
             continue
         key = (event.timestamp, event.event_id)
-        if len(history) >= history_length and key < keys[0]:
+        if state.floor is not None and key <= state.floor:
             outcomes.append(TOO_OLD)
             continue
-        at = bisect.bisect_right(keys, key)
-        keys.insert(at, key)
-        history.insert(at, HistoryEntry(event_id=event.event_id, item_id=event.item_id,
-                                        event_type=event.event_type, timestamp=event.timestamp))
         ids.add(event.event_id)
-        while len(history) > history_length:
-            ids.discard(history.pop(0).event_id)
-            keys.pop(0)
+        if len(history) >= history_length and key < keys[0]:
+            recent.append((now, event.timestamp, event.event_id))  # counted, never in the history
+        else:
+            at = bisect.bisect_right(keys, key)
+            keys.insert(at, key)
+            history.insert(at, HistoryEntry(event_id=event.event_id, item_id=event.item_id,
+                                            event_type=event.event_type, timestamp=event.timestamp))
+            while len(history) > history_length:
+                old = history.pop(0)
+                keys.pop(0)
+                recent.append((now, old.timestamp, old.event_id))
         count, last_id, last_ts = count + 1, event.event_id, event.timestamp
         outcomes.append(ACCEPTED)
-    if count == state.event_count:
+    recent, floor = _forget(recent, state.floor, now - retention_s, max_recent)
+    if count == state.event_count and len(recent) == len(state.recent):
         return state, outcomes
-    return UserState(user_id=state.user_id, history=tuple(history), event_count=count,
-                     last_event_id=last_id, last_event_ts=last_ts), outcomes
+    return replace(state, history=tuple(history), event_count=count, last_event_id=last_id,
+                   last_event_ts=last_ts, recent=tuple(recent), floor=floor), outcomes
+
+
+def _forget(recent: list[tuple[int, int, str]], floor: Key | None, before_s: float,
+            max_recent: int) -> tuple[list[tuple[int, int, str]], Key | None]:
+    """Drop entries counted before ``before_s`` and the oldest beyond ``max_recent``; the floor
+    rises to the highest key dropped."""
+    keep = max(0, len(recent) - max_recent)
+    while keep < len(recent) and recent[keep][0] < before_s:
+        keep += 1
+    for _, ts, event_id in recent[:keep]:
+        if floor is None or (ts, event_id) > floor:
+            floor = (ts, event_id)
+    return recent[keep:], floor
 
 
 @dataclass(frozen=True)
@@ -148,19 +201,20 @@ def seed_errors() -> tuple[type[BaseException], ...]:
 
 
 class UserStore(Protocol):
-    """Where state is seeded from: ``get`` returns the stored document or ``None``."""
+    """Where state is seeded from: ``get`` returns the stored document (a ``UserDoc``, or a
+    :class:`StoredUser` with its dedup memory) or ``None``."""
 
-    def get(self, user_id: str) -> UserDoc | None: ...
+    def get(self, user_id: str) -> UserDoc | StoredUser | None: ...
 
 
 @dataclass(frozen=True)
 class Seed:
     """A prefetched ``users/{id}`` (``doc`` is None if there was none)."""
 
-    doc: UserDoc | None
+    doc: UserDoc | StoredUser | None
 
 
-def get_many(store: UserStore, user_ids: Iterable[str]) -> dict[str, UserDoc | None]:
+def get_many(store: UserStore, user_ids: Iterable[str]) -> dict[str, UserDoc | StoredUser | None]:
     """Stored docs for ``user_ids``: one batched read if the store has ``get_many``."""
     many = getattr(store, "get_many", None)
     if many is not None:
@@ -277,7 +331,9 @@ class UpdateUserStateFn(beam.DoFn):
         if doc is None:
             return UserState(user_id=user_id)
         self.seeded.inc()
-        return UserState.from_doc(doc)
+        if isinstance(doc, StoredUser):
+            return UserState.from_doc(doc.doc, doc.dedup, self.history_length)
+        return UserState.from_doc(doc, None, self.history_length)
 
     def process(self, element: tuple[str, tuple[Sequence[ProductEvent], Seed | None]],
                 state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE),

@@ -38,20 +38,45 @@ def test_beam_direct_runner_internals_the_shim_uses_exist():
     for attribute in ("self._applied_ptransform", "self._input_bundle", "self._fired_timers"):
         assert attribute in init
     assert hasattr(PubsubMessage, "_from_message")
+    # the ack rule: the read's bundle is built in finish_bundle, which calls _read_from_pubsub
+    assert list(inspect.signature(evaluator.finish_bundle).parameters) == ["self"]
+    assert "self._read_from_pubsub(" in _source(evaluator.finish_bundle)
+    assert "evaluation_context" in _source(evaluator.__init__)
+    from apache_beam.runners.direct import evaluation_context, watermark_manager
+
+    ctx_init = _source(evaluation_context.EvaluationContext.__init__)
+    assert "self._watermark_manager" in ctx_init and "self._transform_keyed_states" in ctx_init
+    assert "self._transform_to_watermarks" in _source(watermark_manager.WatermarkManager.__init__)
+    tw_init = _source(watermark_manager._TransformWatermarks.__init__)
+    assert "self._pending" in tw_init and "self._fired_timers" in tw_init
+    # keyed states hold user timers as {window: {(name, domain, tag): timestamp}}
+    from apache_beam.transforms.trigger import InMemoryUnmergedState
+
+    assert "self.timers[window][(name, time_domain, dynamic_timer_tag)] = timestamp" in _source(
+        InMemoryUnmergedState.set_timer)
+    assert issubclass(evaluation_context.DirectUnmergedState, InMemoryUnmergedState)
+    # one worker thread runs every bundle and the read: "nothing else runs while we read"
+    assert executor._ExecutorServiceParallelExecutor.NUM_WORKERS == 1
+    from google.cloud import pubsub_v1
+
+    assert hasattr(pubsub_v1.SubscriberClient, "modify_ack_deadline")
 
 
 def test_install_and_uninstall_patch_and_restore_the_runner():
     from apache_beam.runners.direct import executor, transform_evaluator
 
     original_read = transform_evaluator._PubSubReadEvaluator._read_from_pubsub
+    original_finish = transform_evaluator._PubSubReadEvaluator.finish_bundle
     original_call = executor.TransformExecutor.call
     beam_direct_pubsub.install(max_messages=7)
     try:
         assert transform_evaluator._PubSubReadEvaluator._read_from_pubsub is not original_read
+        assert transform_evaluator._PubSubReadEvaluator.finish_bundle is not original_finish
         assert executor.TransformExecutor.call is not original_call
     finally:
         beam_direct_pubsub.uninstall()
     assert transform_evaluator._PubSubReadEvaluator._read_from_pubsub is original_read
+    assert transform_evaluator._PubSubReadEvaluator.finish_bundle is original_finish
     assert executor.TransformExecutor.call is original_call
     assert not beam_direct_pubsub.is_draining()
 

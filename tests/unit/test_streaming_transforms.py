@@ -36,6 +36,7 @@ from pipelines.streaming.trending import (
 from pipelines.streaming.user_state import (
     ACCEPTED,
     ACCEPTED_BATCHES,
+    DEDUP_RETENTION_S,
     DUPLICATE,
     TOO_OLD,
     PrefetchSeedsFn,
@@ -46,6 +47,8 @@ from pipelines.streaming.user_state import (
     UserUpdate,
     apply_event,
     apply_events,
+    pack_dedup,
+    unpack_dedup,
 )
 from schemas import names
 from schemas.catalog import CatalogItem
@@ -160,29 +163,81 @@ def test_history_is_ordered_by_event_time_even_when_events_arrive_out_of_order()
     assert (state.last_event_id, state.last_event_ts) == ("c", T0 + 20)
 
 
-def test_history_is_bounded_and_too_old_events_are_dropped():
+def test_history_is_bounded_and_late_events_are_counted_once_into_the_memory():
     state = UserState("u1")
     for i in range(5):
-        state, _ = apply_event(state, ev(f"e{i}", ts=T0 + i * 10), history_length=3)
+        state, _ = apply_event(state, ev(f"e{i}", ts=T0 + i * 10), history_length=3, now_s=100)
     assert [h.event_id for h in state.history] == ["e2", "e3", "e4"]
-    assert state.event_count == 5
-    same, outcome = apply_event(state, ev("old", ts=T0 + 5), history_length=3)
-    assert outcome == TOO_OLD and same == state
+    assert state.event_count == 5 and [r[2] for r in state.recent] == ["e0", "e1"]
+    # older than the full history but never seen (e.g. redelivered after newer events): counted
+    late, outcome = apply_event(state, ev("late", ts=T0 + 5), history_length=3, now_s=100)
+    assert outcome == ACCEPTED and late.event_count == 6 and late.history == state.history
+    assert apply_event(late, ev("late", ts=T0 + 5), history_length=3, now_s=100)[1] == DUPLICATE
     # an out-of-order event newer than the oldest kept one is inserted; the oldest falls out
-    state, outcome = apply_event(state, ev("mid", ts=T0 + 25), history_length=3)
+    state, outcome = apply_event(state, ev("mid", ts=T0 + 25), history_length=3, now_s=100)
     assert outcome == ACCEPTED
     assert [h.event_id for h in state.history] == ["mid", "e3", "e4"]
+
+
+def test_forgotten_ids_raise_the_floor_below_which_unknown_events_are_too_old():
+    state = UserState("u1")
+    for i in range(5):
+        state, _ = apply_event(state, ev(f"e{i}", ts=T0 + i * 10), history_length=3, now_s=100)
+    # retention over: e0, e1 are forgotten, the floor is the highest of them
+    later, outcome = apply_event(state, ev("e5", ts=T0 + 50), 3, now_s=100 + DEDUP_RETENTION_S + 1)
+    assert outcome == ACCEPTED and later.floor == (T0 + 10, "e1")
+    assert [r[2] for r in later.recent] == ["e2"]  # evicted by e5, remembered
+    for e, expected in [(ev("e0", ts=T0), TOO_OLD), (ev("a", ts=T0 + 10), TOO_OLD),
+                        (ev("e2", ts=T0 + 20), DUPLICATE), (ev("y", ts=T0 + 15), ACCEPTED)]:
+        assert apply_event(later, e, 3, now_s=200)[1] == expected, e.event_id
+    # at most max_recent ids are kept: the oldest counted are forgotten first
+    capped, _ = apply_events(UserState("u2"), [ev(f"c{i}", "u2", ts=T0 + i) for i in range(6)], 1,
+                             now_s=100, max_recent=2)
+    assert [r[2] for r in capped.recent] == ["c3", "c4"] and capped.floor == (T0 + 2, "c2")
+
+
+@settings(max_examples=200, deadline=None)
+@given(history_length=st.integers(1, 4),
+       times=st.lists(st.integers(0, 30), min_size=1, max_size=15),
+       order=st.randoms(use_true_random=False))
+def test_redelivery_in_any_order_counts_every_event_exactly_once(history_length, times, order):
+    """Each event delivered once or twice, in any order, over bundles (with a restart in the
+    middle: seeded from the stored document and its packed memory): counted exactly once."""
+    events = [ev(f"e{i}", ts=T0 + t) for i, t in enumerate(times)]
+    deliveries = events + [e for e in events if order.random() < 0.5]
+    order.shuffle(deliveries)
+    cut = order.randrange(len(deliveries) + 1)
+    state, _ = apply_events(UserState("u1"), deliveries[:cut], history_length, now_s=100)
+    doc = UserDoc("u1", state.history, state.last_event_id, state.last_event_ts, 0,
+                  event_count=state.event_count)
+    restarted = UserState.from_doc(doc, pack_dedup(state), history_length)
+    state, _ = apply_events(restarted, deliveries[cut:], history_length, now_s=110)
+    assert state.event_count == len(events)
+    assert [h.event_id for h in state.history] == [
+        e.event_id for e in sorted(events, key=lambda e: (e.timestamp, e.event_id))[-history_length:]]
+
+
+def test_a_document_without_memory_seeds_the_floor_at_its_full_history():
+    doc = UserDoc(user_id="u1", history=tuple(HistoryEntry(f"e{i}", "i1", "view", T0 + i) for i in range(3)),
+                  last_event_id="e2", last_event_ts=T0 + 2, updated_at=0, event_count=9)
+    legacy = UserState.from_doc(doc, None, history_length=3)
+    assert legacy.floor == (T0, "e0")
+    assert apply_event(legacy, ev("gone", ts=T0 - 5), 3)[1] == TOO_OLD  # maybe evicted: not counted
+    assert UserState.from_doc(doc, None, history_length=5).floor is None  # never evicted anything
+    assert unpack_dedup(pack_dedup(legacy)) == ((), (T0, "e0"))
 
 
 def test_duplicates_and_replays_of_evicted_events_are_not_counted_twice():
     state = UserState("u1")
     events = [ev(f"e{i}", ts=T0 + i) for i in range(6)]
     for e in events:
-        state, _ = apply_event(state, e, history_length=3)
-    for e in events:  # a full replay: kept ones are duplicates, evicted ones are older than the history
-        replayed, outcome = apply_event(state, e, history_length=3)
-        assert outcome in (DUPLICATE, TOO_OLD)
+        state, _ = apply_event(state, e, history_length=3, now_s=100)
+    for e in events:  # a full replay: kept ones and remembered evicted ones are duplicates
+        replayed, outcome = apply_event(state, e, history_length=3, now_s=100)
+        assert outcome == DUPLICATE
         assert replayed == state
+    for e in events:  # long after: forgotten ones are below the floor
+        assert apply_event(state, e, 3, now_s=1000)[0].event_count == 6
     assert state.event_count == 6
 
 
@@ -235,12 +290,12 @@ def test_apply_events_equals_apply_event_one_by_one(history_length, seed_events,
 
     start = UserState("u1")
     for e in as_events(seed_events):
-        start, _ = apply_event(start, e, history_length)
+        start, _ = apply_event(start, e, history_length, now_s=100)
     expected, outcomes = start, []
     for e in as_events(events):
-        expected, outcome = apply_event(expected, e, history_length)
+        expected, outcome = apply_event(expected, e, history_length, now_s=100)
         outcomes.append(outcome)
-    assert apply_events(start, as_events(events), history_length) == (expected, outcomes)
+    assert apply_events(start, as_events(events), history_length, now_s=100) == (expected, outcomes)
 
 
 class FakeState:
