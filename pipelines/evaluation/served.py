@@ -71,6 +71,7 @@ STORED_HISTORY = 50  # pipelines.streaming.pipeline.StreamingConfig.history_leng
 MIN_POOLS = (200, 100, 400)  # swept; the first is the function's default (ties keep it)
 HISTORY_BUCKETS = (0, 10, 30)  # lower edges of the stored-history-length buckets for alpha
 BUCKET_GAIN = 0.01  # per-bucket alphas are adopted only if they beat one alpha by 1% on validation
+BUCKET_T = 3.0  # ... and the per-user paired gain is 3 standard errors from zero
 MIN_BUCKET_USERS = 200
 VALIDATION_FRACTION = 0.1
 VALIDATION_USERS = 3000
@@ -252,7 +253,13 @@ def choose(per_user: Mapping[tuple[int, float], np.ndarray], history_lengths: np
     bucketed = float(total.mean()) if buckets else None
     report["bucketed_ndcg@10"] = bucketed
     report["buckets"] = [[lo, a] for lo, a in buckets]
-    use_buckets = bucketed is not None and bucketed > means[best] * (1.0 + BUCKET_GAIN)
+    # Three alphas picked on the same users flatter themselves: adopt them only for a gain that is
+    # both worth having and clear of the per-user noise (paired t >= BUCKET_T).
+    diff = total - per_user[best]
+    spread = float(diff.std(ddof=1)) / np.sqrt(diff.size) if diff.size > 1 else 0.0
+    report["bucketed_t"] = float(diff.mean()) / spread if spread > 0 else 0.0
+    use_buckets = (bucketed is not None and bucketed > means[best] * (1.0 + BUCKET_GAIN)
+                   and report["bucketed_t"] >= BUCKET_T)
     report["buckets_adopted"] = use_buckets
     defaults = ScoringDefaults(alpha=alpha, min_pool=pool,
                                alpha_by_history=tuple(buckets) if use_buckets else ())
