@@ -1,6 +1,7 @@
 """The catalogue item contract (``catalog_item.avsc``): parse, validate, encode.
 
-``item_id`` follows the id contract (:mod:`schemas.ids`).
+``item_id`` follows the id contract (:mod:`schemas.ids`). On Pub/Sub an item is a plain JSON
+object with every field (the schema has no optional field, so this is also its Avro JSON form).
 """
 
 from __future__ import annotations

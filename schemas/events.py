@@ -1,13 +1,16 @@
 """The product event contract (``product_event.avsc``): parse, validate, encode.
 
-On Pub/Sub an event travels as Avro's JSON encoding (unions wrapped, e.g.
-``{"session_id": {"string": "s1"}}``), which is what a topic bound to the
-Avro schema accepts. Producers that are not Avro-aware (the ingest function's
-HTTP callers) may send plain JSON; :func:`parse_event` accepts both.
+On Pub/Sub an event travels as a plain JSON object (``docs/events.md``): the five required
+fields, and ``session_id`` / ``context`` only when set (or as ``null``). Avro's JSON encoding of
+the optional fields (``{"session_id": {"string": "s1"}}``) is accepted as well. The topics carry
+no Pub/Sub schema, locally or on Google Cloud: the emulator and Pub/Sub refuse a minimal event
+under the Avro binding, so the pipeline validates every message with :func:`parse_event` and
+dead-letters the invalid ones with the reason. Ids follow :mod:`schemas.ids`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +21,6 @@ from schemas._avro import (
     decode_json_payload,
     load_schema,
     schema_text,
-    to_avro_json,
     unwrap_unions,
     validate_record,
 )
@@ -54,8 +56,9 @@ class ProductEvent:
                 "context": dict(self.context) if self.context is not None else None}
 
     def to_pubsub_data(self) -> bytes:
-        """The Pub/Sub message body: Avro JSON encoding."""
-        return to_avro_json(self.to_dict(), event_schema())
+        """The Pub/Sub message body: plain JSON, optional fields only when set (``docs/events.md``)."""
+        body = {k: v for k, v in self.to_dict().items() if v is not None}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def pubsub_attributes(self) -> dict[str, str]:
         """Message attributes: let subscribers filter without parsing the body."""

@@ -11,9 +11,9 @@
 
 Every record is validated with :mod:`schemas` before it is published; an invalid
 record is counted as rejected with its line number, field and reason. Bodies are
-Avro JSON (``to_pubsub_data()``), attributes from ``pubsub_attributes()``. Every
-publish future is awaited: a failed publish is counted and reported with its error,
-so nothing is silently dropped. Works against the emulator (``PUBSUB_EMULATOR_HOST``)
+plain JSON as ``docs/events.md`` documents them (``to_pubsub_data()``), attributes from
+``pubsub_attributes()``. Every publish future is awaited: a failed publish is counted and
+reported with its error, so nothing is silently dropped. Works against the emulator (``PUBSUB_EMULATOR_HOST``)
 and real Pub/Sub alike; the project comes from ``--project`` or ``GOOGLE_CLOUD_PROJECT``.
 """
 

@@ -1,8 +1,9 @@
 """HTTP ingest: lets web and mobile clients send product events without Pub/Sub credentials.
 
 ``POST /`` with one event (a JSON object) or a JSON array of up to ``MAX_EVENTS`` events,
-plain JSON or Avro JSON (see ``schemas/product_event.avsc``). Each event is validated;
-the valid ones are published to the events topic and the answer says what happened::
+plain JSON or Avro JSON (``schemas/product_event.avsc``, ``docs/events.md``). Each event is
+validated; the valid ones are published to the events topic as plain JSON (the format
+``docs/events.md`` documents) and the answer says what happened::
 
     202 {"accepted": 2, "rejected": 1, "event_ids": ["e1", "e2"],
          "errors": [{"index": 2, "field": "timestamp", "reason": "..."}]}
