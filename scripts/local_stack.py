@@ -5,7 +5,10 @@
     python -m scripts.local_stack env     # print the variables clients need (eval-able)
     python -m scripts.local_stack stop    # stop only the processes this script started
 
-Ports and project come from flags or ``PUBSUB_PORT``, ``FIRESTORE_PORT``,
+The topics and subscriptions are those of ``terraform/pubsub.tf`` (:data:`TOPICS`), bound to the
+same topic schemas, which is none: one event contract locally and on Google Cloud, validated by
+the pipeline (``docs/events.md``). ``tests/unit/test_event_contract.py`` compares :data:`TOPICS`
+with the Terraform file. Ports and project come from flags or ``PUBSUB_PORT``, ``FIRESTORE_PORT``,
 ``GOOGLE_CLOUD_PROJECT``. The state (pids, ports) lives in ``.local/stack.json`` and
 the client environment in ``.local/stack.env``. The pytest fixtures use the same code.
 """
@@ -25,6 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from schemas import names
 
@@ -33,6 +37,27 @@ STATE_DIR = ROOT / ".local"
 STATE_FILE = STATE_DIR / "stack.json"
 ENV_FILE = STATE_DIR / "stack.env"
 HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic, its subscription and its Pub/Sub schema binding as ``terraform/pubsub.tf`` declares.
+
+    ``schema_file`` (a file in ``schemas/``) and ``schema_type`` / ``encoding`` are ``None`` for a
+    topic without ``schema_settings``.
+    """
+
+    topic: str
+    subscription: str
+    schema_file: str | None = None
+    schema_type: str | None = None  # "AVRO" or "PROTOCOL_BUFFER" (the emulator: AVRO only)
+    encoding: str | None = None  # "JSON" or "BINARY"
+
+
+# No topic carries a schema (terraform/pubsub.tf explains why); the pipeline validates.
+TOPICS = (TopicSpec(names.EVENTS_TOPIC, names.EVENTS_SUBSCRIPTION),
+          TopicSpec(names.DEAD_LETTER_TOPIC, names.DEAD_LETTER_SUBSCRIPTION),
+          TopicSpec(names.CATALOG_TOPIC, names.CATALOG_SUBSCRIPTION))
 
 
 class StackError(RuntimeError):
@@ -169,8 +194,39 @@ def _reap(pid: int) -> None:
         pass
 
 
+def create_topic(publisher: Any, project: str, spec: TopicSpec, topic_id: str | None = None) -> str:
+    """Create (idempotently) ``spec``'s topic, bound to its schema if it has one; return its path.
+
+    The schema is registered as ``<topic id>-schema`` from ``schemas/<schema_file>``, as Terraform
+    registers it from the same file.
+    """
+    from google.api_core.exceptions import AlreadyExists
+
+    topic_path = publisher.topic_path(project, topic_id or spec.topic)
+    request: dict[str, Any] = {"name": topic_path}
+    if spec.schema_file is not None:
+        from google.pubsub_v1 import Encoding, Schema, SchemaServiceClient
+
+        schema_id = f"{topic_id or spec.topic}-schema"
+        client = SchemaServiceClient()
+        schema_path = client.schema_path(project, schema_id)
+        try:
+            client.create_schema(parent=f"projects/{project}", schema_id=schema_id, schema=Schema(
+                name=schema_path, type_=Schema.Type[spec.schema_type or "AVRO"],
+                definition=(ROOT / "schemas" / spec.schema_file).read_text(encoding="utf-8")))
+        except AlreadyExists:
+            pass
+        request["schema_settings"] = {"schema": schema_path,
+                                      "encoding": Encoding[spec.encoding or "JSON"]}
+    try:
+        publisher.create_topic(request=request)
+    except AlreadyExists:
+        pass
+    return topic_path
+
+
 def create_pubsub_resources(config: StackConfig) -> dict[str, str]:
-    """Create (idempotently) the topics and subscriptions the system uses."""
+    """Create (idempotently) the topics and subscriptions the system uses (:data:`TOPICS`)."""
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
 
@@ -180,22 +236,15 @@ def create_pubsub_resources(config: StackConfig) -> dict[str, str]:
         publisher = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
         created = {}
-        topics = {names.EVENTS_TOPIC: names.EVENTS_SUBSCRIPTION,
-                  names.DEAD_LETTER_TOPIC: names.DEAD_LETTER_SUBSCRIPTION,
-                  names.CATALOG_TOPIC: names.CATALOG_SUBSCRIPTION}
-        for topic, sub in topics.items():
-            topic_path = publisher.topic_path(config.project, topic)
-            sub_path = subscriber.subscription_path(config.project, sub)
-            try:
-                publisher.create_topic(name=topic_path)
-            except AlreadyExists:
-                pass
+        for spec in TOPICS:
+            topic_path = create_topic(publisher, config.project, spec)
+            sub_path = subscriber.subscription_path(config.project, spec.subscription)
             try:
                 subscriber.create_subscription(name=sub_path, topic=topic_path,
                                                ack_deadline_seconds=60)
             except AlreadyExists:
                 pass
-            created[topic] = sub
+            created[spec.topic] = spec.subscription
         subscriber.close()
         return created
     finally:

@@ -9,7 +9,7 @@ output "ingest_url" {
 }
 
 output "events_topic" {
-  description = "Full name of the product events topic (bound to schemas/product_event.avsc, JSON encoding)."
+  description = "Full name of the product events topic (no Pub/Sub schema: the pipeline validates, see docs/events.md)."
   value       = google_pubsub_topic.events.id
 }
 
@@ -29,7 +29,7 @@ output "dead_letter_subscription" {
 }
 
 output "catalog_topic" {
-  description = "Full name of the catalogue updates topic (bound to schemas/catalog_item.avsc)."
+  description = "Full name of the catalogue updates topic (no Pub/Sub schema: the pipeline validates, see docs/events.md)."
   value       = google_pubsub_topic.catalog.id
 }
 

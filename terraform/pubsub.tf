@@ -1,5 +1,15 @@
-# Topics bound to the Avro contracts in schemas/ (read from the files, not copied), the
-# pipeline's subscriptions, and the dead-letter topic the pipeline writes to.
+# The events and catalogue topics, the pipeline's subscriptions, and the dead-letter topic the
+# pipeline writes to.
+#
+# No topic carries a Pub/Sub schema: one event contract, locally and here (docs/events.md). Bound
+# to the Avro schema with JSON encoding, a topic refuses the event a user naturally publishes (no
+# optional fields, or "session_id": "s1") and accepts only Avro JSON with every union spelled out
+# (measured on the emulator: Avro's JSON encoding has no omitted fields and wraps unions); Protocol Buffer schemas, whose JSON form allows omitted fields,
+# are not implemented by the emulator, so the local stack could not bind the same contract. The
+# contract is schemas/product_event.avsc and schemas/catalog_item.avsc as enforced by
+# schemas.events.parse_event / schemas.catalog.parse_item in the pipeline: an invalid message
+# goes to the dead-letter topic with the reason. scripts/local_stack.py creates the same topics
+# (tests/unit/test_event_contract.py compares them with this file).
 #
 # The subscriptions Dataflow reads carry no dead_letter_policy and no retry_policy: Dataflow
 # acknowledges a message once it is durably in the pipeline, not when it is processed, so
@@ -14,34 +24,13 @@ locals {
   retention = "${var.message_retention_days * 86400}s"
 }
 
-resource "google_pubsub_schema" "product_event" {
-  project    = var.project
-  name       = "${var.name_prefix}-product-event"
-  type       = "AVRO"
-  definition = file("${path.module}/../schemas/product_event.avsc")
-
-  depends_on = [google_project_service.enabled]
-}
-
-resource "google_pubsub_schema" "catalog_item" {
-  project    = var.project
-  name       = "${var.name_prefix}-catalog-item"
-  type       = "AVRO"
-  definition = file("${path.module}/../schemas/catalog_item.avsc")
-
-  depends_on = [google_project_service.enabled]
-}
-
 resource "google_pubsub_topic" "events" {
   #checkov:skip=CKV_GCP_83:Events carry ids and timestamps only; Google-managed encryption keys are acceptable and avoid a KMS key ring that cannot be deleted.
   project                    = var.project
   name                       = var.events_topic
   message_retention_duration = "86400s"
 
-  schema_settings {
-    schema   = google_pubsub_schema.product_event.id
-    encoding = "JSON"
-  }
+  depends_on = [google_project_service.enabled]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
@@ -57,10 +46,7 @@ resource "google_pubsub_topic" "catalog" {
   project = var.project
   name    = var.catalog_topic
 
-  schema_settings {
-    schema   = google_pubsub_schema.catalog_item.id
-    encoding = "JSON"
-  }
+  depends_on = [google_project_service.enabled]
 }
 
 resource "google_pubsub_subscription" "events_pipeline" {

@@ -22,6 +22,16 @@ def test_emulators_healthy_and_resources_created(emulators):
     assert {names.EVENTS_TOPIC, names.DEAD_LETTER_TOPIC, names.CATALOG_TOPIC} <= topics
 
 
+def test_topics_carry_the_schema_binding_terraform_declares(emulators):
+    """local_stack.TOPICS equals terraform/pubsub.tf (tests/unit/test_event_contract.py): no schema."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    for spec in local_stack.TOPICS:
+        topic = publisher.get_topic(topic=publisher.topic_path(emulators.project, spec.topic))
+        assert topic.schema_settings.schema == "" and spec.schema_file is None, spec
+
+
 def test_start_is_idempotent_for_resources(emulators):
     assert local_stack.create_pubsub_resources(emulators) == local_stack.create_pubsub_resources(emulators)
 

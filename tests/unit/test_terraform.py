@@ -341,17 +341,15 @@ def test_resource_names_default_to_schemas_names(module: Module) -> None:
         assert module.variables[var]["default"] == value, var
 
 
-def test_topic_schemas_are_read_from_the_schemas_folder(module: Module) -> None:
-    for topic, avsc in (("events", "product_event.avsc"), ("catalog", "catalog_item.avsc")):
-        settings = first(module.resources[f"google_pubsub_topic.{topic}"]["schema_settings"])
-        assert settings["encoding"] == "JSON"
-        schema = module.resources[ref_target(settings["schema"])]
-        assert schema["type"] == "AVRO"
-        match = re.fullmatch(r'\$\{file\("\$\{path\.module\}/(.+)"\)\}', schema["definition"])
-        assert match, f"schema definition is not file(...): {schema['definition']!r}"
-        path = (TF_DIR / match.group(1)).resolve()
-        assert path == ROOT / "schemas" / avsc
-        fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
+def test_topics_carry_no_pubsub_schema(module: Module) -> None:
+    """One event contract locally and on GCP (docs/events.md): no topic is schema-bound, the
+    pipeline validates against schemas/*.avsc (tests/unit/test_event_contract.py compares the
+    topics with scripts/local_stack.py)."""
+    for topic in ("events", "catalog", "dead_letter"):
+        assert "schema_settings" not in module.resources[f"google_pubsub_topic.{topic}"], topic
+    assert module.of_type("google_pubsub_schema") == {}
+    for avsc in ("product_event.avsc", "catalog_item.avsc"):
+        fastavro.parse_schema(json.loads((ROOT / "schemas" / avsc).read_text(encoding="utf-8")))
 
 
 def test_pipeline_subscriptions_leave_dead_letters_to_the_pipeline(module: Module) -> None:
