@@ -37,7 +37,7 @@ $(SCHEMA_DIR)/.installed: requirements/provider-schemas.txt $(wildcard tools/ter
 
 tools: $(TOOLS_VENV)/.installed $(SCHEMA_DIR)/.installed ## checkov venv (its pins clash with the stack) + provider schemas
 
-test: venv tools lint terraform-check ## Run every check and test (starts the emulators itself)
+test: venv tools browser lint terraform-check ## Run every check and test (starts the emulators itself)
 	$(PY) -m pytest tests
 
 test-unit: venv ## Unit tests only (no emulators)
@@ -66,7 +66,7 @@ stack-stop: venv ## Stop the emulators started by stack-start
 stack-status: venv ## Show the local stack
 	$(PY) -m scripts.local_stack status
 
-demo: venv ## The main job end to end on the emulators (see README)
+demo: venv browser ## The main job end to end on the emulators (see README)
 	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 bench-publish: venv ## Publish 20,000 synthetic events through the emulator
@@ -81,6 +81,10 @@ bench-stream: venv ## Streaming freshness and throughput on DirectRunner + emula
 bench-serving: venv wrk ## Recommend function latency/throughput vs bare read and find_nearest
 	$(PY) -m bench.serving $(BENCH_ARGS)
 
+browser: ## Install headless Chromium + chromedriver (Debian packages) if missing: console test, demo
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 wrk: ## Install the wrk load generator (Debian package) if missing
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
@@ -88,4 +92,4 @@ clean: ## Remove caches and local state (not the venvs)
 	rm -rf .pytest_cache .ruff_cache .local build *.egg-info
 
 .PHONY: help venv tools test test-unit test-integration lint format terraform-check stack-start \
-	stack-stop stack-status wrk demo bench-publish bench-quality bench-stream bench-serving clean
+	stack-stop stack-status wrk browser demo bench-publish bench-quality bench-stream bench-serving clean

@@ -40,6 +40,7 @@ DEV = [
     "python-hcl2==8.1.4",
     "ruff==0.17.6",
     "requests>=2.32",
+    "websockets>=13",  # the console's browser test drives headless Chromium over CDP
 ]
 
 FUNCTION_PACKAGES = ["recommender", "recommender.compat", "httpfn"]

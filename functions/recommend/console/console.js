@@ -17,6 +17,7 @@ async function getJson(url, params) {
 }
 
 const num = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+const figure = (x) => (Number.isInteger(x) ? String(x) : num(x, 4));
 const age = (s) => (s === null || s === undefined ? "–" : `${num(s, 1)} s ago`);
 const when = (ms) => (ms ? new Date(ms).toISOString().replace(".000Z", "Z") : "–");
 
@@ -29,6 +30,14 @@ function cell(text, cls) {
 
 function fillTable(id, rows, columns, onClick) {
   const tbody = $(id).querySelector("tbody");
+  if (!rows.length) {
+    const tr = document.createElement("tr"), td = cell("none", "meta");
+    tr.className = "empty";
+    td.colSpan = columns.length;
+    tr.appendChild(td);
+    tbody.replaceChildren(tr);
+    return;
+  }
   tbody.replaceChildren(...rows.map((r, i) => {
     const tr = document.createElement("tr");
     columns.forEach(([fn, cls]) => tr.appendChild(cell(fn(r, i), cls)));
@@ -67,7 +76,7 @@ async function loadSystem() {
     ["parent", m.parent_version], ["switched", when(m.switched_at)], ["items", m.item_count],
     ["dim", m.dim],
     ...Object.entries(m.trained_on || {}).map(([k, v]) => [`trained on ${k}`, v]),
-    ...Object.entries(m.figures || {}).map(([k, v]) => [k, num(v, 4)]),
+    ...Object.entries(m.figures || {}).map(([k, v]) => [k, figure(v)]),
   ] : [["model", "none published"]]);
   fillFacts("index-facts", [
     ["items", ix.item_count], ["added since snapshot", ix.items_added_since_snapshot],
@@ -183,7 +192,8 @@ async function loadItem(itemId) {
     ["in stock", who.in_stock], ["popularity", num(who.popularity, 1)], ["basis", sim.basis]]);
   fillTable("similar", sim.items, [[(x, i) => i + 1, "num"], [(x) => x.item_id], [(x) => num(x.score), "num"]],
     (x) => loadItem(x.item_id));
-  $("reco-to-summary").textContent = `${who.recommended_count} of the ${who.sample_size} newest users (top ${who.k})`;
+  $("reco-to-summary").textContent =
+    `${who.recommended_count} of the ${who.sample_size} newest users (top ${who.k}, model's default α)`;
   fillTable("reco-to", who.recommended_to, [[(x) => x.user_id], [(x) => x.rank, "num"],
     [(x) => num(x.score), "num"], [(x) => x.strategy]]);
   $("item-panel").dataset.item = itemId;
@@ -211,8 +221,8 @@ document.addEventListener("DOMContentLoaded", () => {
     $("diversity-out").textContent = num($("diversity").value, 2);
     if (state.user) requery();
   });
+  // A deep link's recommendations go first; the system panel follows (it is not on that path).
   const first = new URLSearchParams(location.search).get("user_id");
-  const system = loadSystem();
-  if (first) showUser(first);
-  else system.then(() => { $("user-input").focus(); });
+  if (first) showUser(first).finally(loadSystem);
+  else loadSystem().then(() => { $("user-input").focus(); });
 });
