@@ -170,3 +170,13 @@ def test_openapi_limits_are_the_contracts_constants():
     for schema in (query["session_items"]["schema"], request["session_items"]["oneOf"][0]):
         assert schema["maxLength"] >= n * (ids.MAX_ID_CHARS + 1) - 1  # n ids and the commas
     assert f"1-{ids.MAX_ID_CHARS} characters" in spec["info"]["description"]
+
+
+@pytest.mark.parametrize("item_id", ["a,b", " x", "x ", "a, b"])
+def test_an_id_with_commas_or_edge_spaces_is_usable_in_the_session_items_array(item_id):
+    assert ingest_accepts("item_id", item_id)
+    got = recommend_params({"session_items": [item_id, "i2"]}, Settings(), from_query=False)
+    assert got.session_items == (item_id, "i2")
+    # the comma-separated forms split and strip, as documented
+    for values, from_query in (({"session_items": "a, b"}, False), ({"session_items": ["a, b"]}, True)):
+        assert recommend_params(values, Settings(), from_query).session_items == ("a", "b")

@@ -104,10 +104,12 @@ def parse_bool(name: str, value: Any, text: bool = True) -> bool:
 
 
 def parse_list(name: str, value: Any, max_items: int, comma_separated: bool,
-               check: Callable[[str, str], str]) -> tuple[str, ...]:
+               check: Callable[[str, str], str], exact: bool = False) -> tuple[str, ...]:
     """A de-duplicated list of strings from a JSON array or from query values, each ``check``-ed.
 
     With ``comma_separated`` every string is split on commas first (``a,b`` -> ``a``, ``b``).
+    Values are stripped, unless ``exact``: then each string is one value as it is (a JSON array of
+    ids, where an id may hold a comma or edge spaces, as the id contract allows).
     """
     if isinstance(value, str):
         raw = [value]
@@ -121,6 +123,9 @@ def parse_list(name: str, value: Any, max_items: int, comma_separated: bool,
             raise InvalidParameter(f"{name} must contain only strings", name)
         if (isinstance(value, (list, tuple)) or not comma_separated) and not v.strip():
             raise InvalidParameter(f"{name} must not contain empty strings", name)
+        if exact:
+            items.append(v)
+            continue
         parts = v.split(",") if comma_separated else [v]
         items.extend(p.strip() for p in parts if p.strip())
     if len(items) > max_items:
@@ -166,7 +171,8 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
         in_stock_only=parse_bool("in_stock_only", present.get("in_stock_only", True), from_query),
         session_items=parse_list(
             "session_items", present["session_items"], settings.max_session_items,
-            comma_separated=True, check=check_id)
+            comma_separated=True, check=check_id,
+            exact=not from_query and isinstance(present["session_items"], list))
         if "session_items" in present else (),
     )
 
