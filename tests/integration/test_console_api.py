@@ -8,6 +8,8 @@ user (history with attributes, time since the last event) and item (recommended 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sys
 import time
@@ -61,24 +63,27 @@ def get(client, url: str, status: int = 200) -> dict:
 # ---------------------------------------------------------------- the page
 
 
-def test_page_and_assets_are_served_with_a_self_only_policy(client):
+def test_page_is_one_document_with_a_self_only_policy(client):
     resp = client.get("/console")
     assert resp.status_code == 308 and resp.headers["Location"] == "console/"
     page = client.get("/console/")
     assert page.status_code == 200 and page.mimetype == "text/html"
     html = page.get_data(as_text=True)
-    assert 'src="console.js"' in html and 'href="console.css"' in html
-    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    assert "http://" not in html and "https://" not in html  # nothing external to fetch
-    js = client.get("/console/console.js")
-    assert js.status_code == 200 and js.mimetype == "text/javascript"
-    assert "https://" not in js.get_data(as_text=True)
-    assert client.get("/console/console.css").mimetype == "text/css"
+    # console.css and console.js inlined: one request to the first recommendations' fetch
+    static = rd.FUNCTION_DIR / "console"
+    assert (static / "console.js").read_text() in html and (static / "console.css").read_text() in html
+    assert 'src="console.js"' not in html and "http://" not in html and "https://" not in html
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "script-src 'sha256-" in csp and "'unsafe-inline'" not in csp
+    script = html.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp
     assert client.head("/console/").status_code == 200
 
 
 def test_unknown_console_paths_and_methods_are_json_errors(client):
     assert get(client, "/console/nope.js", 404)["error"]["code"] == "not_found"
+    assert get(client, "/console/console.js", 404)["error"]["code"] == "not_found"
     assert get(client, "/console/api/nope", 404)["error"]["code"] == "not_found"
     resp = client.post("/console/api/system", json={})
     assert resp.status_code == 405 and resp.is_json and resp.headers["Allow"] == "GET"

@@ -135,11 +135,19 @@ def test_console_renders_what_the_api_answers(served):
             loads.append(browser.evaluate("performance.getEntriesByName('recs-rendered')[0].startTime"))
         load_ms = sorted(loads)[LOADS // 2]
         nav = browser.evaluate("JSON.stringify(performance.getEntriesByType('navigation')[0])")
-        # 2. search another user by typing into the search box
-        browser.click("#user-input")
-        browser.evaluate("document.querySelector('#user-input').select()")
-        browser.type_text(second)
-        browser.press("Enter", key_code=13, text="\r")
+        # 2. search by typing into the search box: a malformed id shows the API's 400 message,
+        # then another user
+        bad = requests.get(f"{base}/recommendations", params={"user_id": "a/b"}, timeout=10)
+        assert bad.status_code == 400
+        for text in ("a/b", second):
+            browser.click("#user-input")
+            browser.evaluate("document.querySelector('#user-input').select()")
+            browser.type_text(text)
+            browser.press("Enter", key_code=13, text="\r")
+            if text == "a/b":
+                assert browser.wait_for("!document.querySelector('#user-error').hidden && "
+                                        "document.querySelector('#user-error').textContent") == (
+                    bad.json()["error"]["message"])
         assert _rendered(browser, second, "default") == _expected_rows(default[second])
         user = _api(base, "/console/api/user", user_id=second)
         history = browser.evaluate("[...document.querySelectorAll('#history tbody tr:not(.empty)')]"

@@ -8,9 +8,14 @@ const API = { recs: "../recommendations", similar: "../similar-items", system: "
 const $ = (id) => document.getElementById(id);
 const state = { user: null, alphaTouched: false, recsSeq: 0, itemSeq: 0, features: {} };
 
+const prefetched = new Map();  // URL -> the response promise of a request sent before the DOM was ready
+
 async function getJson(url, params) {
   const qs = new URLSearchParams(params || {}).toString();
-  const resp = await fetch(qs ? `${url}?${qs}` : url, { headers: { Accept: "application/json" } });
+  const full = qs ? `${url}?${qs}` : url;
+  const early = prefetched.get(full);
+  prefetched.delete(full);
+  const resp = await (early || fetch(full, { headers: { Accept: "application/json" } }));
   const body = await resp.json();
   if (!resp.ok) throw new Error(body.error ? body.error.message : `HTTP ${resp.status}`);
   return body;
@@ -132,7 +137,11 @@ async function showUser(userId) {
 async function loadUserDoc(userId) {
   let u;
   try { u = await getJson(API.user, { user_id: userId }); } catch (e) {
-    if (state.user === userId) { showError("user-error", e); $("user-panel").hidden = true; }
+    if (state.user !== userId) return;
+    // e.g. no document yet: /recommendations still answers (session or cold start)
+    $("user-id").textContent = userId;
+    fillFacts("user-facts", [["user document", e.message]]);
+    fillTable("history", [], [[(r) => r], [(r) => r], [(r) => r], [(r) => r], [(r) => r]]);
     return;
   }
   if (state.user !== userId) return;
@@ -205,6 +214,16 @@ function debounce(fn, ms) {
   return () => { clearTimeout(t); t = setTimeout(fn, ms); };
 }
 
+// The page's script runs in <head> (the server inlines it): a deep link's two requests leave now,
+// while the body is parsed; showUser() picks their responses up.
+const FIRST_USER = new URLSearchParams(location.search).get("user_id");
+if (FIRST_USER) {
+  for (const [url, params] of [[API.user, { user_id: FIRST_USER }], [API.recs, { user_id: FIRST_USER, k: 10 }]]) {
+    const full = `${url}?${new URLSearchParams(params)}`;
+    prefetched.set(full, fetch(full, { headers: { Accept: "application/json" } }));
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const requery = debounce(loadRecs, 60);
   $("user-form").addEventListener("submit", (ev) => {
@@ -222,7 +241,6 @@ document.addEventListener("DOMContentLoaded", () => {
     if (state.user) requery();
   });
   // A deep link's recommendations go first; the system panel follows (it is not on that path).
-  const first = new URLSearchParams(location.search).get("user_id");
-  if (first) showUser(first).finally(loadSystem);
+  if (FIRST_USER) showUser(FIRST_USER).finally(loadSystem);
   else loadSystem().then(() => { $("user-input").focus(); });
 });
