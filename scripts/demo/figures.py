@@ -27,3 +27,4 @@ class Figures:
     showcase: list[dict[str, Any]] = field(default_factory=list)
     new_item: dict[str, Any] = field(default_factory=dict)
     hot_reload: dict[str, Any] = field(default_factory=dict)
+    console: dict[str, Any] = field(default_factory=dict)  # URL, screenshot, load time

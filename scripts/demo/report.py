@@ -5,6 +5,7 @@ A dated folder per run, so reports from different runs can be compared side by s
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ def plot_quality(models: dict[str, dict[str, float]], path: Path) -> None:
 
 def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def console_section(console: dict[str, Any], out: Path) -> list[str]:
+    """The console's screenshot (copied next to the report) and what it measured."""
+    shot = Path(console.get("screenshot") or "")
+    if not shot.is_file():
+        return []
+    shutil.copyfile(shot, out / "console.png")
+    return ["", "## Console", "",
+            f"The operator console (`/console/` on the recommend function, as private as its API) for "
+            f"user `{console['user_id']}`, in headless Chromium: first recommendations rendered "
+            f"{console['first_recommendations_ms']} ms after navigation start; {console['requests']} "
+            f"requests, {len(console['off_origin_requests'])} off the local origin.", "",
+            "![console](console.png)"]
 
 
 def write_report(summary: dict[str, Any], details: dict[str, Any], reports_dir: Path) -> Path:
@@ -117,5 +132,6 @@ def write_report(summary: dict[str, Any], details: dict[str, Any], reports_dir: 
         lines.append(f"- hot reload: the function switched in {hr['function_switch_s']} s; the "
                      f"pipeline embedded events with `{hr['user_doc_model_version']}` "
                      f"{hr['pipeline_switch_s']} s after the switch, without a restart.")
+    lines += console_section(details.get("console") or {}, out)
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "report.md"

@@ -12,6 +12,7 @@ from scripts.demo.config import DemoConfig
 from scripts.demo.console import step
 from scripts.demo.context import Context
 from scripts.demo.figures import Figures
+from scripts.demo.steps.console_shot import console_screenshot
 from scripts.demo.steps.emulators import start_emulators
 from scripts.demo.steps.evaluate import evaluate
 from scripts.demo.steps.live_stream import replay_live_stream
@@ -39,6 +40,8 @@ def run(cfg: DemoConfig) -> Figures:
         new_item(ctx, data, services)
         load_test(ctx, services.recommend, sorted({e.user_id for e in data.history})[:500])
         warm_start(ctx, data, services, first)              # 7
+        console_screenshot(ctx, services, ctx.fig.showcase[0]["user_id"] if ctx.fig.showcase
+                           else sorted({e.user_id for e in data.history})[0])
         step(8, "Stop everything, write the summary and the report")
     finally:
         ctx.exits.close()  # the functions and the pipeline, then the emulators
