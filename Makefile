@@ -78,6 +78,9 @@ bench-quality: venv ## Offline quality vs baselines: make bench-quality DATA=syn
 bench-stream: venv ## Streaming freshness and throughput on DirectRunner + emulators
 	$(PY) -m bench.stream $(BENCH_ARGS)
 
+bench-crash: venv ## kill -9 the streaming pipeline at random moments (paced, burst, backlog) + a hot user
+	$(PY) -m bench.crash $(BENCH_ARGS)
+
 bench-serving: venv wrk ## Recommend function latency/throughput vs bare read and find_nearest
 	$(PY) -m bench.serving $(BENCH_ARGS)
 
@@ -92,4 +95,4 @@ clean: ## Remove caches and local state (not the venvs)
 	rm -rf .pytest_cache .ruff_cache .local build *.egg-info
 
 .PHONY: help venv tools test test-unit test-integration lint format terraform-check stack-start \
-	stack-stop stack-status wrk browser demo bench-publish bench-quality bench-stream bench-serving clean
+	stack-stop stack-status wrk browser demo bench-publish bench-quality bench-stream bench-crash bench-serving clean

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 
 from bench import measure
+from bench.passthrough import passthrough_progress
+from pipelines.streaming.user_state import WRITE_INTERVAL_S
 from schemas import names
 from schemas.events import ProductEvent
 from schemas.firestore import unpack_history
@@ -44,66 +45,7 @@ PASSTHROUGH_TOPIC = "bench-passthrough-events"
 PASSTHROUGH_SUB = "bench-passthrough-events-sub"
 # run through the module's import name so the DoFn is pickled by reference, not as __main__
 PASSTHROUGH_CMD = (
-    "import sys; from bench.stream import passthrough_main; passthrough_main(sys.argv[1:])")
-
-
-# ----------------------------------------------------------------------------- pass-through worker
-
-
-def passthrough_main(argv: list[str]) -> None:
-    """Read, parse, ack: the baseline pipeline on the same runner; prints progress lines."""
-    from apache_beam.io.gcp.pubsub import ReadFromPubSub
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    from pipelines import direct_runner
-    from pipelines.streaming import pipeline as streaming
-    from pipelines.streaming.parse import ParseEvents
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--subscription", required=True)
-    parser.add_argument("--direct-pull-max-messages", type=int,
-                        default=streaming.StreamingConfig.direct_pull_max_messages,
-                        help="as the full pipeline's flag: the same reader settings for both")
-    args = parser.parse_args(argv)
-    direct_runner.install(max_messages=args.direct_pull_max_messages)
-    options = PipelineOptions([])
-    options.view_as(StandardOptions).streaming = True
-    p = beam.Pipeline(options=options)
-    parsed = (p | "Read" >> ReadFromPubSub(subscription=args.subscription, with_attributes=True)
-              | "Parse" >> ParseEvents())
-    parsed.valid | "Count" >> beam.ParDo(ProgressFn())
-    result = p.run()
-    config, _ = streaming.parse_args([])
-    direct_runner.serve(result, config.drain_idle_s, settle_s=0.0)
-
-
-class ProgressFn(beam.DoFn):
-    """Counts elements and prints ``PROGRESS <total> <epoch s> <process CPU s>`` after every bundle."""
-
-    total = 0
-    lock = threading.Lock()
-
-    def start_bundle(self) -> None:
-        self.n = 0
-
-    def process(self, event: Any) -> None:
-        self.n += 1
-
-    def finish_bundle(self) -> None:
-        if self.n:
-            with ProgressFn.lock:
-                ProgressFn.total += self.n
-                print(f"PROGRESS {ProgressFn.total} {time.time():.3f} {time.process_time():.3f}", flush=True)
-
-
-def passthrough_progress(log_path: Path, with_cpu: bool = False) -> list[tuple]:
-    """The (count, time[, process CPU s]) progress lines the pass-through worker printed."""
-    out = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        if line.startswith("PROGRESS "):
-            _, n, t, cpu = line.split()
-            out.append((int(n), float(t), float(cpu)) if with_cpu else (int(n), float(t)))
-    return out
+    "import sys; from bench.passthrough import passthrough_main; passthrough_main(sys.argv[1:])")
 
 
 # ----------------------------------------------------------------------------- events and measurement
@@ -232,8 +174,9 @@ class FreshnessPoller(threading.Thread):
 
 
 def steady_publish(topic: str, workload: Workload, rate: float, duration_s: float,
-                   poller: FreshnessPoller) -> dict[str, float]:
-    """Publish one view every 1/rate s; return event id -> publish time (before the call)."""
+                   poller: FreshnessPoller, users: dict[str, str] | None = None) -> dict[str, float]:
+    """Publish one view every 1/rate s; return event id -> publish time (before the call) and
+    fill ``users`` (event id -> user id)."""
     from google.cloud import pubsub_v1
 
     publisher = pubsub_v1.PublisherClient(
@@ -250,6 +193,8 @@ def steady_publish(topic: str, workload: Workload, rate: float, duration_s: floa
         event = workload.event("fresh")
         poller.watch(event.event_id, event.user_id)
         sent[event.event_id] = time.time()
+        if users is not None:
+            users[event.event_id] = event.user_id
         futures.append(publisher.publish(topic, event.to_pubsub_data(), **event.pubsub_attributes()))
     for f in futures:
         f.result(timeout=60)
@@ -355,7 +300,8 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
         # 3. freshness at a steady rate (also the memory run)
         poller.start()
         steady_start = sampler.samples[-1][0] if sampler.samples else 0.0
-        sent = steady_publish(events_topic, workload, args.rate, args.duration, poller)
+        sent_users: dict[str, str] = {}
+        sent = steady_publish(events_topic, workload, args.rate, args.duration, poller, sent_users)
         deadline = time.time() + 30
         while time.time() < deadline and poller.pending():
             time.sleep(0.2)
@@ -373,6 +319,11 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
     pt_cpu = float(np.mean([r["cpu_pipeline"] + r["cpu_emulators"] for r in pt_runs]))
     lat = np.array([poller.seen[e] - t for e, t in sent.items() if e in poller.seen])
     missing = sum(1 for e in sent if e not in poller.seen)
+    over = over_the_rate(sent, sent_users, WRITE_INTERVAL_S)
+    lat_within = np.array([poller.seen[e] - t for e, t in sent.items() if e in poller.seen and e not in over])
+    lat_over = np.array([poller.seen[e] - t for e, t in sent.items() if e in poller.seen and e in over])
+    counters = pipeline_counters(work / "pipeline.log")
+    accepted = counters.get("events_accepted", 0)
     total_events = args.events + len(sent)
     counted = users_event_total(db) - base
     return {
@@ -385,6 +336,15 @@ def _bench(args: argparse.Namespace, config: Any, work: Path, emulators: list[in
         "freshness_samples": int(len(lat)),
         "freshness_missing": missing,
         "freshness_rate_per_s": args.rate,
+        "freshness_p95_within_rate_s": _p(lat_within, 95),
+        "freshness_p95_over_rate_s": _p(lat_over, 95),
+        "freshness_over_rate_events": len(over),
+        "freshness_split_method": f"over the rate: the user's previous view was published less than "
+                                  f"{WRITE_INTERVAL_S} s before (its document may be written only after "
+                                  f"the coalescing interval); within: all others",
+        "user_writes_per_accepted_event": round(counters.get("user_docs_written", 0) / accepted, 4)
+        if accepted else None,
+        "pipeline_counters": counters,
         "freshness_by_10s": freshness_timeline(sent, poller.seen),
         "events_per_s": round(full_rate, 1),
         "passthrough_events_per_s": round(pt_rate, 1),
@@ -443,6 +403,32 @@ def run_passthrough(topic: str, subscription: str, workload: Workload, n: int, e
                 [(m, float(np.interp(t, times, emu))) for m, t, _ in with_cpu], n)}
 
 
+def _p(values: Any, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if len(values) else None
+
+
+def over_the_rate(sent: dict[str, float], users: dict[str, str], interval_s: float) -> set[str]:
+    """Events published less than ``interval_s`` after the previous event of the same user."""
+    last: dict[str, float] = {}
+    over = set()
+    for event_id, t in sorted(sent.items(), key=lambda kv: kv[1]):
+        user = users[event_id]
+        if user in last and t - last[user] < interval_s:
+            over.add(event_id)
+        last[user] = t
+    return over
+
+
+def pipeline_counters(log: Path) -> dict[str, int]:
+    """The counters the pipeline logged when it drained (``pipelines.direct_runner.log_counters``)."""
+    import json
+
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if " counters {" in line:
+            return json.loads(line.split(" counters ", 1)[1])
+    return {}
+
+
 def freshness_timeline(sent: dict[str, float], seen: dict[str, float], bucket_s: float = 10.0) -> list:
     """[seconds since start, n, p50, max] per ``bucket_s`` of publish time: shows spikes."""
     if not sent:
@@ -460,6 +446,12 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("freshness p50 (publish -> users/{id})", f"{r['freshness_p50_s']} s", "aim 0.3 s"),
         ("freshness p95", f"{r['freshness_p95_s']} s", "target < 0.5 s"),
+        ("  users within 1 write/s / over it", f"{r['freshness_p95_within_rate_s']} s / "
+                                                f"{r['freshness_p95_over_rate_s']} s",
+         f"{r['freshness_over_rate_events']} events over"),
+        ("users/* writes per accepted event", f"{r['user_writes_per_accepted_event']}", "coalesced"),
+        ("CPU ms per event (pipeline / emulators)", f"{r['cpu_ms_per_event']['full']['pipeline']} / "
+                                                    f"{r['cpu_ms_per_event']['full']['emulators']}", ""),
         ("freshness samples / missing", f"{r['freshness_samples']} / {r['freshness_missing']}", ">= 200 / 0"),
         ("full pipeline throughput (steady)", f"{r['events_per_s']} ev/s",
          f"{r['backlog_events']}-event backlog"),

@@ -8,6 +8,7 @@ read from the runner's executor (:mod:`pipelines.compat.beam_direct_pubsub`).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -55,6 +56,19 @@ def serve(result: Any, drain_idle_s: float, settle_s: float) -> None:
         raise failures[0]
     if stop.is_set():
         drain(result, drain_idle_s, settle_s)
+        log_counters(result)
+
+
+def log_counters(result: Any) -> dict[str, int]:
+    """Log (one ``counters {json}`` line) and return the pipeline's counters, summed per name."""
+    counters: dict[str, int] = {}
+    try:
+        for c in result.metrics().query()["counters"]:
+            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(c.committed or 0)
+    except (AttributeError, KeyError, TypeError) as e:  # a runner without committed metrics
+        LOG.warning("no counters: %s", e)
+    LOG.info("counters %s", json.dumps(counters, sort_keys=True))
+    return counters
 
 
 def drain(result: Any, idle_s: float, settle_s: float = 0.0, timeout_s: float = 120.0) -> None:
