@@ -21,8 +21,9 @@ character, 256 characters are at most 1,024 bytes: within Firestore's 1,500-byte
 limit (``users/{user_id}``, ``items/{item_id}``) and exactly Pub/Sub's 1,024-byte limit on an
 attribute value (``event_id`` and ``user_id`` travel as attributes). Percent-encoded in a GET
 query string (at most 12 characters per character) a 256-character id is at most 3,072
-characters, inside gunicorn's default 4,094-byte request line, so the function can be asked
-about any stored id. Ingest accepted 256 characters before this contract existed; keeping the
+characters, so a request naming it stays within a 4 KiB request line, the smallest limit common
+HTTP servers default to (functions-framework lifts gunicorn's 4,094 altogether): the function
+can be asked about any stored id. Ingest accepted 256 characters before this contract existed; keeping the
 limit means no stored user or item becomes unreachable.
 """
 
