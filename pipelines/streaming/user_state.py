@@ -43,6 +43,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -415,8 +416,9 @@ class UpdateUserState(beam.PTransform):
         seeded = (events
                   | "PrefetchSeeds" >> beam.ParDo(PrefetchSeedsFn(self.store)).with_outputs(
                       DEAD_LETTER, main="grouped"))
-        users = (seeded.grouped
-                 | "Keyed" >> beam.Map(lambda kv: kv).with_output_types(tuple[str, tuple[Any, Any]])
+        grouped = seeded.grouped
+        grouped.element_type = typehints.Tuple[str, typehints.Tuple[Any, Any]]  # a deterministic key coder
+        users = (grouped
                  | "DedupAndUpdateHistory" >> beam.ParDo(
                      UpdateUserStateFn(self.history_length, self.store, self.write_interval_s)
                  ).with_outputs(ACCEPTED_BATCHES, DEAD_LETTER, main="states"))
