@@ -14,11 +14,12 @@ holds it until its ack deadline expires, while the restarted pipeline already re
 messages). "Older than the full history" (the only rule the history alone allows) would then
 drop an event that was never counted; ``last_event_ts`` cannot tell either (events arrive out of
 order) and ``event_count`` carries no ids. With the memory a redelivered event is exactly once as
-long as it comes back within ``retention_s`` of the newer events (the read's ack deadline is far
-shorter). All of it is stored in ``users/{id}`` (the memory as the extra ``dedup`` field, see
-:func:`pack_dedup`), so dedup survives a restart: state is seeded from Firestore the first time a
-user is seen since start. A document written before the memory existed seeds ``floor`` at its
-history's oldest entry when that history is full: the old rule, for the events before it.
+long as it comes back within ``retention_s`` of the newer events (it must exceed the
+subscription's ack deadline plus a restart). All of it is stored in ``users/{id}`` (the memory
+as the extra ``dedup`` field, see :func:`pack_dedup`), so dedup survives a restart: state is
+seeded from Firestore the first time a user is seen since start. A document written before the
+memory existed seeds ``floor`` at its history's oldest entry when that history is full: the old
+rule, for the events before it.
 
 Per-user writes are coalesced (``write_interval_s``): a user's state is emitted at once if its
 last emission is at least that long ago, else the accepted events wait in keyed state for a
@@ -56,7 +57,10 @@ DUPLICATE = "duplicate"
 TOO_OLD = "too_old"
 ACCEPTED_BATCHES = "accepted_batches"
 WRITE_INTERVAL_S = 1.0  # Firestore's sustained limit: one write per second per document
-DEDUP_RETENTION_S = 60.0  # how long a counted id is remembered after leaving the history
+# How long a counted id is remembered after leaving the history: well over a subscription's ack
+# deadline (60 s in scripts/local_stack.py and terraform/) plus a restart, the longest a
+# redelivered message can trail the newer events of its user.
+DEDUP_RETENTION_S = 300.0
 MAX_RECENT = 2000  # and at most this many per user (a hot user's forgotten ids raise the floor)
 DEDUP_FIELD = "dedup"  # the extra users/{id} field holding the memory (pack_dedup)
 # what a seed read can raise: the API's errors, and a stored document that no longer parses
