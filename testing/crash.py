@@ -222,7 +222,10 @@ def run_scenario(scenario: Scenario, stack: CrashStack, db: Any, settle_timeout_
             if stack.proc.poll() is not None:
                 raise RuntimeError(f"pipeline exited with {stack.proc.returncode}:\n{stack.log()}")
             time.sleep(0.5)
-        time.sleep(ACK_DEADLINE_S + 2)  # any redelivery still due would show as a double count
+        # messages a killed run held come back at most ACK_DEADLINE_S after the kill (the lease
+        # extends only batches held over 5 s): wait for them, a double count would show then
+        last_kill = t0 + kill_at[-1] if kill_at else time.monotonic()
+        time.sleep(max(0.0, last_kill + ACK_DEADLINE_S + 3 - time.monotonic()))
         result = compare(events, counted(db, users), scenario.history_length)
     finally:
         exit_code = stack.stop()

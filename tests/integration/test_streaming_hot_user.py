@@ -27,7 +27,7 @@ def test_a_user_at_200_events_per_second_is_written_at_most_once_a_second(emulat
     user = [u for u in towers.users_vocab() if u][0]
     item = [i for i in towers.items_vocab() if i][0]
     stack = CrashStack(emulators, tmp_path, str(artifact), history_length=50)
-    seconds = float(os.environ.get("HOT_USER_SECONDS", 6))
+    seconds = float(os.environ.get("HOT_USER_SECONDS", 4))
     result = run_hot_user(stack, firestore_client, user, item, rate=200, seconds=seconds)
     print(result)
     assert result["counted"] == result["published"], (result, stack.log())

@@ -165,14 +165,20 @@ def test_events_catalogue_dead_letters_trending_archive_and_hot_reload(emulators
             np.testing.assert_allclose(doc.embedding, want, rtol=1e-5, atol=1e-6)
         assert sum(d.event_count for d in docs.values()) == len(all_valid)
 
-        # an event older than a user's whole (full) history is dropped, not counted
+        # an event older than a user's whole (full) history, never seen (e.g. redelivered after
+        # newer ones): counted once, kept out of the history; its replay is a duplicate
         stale = ProductEvent(f"{users[0]}-stale", "view", users[0], items[0], now - 3_600_000)
         marker = ProductEvent(f"{users[0]}-e9", "view", users[0], items[1], now + 20_000)
         stack.publish_events([stale, marker])
         doc = wait_until(lambda: (d := user_docs(db)[users[0]]).last_event_id == marker.event_id and d,
                          60, "the marker event", proc, stack)
-        assert doc.event_count == 9 and stale.event_id not in [h.event_id for h in doc.history]
-        valid[users[0]].append(marker)
+        assert doc.event_count == 10 and stale.event_id not in [h.event_id for h in doc.history]
+        marker2 = ProductEvent(f"{users[0]}-e10", "view", users[0], items[1], now + 21_000)
+        stack.publish_events([stale, marker2])
+        doc = wait_until(lambda: (d := user_docs(db)[users[0]]).last_event_id == marker2.event_id and d,
+                         60, "the second marker event", proc, stack)
+        assert doc.event_count == 11
+        valid[users[0]] += [stale, marker, marker2]
 
         # dead letters: reason, field, source, original payload and attributes
         dead = pull_all(stack.paths["dlq"][1], expected=len(invalid) + 1, timeout_s=30)
