@@ -15,7 +15,10 @@
   (the user's stored history, else the session) and ``c_i`` the item's L2-normalised content;
 * ``cf``, ``cb``: min-max over ``P`` (best 1, worst 0, constant -> 0);
   ``score = alpha * cf + (1 - alpha) * cb``;
-* the ``k`` best by ``score``, ties by ``cf_raw``, then by row.
+* the ``k`` best by ``score``, ties by ``cf_raw``, then by row;
+* with ``diversity`` λ > 0 (a request parameter): the ``k`` picked greedily from the pool by maximal
+  marginal relevance, ``(1 - λ) · minmax(score) - λ · max cosine to the items already picked``
+  (:mod:`scoring.diversity`); λ = 0 is the previous step exactly.
 
 ``alpha`` and the pool come from the model version's :class:`ScoringDefaults` (chosen on a
 validation slice by the training job) unless the request gives ``alpha``.
@@ -31,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from schemas.content import SparseRows
+from scoring.diversity import rerank_diverse
 from scoring.ivf import IvfIndex, default_nlist
 from scoring.ranking import Candidates, Filter, Ranked, content_mean, pool_size, rerank, retrieve, score_pool
 
@@ -281,7 +285,8 @@ def content_profile(content: SparseRows | np.ndarray, rows: np.ndarray) -> np.nd
 class RankRequest:
     """What one ranking call needs besides the items and the query.
 
-    ``categories``: wanted category codes (None: any); ``exclude_rows``: rows never returned.
+    ``categories``: wanted category codes (None: any); ``exclude_rows``: rows never returned;
+    ``diversity``: the MMR λ in [0, 1] (0: the plain top-k by hybrid score).
     """
 
     k: int
@@ -290,6 +295,7 @@ class RankRequest:
     exclude_rows: np.ndarray | None = None
     in_stock_only: bool = False
     categories: np.ndarray | None = None
+    diversity: float = 0.0
 
     def with_alpha(self, alpha: float) -> RankRequest:
         return dataclasses.replace(self, alpha=alpha)
@@ -307,9 +313,17 @@ def candidates(items: Items, retriever: Retriever, query: Query, request: RankRe
     return score_pool(items.content, rows, cf_raw, content_profile(items.content, query.profile_rows))
 
 
+def rank_pool(items: Items, cands: Candidates, k: int, alpha: float, diversity: float = 0.0) -> Ranked:
+    """The ``k`` items of a scored pool: top-k by hybrid score, or MMR picks when ``diversity`` > 0."""
+    if diversity > 0.0:
+        return rerank_diverse(cands, k, alpha, diversity, items.embeddings, items.norms, items.content)
+    return rerank(cands, k, alpha)
+
+
 def rank_user(items: Items, retriever: Retriever, query: Query, request: RankRequest) -> Ranked:
-    """One request's ranked items: retrieval, content profile, hybrid score, filters, top-k."""
-    return rerank(candidates(items, retriever, query, request), request.k, request.alpha)
+    """One request's ranked items: retrieval, content profile, hybrid score, filters, top-k (or MMR)."""
+    return rank_pool(items, candidates(items, retriever, query, request), request.k, request.alpha,
+                     request.diversity)
 
 
 def alpha_grid(step: float = 0.1) -> Sequence[float]:
