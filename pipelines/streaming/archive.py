@@ -131,5 +131,5 @@ class ArchiveEvents(beam.PTransform):
         self.run_id = uuid.uuid4().hex[:8]
 
     def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return events | "AppendPerBundle" >> beam.ParDo(
+        return events | "WriteFiles" >> beam.ParDo(
             AppendArchiveFn(self.path, self.window_s, self.run_id)).with_outputs(DEAD_LETTER, main="written")
