@@ -64,7 +64,8 @@ def log_counters(result: Any) -> dict[str, int]:
     counters: dict[str, int] = {}
     try:
         for c in result.metrics().query()["counters"]:
-            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + int(c.committed or 0)
+            value = max(int(c.committed or 0), int(c.attempted or 0))  # the DirectRunner commits late
+            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + value
     except (AttributeError, KeyError, TypeError) as e:  # a runner without committed metrics
         LOG.warning("no counters: %s", e)
     LOG.info("counters %s", json.dumps(counters, sort_keys=True))
