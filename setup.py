@@ -10,6 +10,7 @@ import setuptools
 
 CORE = [
     "fastavro==1.13.1",
+    "faiss-cpu>=1.15,<1.16",  # scoring.ann: the served approximate index
     "numpy>=2.0,<2.5",
     "google-cloud-pubsub==2.44.0",
     "google-cloud-firestore==2.34.1",

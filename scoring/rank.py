@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from schemas.content import SparseRows
+from scoring import ann
 from scoring.diversity import rerank_diverse
 from scoring.ivf import IvfIndex, default_nlist
 from scoring.ranking import Candidates, Filter, Ranked, content_mean, pool_size, rerank, retrieve, score_pool
@@ -135,16 +136,53 @@ class IvfRetriever:
         return retrieve(query, self.embeddings, pool, blocked, self.ivf)
 
 
-def retriever_for(embeddings: np.ndarray, ivf: IvfIndex | None) -> Retriever:
-    """The backend of an index that may carry IVF partitions."""
-    return IvfRetriever(embeddings, ivf) if ivf is not None else ExactRetriever(embeddings)
+@dataclass(frozen=True)
+class FaissRetriever:
+    """The compiled IVF index (:mod:`scoring.ann`), with the exact scan when filters leave too few rows.
+
+    faiss returns the best ``pool`` plus headroom (the excluded rows, half a pool for out-of-stock
+    items) of the probed partitions; the tail and the re-scoring are :class:`scoring.ann.FaissIvf`'s;
+    filters and the fallback are :func:`scoring.ranking.retrieve`'s, as for the numpy IVF.
+    """
+
+    embeddings: np.ndarray
+    index: ann.FaissIvf
+    name: str = "faiss"
+
+    def search(self, query: np.ndarray, pool: int, blocked: Filter | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        excluded = blocked.excluded_rows if blocked is not None else None
+        depth = pool + pool // 2 + (excluded.shape[0] if excluded is not None else 0)
+        return retrieve(query, self.embeddings, pool, blocked, _Found(*self.index.candidates(query, depth)))
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Candidates already retrieved, in the shape :func:`scoring.ranking.retrieve` asks an index for."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+    def candidates(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.rows, self.scores
+
+
+def retriever_for(embeddings: np.ndarray, approx: IvfIndex | ann.FaissIvf | None) -> Retriever:
+    """The backend of an index that may carry an approximate index (numpy IVF or faiss)."""
+    if isinstance(approx, ann.FaissIvf):
+        return FaissRetriever(embeddings, approx)
+    return IvfRetriever(embeddings, approx) if approx is not None else ExactRetriever(embeddings)
 
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """The function's retrieval settings (``RETRIEVAL``, ``IVF_NLIST``, ``IVF_NPROBE``, ``IVF_MIN_ITEMS``)."""
+    """The function's retrieval settings (``RETRIEVAL``, ``IVF_NLIST``, ``IVF_NPROBE``, ``IVF_MIN_ITEMS``).
 
-    backend: str = "ivf"
+    ``backend``: ``faiss`` (the compiled IVF of :mod:`scoring.ann`), ``ivf`` (numpy partitions of
+    :mod:`scoring.ivf`) or ``exact`` (the full scan, nothing compiled).
+    """
+
+    backend: str = "faiss"
     nlist: int = 0  # 0: about sqrt(N)
     nprobe: int = 16
     min_items: int = 20_000  # smaller catalogues are always scanned exactly
@@ -167,8 +205,17 @@ def build_ivf(embeddings: np.ndarray, norms: np.ndarray, nlist: int, nprobe: int
     return IvfIndex.build(embeddings, norms, nlist or default_nlist(embeddings.shape[0]), nprobe, seed=seed)
 
 
-def build_retriever(items: Items, config: RetrievalConfig) -> Retriever:
-    """The backend the function would use for ``items`` with ``config``."""
+def build_retriever(items: Items, config: RetrievalConfig, prebuilt: ann.FaissIvf | None = None) -> Retriever:
+    """The backend the function would use for ``items`` with ``config``.
+
+    ``faiss``: ``prebuilt`` (the training job's index, :func:`scoring.ann.read_index`) or one built
+    here with the training job's settings.
+    """
+    if config.backend == "faiss" and items.size >= config.min_items:
+        if prebuilt is None:
+            built = ann.build_index(items.embeddings, config.nlist)
+            prebuilt = ann.FaissIvf.from_index(built, items.embeddings, items.norms, config.nprobe)
+        return FaissRetriever(items.embeddings, prebuilt)
     if config.backend == "ivf" and items.size >= config.min_items:
         return IvfRetriever(items.embeddings, build_ivf(items.embeddings, items.norms, config.nlist,
                                                         config.nprobe))

@@ -7,6 +7,7 @@ Layout (docs/architecture.md, "Model artefact")::
       vocab/users.txt vocab/items.txt
       content_encoder.json            schemas.content.ContentEncoder
       item_index.npz                  schemas.index_snapshot.IndexSnapshot
+      item_ann.faiss item_ann.json    scoring.ann: the faiss IVF index of the snapshot's embeddings
       metadata.json                   version, created_at, parent_version, data_fingerprint,
                                       params, metrics, dim, history_length, serving_defaults
                                       (alpha / min_pool measured on validation; optional)
@@ -42,6 +43,7 @@ from pipelines.training.features import OOV_INDEX, PAD_INDEX, RESERVED, FeatureS
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
 from schemas.index_snapshot import INDEX_FILE, IndexSnapshot  # noqa: E402
+from scoring import ann  # noqa: E402
 
 QUERY_DIR = "query_tower"
 CANDIDATE_DIR = "candidate_tower"
@@ -209,6 +211,8 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
         popularity=np.array([contents.popularity.get(i.item_id, 0.0) for i in items], dtype=np.float32),
         serving_defaults=contents.serving_defaults,
     ).save(out / INDEX_FILE)
+    if len(items):  # the compiled ANN index next to the snapshot (scoring.ann): served, never built there
+        ann.write_index(out, embeddings, version)
     metadata = {
         "version": version, "created_at": created_at, "parent_version": contents.parent_version,
         "data_fingerprint": contents.data_fingerprint, "params": contents.params,

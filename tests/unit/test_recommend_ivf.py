@@ -285,7 +285,7 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
 
     path = _saved_snapshot(clustered[0], tmp_path)
     service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
-                                   ivf_build="background"),
+                                   retrieval="ivf", ivf_build="background"),
                           _NoFirestore())
     service.start()
     assert service.index.ivf is None  # cold start loads the snapshot only
@@ -298,9 +298,10 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
     assert len(again["items"]) == 5
 
 
-def test_cold_start_builds_the_ivf_by_default(clustered, tmp_path):
+def test_cold_start_builds_the_numpy_ivf_at_startup(clustered, tmp_path):
     path = _saved_snapshot(clustered[0], tmp_path)
-    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
+    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
+                                   retrieval="ivf"),
                           _NoFirestore())
     service.start()
     assert service.index.ivf is not None  # built before the first request (and before a fork)

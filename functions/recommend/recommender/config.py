@@ -25,6 +25,7 @@ class Settings:
     trending_doc: str = names.TRENDING_DOC
     index_uri: str = ""  # used only when models/current cannot be read at cold start
     default_alpha: float = 0.7
+    default_diversity: float = 0.0  # MMR λ of a request without one (0: the top-k by hybrid score)
     default_k: int = 10
     max_k: int = 100
     min_pool: int = 200  # candidate pool for hybrid ranking: max(min_pool, pool_factor * k)
@@ -35,9 +36,11 @@ class Settings:
     trending_ttl_seconds: float = 30.0
     firestore_timeout_seconds: float = 1.0
     items_poll_limit: int = 500
-    # Retrieval: "ivf" (approximate, partitions built at index load) or "exact" (full scan).
-    # IVF applies only to catalogues of at least ivf_min_items; ivf_nlist 0 = about sqrt(N).
-    retrieval: str = "ivf"
+    # Retrieval: "faiss" (the training job's compiled IVF index, loaded with the snapshot), "ivf"
+    # (numpy partitions built at index load) or "exact" (full scan). Either approximate index applies
+    # only to catalogues of at least ivf_min_items; ivf_nlist 0 = about sqrt(N) (numpy IVF only);
+    # ivf_nprobe: partitions probed per request (both).
+    retrieval: str = "faiss"
     ivf_nlist: int = 0
     ivf_nprobe: int = 16
     ivf_min_items: int = 20_000
@@ -58,6 +61,7 @@ class Settings:
             stats_collection=env_str("STATS_COLLECTION", names.STATS),
             index_uri=env_str("INDEX_URI", ""),
             default_alpha=env_float("DEFAULT_ALPHA", 0.7, 0.0, 1.0),
+            default_diversity=env_float("DEFAULT_DIVERSITY", 0.0, 0.0, 1.0),
             default_k=env_int("DEFAULT_K", 10, 1, 100),
             min_pool=env_int("MIN_POOL", 200, 1, 100_000),
             pool_factor=env_int("POOL_FACTOR", 4, 1, 100),
@@ -67,7 +71,7 @@ class Settings:
             trending_ttl_seconds=env_float("TRENDING_TTL_SECONDS", 30.0, 0.0, 86_400.0),
             firestore_timeout_seconds=env_float("FIRESTORE_TIMEOUT_SECONDS", 1.0, 0.05, 60.0),
             items_poll_limit=env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
-            retrieval=env_choice("RETRIEVAL", "ivf", ("ivf", "exact")),
+            retrieval=env_choice("RETRIEVAL", "faiss", ("faiss", "ivf", "exact")),
             ivf_nlist=env_int("IVF_NLIST", 0, 0, 1_000_000),
             ivf_nprobe=env_int("IVF_NPROBE", 16, 1, 1_000_000),
             ivf_min_items=env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),

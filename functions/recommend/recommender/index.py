@@ -10,6 +10,7 @@ a category filter is one ``np.isin`` over ints.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from schemas import uris
 from schemas.content import SparseRows
 from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
+from scoring import ann
 from scoring.ivf import IvfIndex
 from scoring.rank import ScoringDefaults, build_ivf, category_codes, row_norms
 from scoring.ranking import l2_normalize
@@ -49,6 +51,29 @@ def read_snapshot(uri: str) -> IndexSnapshot:
         raise SnapshotLoadError(f"cannot read the index snapshot {uri}: {e}") from e
 
 
+def read_ann(index_uri: str, embeddings: np.ndarray, norms: np.ndarray, version: str | None,
+             nprobe: int | None = None) -> ann.FaissIvf:
+    """The training job's compiled index next to the snapshot at ``index_uri`` (local path or ``gs://``).
+
+    Raises :class:`scoring.ann.AnnUnavailable` when it is missing or of another snapshot.
+    """
+    if uris.is_gcs(index_uri):
+        from google.api_core.exceptions import GoogleAPIError
+        from google.cloud import storage
+
+        bucket_name, blob = uris.split_gcs(index_uri)
+        prefix = blob.rsplit("/", 1)[0] + "/" if "/" in blob else ""
+        bucket = storage.Client().bucket(bucket_name)
+        try:
+            meta = json.loads(bucket.blob(prefix + ann.ANN_META_FILE).download_as_bytes(timeout=60))
+            data = bucket.blob(prefix + ann.ANN_FILE).download_as_bytes(timeout=60)
+        except (GoogleAPIError, ValueError) as e:
+            raise ann.AnnUnavailable(f"cannot download the ANN index next to {index_uri}: {e}") from e
+        return ann.index_from_bytes(data, meta, embeddings, norms, version, nprobe)
+    path = Path(index_uri[len("file://"):] if index_uri.startswith("file://") else index_uri)
+    return ann.read_index(path.parent, embeddings, norms, version, nprobe)
+
+
 @dataclass(frozen=True)
 class ItemIndex:
     """Row ``i`` of every array describes ``item_ids[i]``."""
@@ -71,7 +96,7 @@ class ItemIndex:
     loaded_at: float = field(default_factory=time.time)
     updated_through: int = 0  # largest items.indexed_at applied, epoch ms
     added: int = 0  # items appended after the snapshot
-    ivf: IvfIndex | None = None  # approximate retrieval (None: exact scan)
+    ivf: IvfIndex | ann.FaissIvf | None = None  # approximate retrieval: numpy or faiss IVF (None: exact)
     defaults: ScoringDefaults | None = None  # the model version's measured alpha / pool
 
     @property
@@ -126,6 +151,18 @@ class ItemIndex:
     def with_ivf(self, nlist: int, nprobe: int, seed: int = 0) -> ItemIndex:
         """This index with an IVF partitioning of its embeddings (``nlist`` 0: the default)."""
         return dataclasses.replace(self, ivf=build_ivf(self.embeddings, self.norms, nlist, nprobe, seed=seed))
+
+    def with_ann(self, index_uri: str, version: str | None, nprobe: int | None = None) -> ItemIndex:
+        """This index with the training job's faiss index of its snapshot (loaded, never built here)."""
+        found = read_ann(index_uri, self.embeddings, self.norms, version, nprobe)
+        return dataclasses.replace(self, ivf=found)
+
+    @property
+    def retrieval(self) -> str:
+        """``faiss``, ``ivf`` or ``exact``: what requests retrieve with."""
+        if isinstance(self.ivf, ann.FaissIvf):
+            return "faiss"
+        return "ivf" if self.ivf is not None else "exact"
 
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""
@@ -215,7 +252,7 @@ class ItemIndex:
                               defaults=self.defaults)
         if self.ivf is None:
             return out
-        # new rows and rows with a new embedding go to their nearest partition (centroids stay)
+        # new rows and rows with a new embedding: nearest partition (numpy IVF) or exact tail (faiss)
         moved = np.concatenate([np.array(changed, dtype=np.int64),
                                 np.arange(self.size, out.size, dtype=np.int64)])
         return dataclasses.replace(out, ivf=self.ivf.updated(out.embeddings, out.norms, moved))

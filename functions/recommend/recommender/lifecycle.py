@@ -1,4 +1,4 @@
-"""The item index's lifecycle: cold start, hot reload, item polling, IVF build, trending, health.
+"""The item index's lifecycle: cold start, hot reload, item polling, ANN load / IVF build, trending, health.
 
 One :class:`IndexManager` per process. It loads the current model's item-index snapshot
 at cold start, then (at most every ``refresh_seconds``, in a background thread started
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.firestore import TrendingDoc
+from scoring.ann import AnnUnavailable
 
 from .config import Settings
 from .index import ItemIndex, SnapshotLoadError, read_snapshot
@@ -70,7 +71,9 @@ class IndexManager:
             self.refresh()
             if self._index is None and self.settings.index_uri:
                 try:
-                    self.install(ItemIndex.from_snapshot(read_snapshot(self.settings.index_uri)))
+                    snap = read_snapshot(self.settings.index_uri)
+                    self.install(self.with_ann_loaded(ItemIndex.from_snapshot(snap), self.settings.index_uri,
+                                                      snap.version))
                 except SnapshotLoadError as e:
                     log.error("cold start: %s", e)
         finally:
@@ -82,7 +85,25 @@ class IndexManager:
             index = self.with_ivf_built(index)
         self._index, self._seen_at_through = index, seen  # one reference swap each: atomic
 
-    # ------------------------------------------------------------------ IVF
+    # ------------------------------------------------------------------ ANN / IVF
+    def with_ann_loaded(self, index: ItemIndex, index_uri: str, snapshot_version: str) -> ItemIndex:
+        """With ``RETRIEVAL=faiss``: ``index`` with the training job's faiss index next to the snapshot.
+
+        Loaded, never built: a missing or mismatched file leaves the exact scan (logged as an error).
+        """
+        s = self.settings
+        if s.retrieval != "faiss" or index.size < s.ivf_min_items:
+            return index
+        t = time.perf_counter()
+        try:
+            index = index.with_ann(index_uri, snapshot_version, s.ivf_nprobe)
+        except AnnUnavailable as e:
+            log.error("serving the exact scan: %s", e)
+            return index
+        log.info("faiss index: %d partitions, nprobe %d, loaded in %.2f s", index.ivf.nlist,
+                 index.ivf.nprobe, time.perf_counter() - t)
+        return index
+
     def with_ivf_built(self, index: ItemIndex) -> ItemIndex:
         """``index`` with the configured retrieval: IVF partitions built here (at load, not per request).
 
@@ -151,13 +172,15 @@ class IndexManager:
         if current is None or (self._index is not None and current.version == self._index.version):
             return None
         snap = read_snapshot(current.index_uri)
+        snapshot_version = snap.version
         if snap.version != current.version:
             log.warning("snapshot %s says version %s; serving it as %s", current.index_uri,
                         snap.version, current.version)
             snap.version = current.version
         # The publish step rewrites every item of the version (indexed_at = publish time) before it
         # switches models/current; those are in the snapshot already, so polling starts at the switch.
-        self.install(ItemIndex.from_snapshot(snap, items_from=current.switched_at))
+        index = ItemIndex.from_snapshot(snap, items_from=current.switched_at)
+        self.install(self.with_ann_loaded(index, current.index_uri, snapshot_version))
         log.info("loaded model %s: %d items", current.version, snap.item_ids.shape[0])
         return current.version
 
@@ -210,6 +233,6 @@ class IndexManager:
             "index_loaded_at": round(index.loaded_at, 3) if index is not None else None,
             "items_indexed_through": index.updated_through if index is not None else None,
             "trending_items": len(trending.items) if trending is not None else 0,
-            "retrieval": ("ivf" if index.ivf is not None else "exact") if index is not None else None,
+            "retrieval": index.retrieval if index is not None else None,
         }
         return (200 if index is not None or has_trending else 503), body

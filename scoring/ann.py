@@ -1,0 +1,187 @@
+"""The compiled approximate index: faiss ``IndexIVFFlat`` (inner product), built by the training job.
+
+The training job (``pipelines.training.artifact``) writes it next to ``item_index.npz``::
+
+    item_ann.faiss   faiss.write_index of an IndexIVFFlat over the snapshot's rows (id = row)
+    item_ann.json    backend, faiss version, model version, rows, dim, nlist, nprobe, build time
+
+and the recommend function loads it with the snapshot (:func:`read_index`): it is never built at
+cold start. It is versioned with the model (``version`` and ``rows`` must match the snapshot, or
+the function serves the exact scan and logs why).
+
+Search (:meth:`FaissIvf.candidates`): faiss probes the ``nprobe`` partitions with the best centroid
+scores and returns the best ``depth`` rows among them; rows added or re-embedded since the snapshot
+are an exact *tail* scored on every query (the faiss index itself is never mutated, so index
+versions can share it); every candidate is re-scored with the same numpy dot product as the exact
+scan, so ties and scores are the exact scan's. Filters and the fallback to the exact scan when
+filters leave fewer than ``pool`` candidates are :func:`scoring.ranking.retrieve`'s, as for the
+numpy IVF.
+
+Why faiss over ScaNN (``docs/benchmarks.md``, bench-serving): ScaNN was faster per query but its
+``import scann`` imports TensorFlow whenever TensorFlow is installed (the training job's
+environment, where it fails to load with TF 2.21), its scores are quantised (top-200 recall 0.96
+unless re-ordered deeper), and it needs relative-path serialisation; faiss IVF-Flat scores the
+probed rows exactly, imports nothing else, and serialises to one file.
+
+faiss is imported lazily, so ``scoring`` imports without it (the exact scan needs nothing compiled).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ANN_FILE = "item_ann.faiss"
+ANN_META_FILE = "item_ann.json"
+BACKEND = "faiss"
+DEFAULT_NPROBE = 16
+
+
+class AnnUnavailable(RuntimeError):
+    """The compiled index cannot be used (library missing, file missing, or of another version)."""
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as e:
+        raise AnnUnavailable("faiss is not installed (pip install faiss-cpu)") from e
+    if faiss.omp_get_max_threads() != 1:  # one request per thread: faiss's own threads only compete
+        faiss.omp_set_num_threads(1)
+    return faiss
+
+
+def default_nlist(n: int) -> int:
+    """Partitions for ``n`` rows: about sqrt(n) up to 100k, 2 sqrt(n) beyond (bench-serving)."""
+    root = float(np.sqrt(max(n, 1)))
+    return max(1, int(round(root if n <= 200_000 else 2 * root)))
+
+
+@dataclass(frozen=True)
+class FaissIvf:
+    """A faiss IVF index over rows ``[0, base_rows)`` plus an exact tail (rows added since)."""
+
+    index: Any  # faiss.IndexIVFFlat, ids = rows; shared, never mutated after load
+    nprobe: int
+    base_rows: int
+    tail: np.ndarray  # int64 rows always scored exactly (added, re-embedded or all-zero rows)
+    stale: np.ndarray | None = None  # bool [base_rows]: indexed vector outdated (row is in the tail)
+    embeddings: np.ndarray | None = None  # float32 [N, D] the current vectors (exact re-scoring)
+    depth: int = 256  # rows asked of faiss when the caller gives no depth
+    meta: dict | None = None
+
+    @property
+    def nlist(self) -> int:
+        return int(self.index.nlist)
+
+    @classmethod
+    def from_index(cls, index: Any, embeddings: np.ndarray, norms: np.ndarray, nprobe: int,
+                   meta: dict | None = None) -> FaissIvf:
+        """Wrap a loaded or built index over the first ``index.ntotal``-ish rows of ``embeddings``."""
+        base = int(meta["rows"]) if meta and "rows" in meta else embeddings.shape[0]
+        index.nprobe = max(1, min(int(nprobe), int(index.nlist)))
+        zero = np.flatnonzero(norms[:base] <= 0)
+        tail = np.concatenate([zero, np.arange(base, embeddings.shape[0])]).astype(np.int64)
+        return cls(index=index, nprobe=int(index.nprobe), base_rows=base, tail=tail,
+                   embeddings=embeddings, meta=meta)
+
+    def updated(self, embeddings: np.ndarray, norms: np.ndarray, changed: np.ndarray) -> FaissIvf:
+        """The index over ``embeddings`` after rows ``changed`` were updated or appended.
+
+        The faiss index stays as loaded; changed snapshot rows are marked stale and, with every
+        row appended since the snapshot, scored exactly (the tail).
+        """
+        stale = self.stale.copy() if self.stale is not None else np.zeros(self.base_rows, dtype=bool)
+        changed = np.asarray(changed, dtype=np.int64)
+        stale[changed[changed < self.base_rows]] = True
+        in_base = np.flatnonzero(stale | (norms[:self.base_rows] <= 0))
+        tail = np.concatenate([in_base, np.arange(self.base_rows, embeddings.shape[0])]).astype(np.int64)
+        return replace(self, tail=tail, stale=stale if stale.any() else None, embeddings=embeddings)
+
+    def candidates(self, query: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``depth`` rows of the probed partitions plus the tail, with exact dot products."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        _, ids = self.index.search(q, int(depth or self.depth))
+        rows = ids[0]
+        rows = rows[rows >= 0]
+        if self.stale is not None:
+            rows = rows[~self.stale[rows]]
+        if self.tail.size:
+            rows = np.concatenate([rows, self.tail])
+        emb = self.embeddings
+        return rows, (emb[rows] @ q[0] if emb is not None else np.empty(0, np.float32))
+
+
+def build_index(embeddings: np.ndarray, nlist: int = 0, seed: int = 0) -> Any:
+    """A trained and filled ``IndexIVFFlat`` (inner product) over the non-zero rows, ids = rows."""
+    faiss = _faiss()
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    live = np.flatnonzero(np.einsum("ij,ij->i", emb, emb) > 0)
+    nlist = max(1, min(nlist or default_nlist(emb.shape[0]), max(1, live.size)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(emb.shape[1]), emb.shape[1], nlist,
+                               faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    if live.size:
+        index.train(emb[live])
+        index.add_with_ids(emb[live], live.astype(np.int64))
+    return index
+
+
+def write_index(out_dir: str | Path, embeddings: np.ndarray, version: str, nlist: int = 0,
+                nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> Path:
+    """Build the index of a snapshot's embeddings and write it next to ``item_index.npz``."""
+    faiss = _faiss()
+    t = time.perf_counter()
+    index = build_index(embeddings, nlist, seed)
+    out = Path(out_dir)
+    faiss.write_index(index, str(out / ANN_FILE))
+    meta = {"backend": BACKEND, "type": "IndexIVFFlat", "metric": "inner_product",
+            "faiss_version": faiss.__version__, "version": version, "rows": int(embeddings.shape[0]),
+            "dim": int(embeddings.shape[1]), "nlist": int(index.nlist), "nprobe": int(nprobe),
+            "build_s": round(time.perf_counter() - t, 3)}
+    (out / ANN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    return out / ANN_FILE
+
+
+def check_meta(meta: dict, version: str | None, rows: int, dim: int) -> None:
+    """Raise :class:`AnnUnavailable` unless ``meta`` describes an index of this snapshot."""
+    if meta.get("backend") != BACKEND:
+        raise AnnUnavailable(f"ANN index backend {meta.get('backend')!r} is not {BACKEND!r}")
+    if version is not None and meta.get("version") != version:
+        raise AnnUnavailable(f"ANN index of version {meta.get('version')} next to snapshot {version}")
+    if int(meta.get("rows", -1)) != rows or int(meta.get("dim", -1)) != dim:
+        raise AnnUnavailable(f"ANN index of {meta.get('rows')} x {meta.get('dim')} rows for a "
+                             f"snapshot of {rows} x {dim}")
+
+
+def index_from_bytes(index_data: bytes, meta: dict, embeddings: np.ndarray, norms: np.ndarray,
+                     version: str | None, nprobe: int | None = None) -> FaissIvf:
+    """The served index from the two files' contents (e.g. downloaded from GCS)."""
+    faiss = _faiss()
+    check_meta(meta, version, embeddings.shape[0], embeddings.shape[1])
+    index = faiss.deserialize_index(np.frombuffer(index_data, dtype=np.uint8))
+    return FaissIvf.from_index(index, embeddings, norms, nprobe or int(meta.get("nprobe", DEFAULT_NPROBE)),
+                               meta)
+
+
+def read_index(directory: str | Path, embeddings: np.ndarray, norms: np.ndarray, version: str | None,
+               nprobe: int | None = None) -> FaissIvf:
+    """The served index from a local artefact directory; :class:`AnnUnavailable` if unusable."""
+    faiss = _faiss()
+    d = Path(directory)
+    try:
+        meta = json.loads((d / ANN_META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AnnUnavailable(f"no usable {ANN_META_FILE} in {d}: {e}") from e
+    check_meta(meta, version, embeddings.shape[0], embeddings.shape[1])
+    try:
+        index = faiss.read_index(str(d / ANN_FILE))
+    except RuntimeError as e:  # faiss raises RuntimeError for unreadable files
+        raise AnnUnavailable(f"cannot read {d / ANN_FILE}: {e}") from e
+    return FaissIvf.from_index(index, embeddings, norms, nprobe or int(meta.get("nprobe", DEFAULT_NPROBE)),
+                               meta)
