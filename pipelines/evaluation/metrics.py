@@ -9,6 +9,14 @@ Definitions (averaged over the evaluated users, i.e. users with at least one tes
 * ``coverage`` = number of distinct items that appear in at least one evaluated user's top-K
   list (K = the largest cut-off) divided by the number of items in the split's vocabulary.
 
+Within-list diversity (:func:`intra_list_diversity`, :func:`category_coverage`; the served rows):
+
+* ``ild@K`` = the mean over lists of the mean pairwise cosine distance ``1 - cos(e_i, e_j)`` over
+  the pairs of the list's top K, with ``e`` the item embeddings (an item without one is at
+  distance 1 from every other); lists of fewer than two items are left out.
+* ``category_coverage@K`` = the mean over lists of |distinct categories in the top K| / K (a list
+  shorter than K counts its missing slots as uncovered; 1 needs K items of K categories).
+
 Items in the user's train row are masked (score -inf) before ranking. Scores are computed in
 user batches whose size keeps a batch's score matrix under ``max_batch_bytes``.
 """
@@ -109,6 +117,43 @@ def ndcg_per_user(lists: np.ndarray, list_users: np.ndarray, split: Split, k: in
     discounts = 1.0 / np.log2(np.arange(k) + 2.0)
     idcg = np.cumsum(discounts)[np.clip(np.minimum(n_rel, k).astype(np.int64) - 1, 0, None)]
     return np.where(n_rel > 0, (hits * discounts[:hits.shape[1]]).sum(axis=1) / idcg, 0.0)
+
+
+def intra_list_diversity(lists: np.ndarray, vectors: np.ndarray, k: int = 10) -> float:
+    """``ild@k``: mean pairwise cosine distance within each list's top ``k``, averaged over lists.
+
+    Args:
+        lists: int [U, >= k] rows of ``vectors``, best first; -1 pads a short list.
+        vectors: float [N, D] item embeddings (zero rows: no embedding).
+        k: cut-off.
+    """
+    top = np.asarray(lists, dtype=np.int64)[:, :k]
+    valid = top >= 0
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = np.divide(vectors, norms, out=np.zeros(vectors.shape, np.float64), where=norms > 0)
+    v = unit[np.where(valid, top, 0)] * valid[..., None]  # [U, k, D], zeros in the pads
+    n = valid.sum(axis=1)
+    pairs = n * (n - 1) / 2.0
+    cos_sum = (np.einsum("ukd,uld->u", v, v) - np.einsum("ukd,ukd->u", v, v)) / 2.0  # i < j
+    keep = pairs > 0
+    return float(np.mean(1.0 - cos_sum[keep] / pairs[keep])) if keep.any() else 0.0
+
+
+def category_coverage(lists: np.ndarray, categories: np.ndarray, k: int = 10) -> float:
+    """``category_coverage@k``: distinct categories in each list's top ``k`` / ``k``, averaged over lists.
+
+    Args:
+        lists: int [U, >= k] rows of ``categories``, best first; -1 pads a short list.
+        categories: int [N] category code of each row.
+        k: cut-off.
+    """
+    top = np.asarray(lists, dtype=np.int64)[:, :k]
+    if top.shape[0] == 0:
+        return 0.0
+    codes = np.asarray(categories, dtype=np.int64)[np.maximum(top, 0)]
+    codes = np.sort(np.where(top >= 0, codes, -1), axis=1)  # pads (-1) first
+    distinct = ((np.diff(codes, axis=1, prepend=-1) != 0) & (codes >= 0)).sum(axis=1)
+    return float(np.mean(distinct / k))
 
 
 def _targets(split: Split, users: np.ndarray | None, target_items: np.ndarray | None

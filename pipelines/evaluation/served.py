@@ -12,7 +12,8 @@ call ``Recommender.rank_for`` makes, with what the function would hold for that 
   history: the query and the content profile use those events; plus ``seen``, the user's other
   train items (see below);
 * the request: ``k`` = the largest cut-off, no ``alpha`` (the model version's default),
-  ``exclude_seen`` and ``in_stock_only`` at their defaults (true).
+  ``exclude_seen`` and ``in_stock_only`` at their defaults (true), ``diversity`` 0 (the default;
+  ``served_div<λ>`` rows and :func:`diversity_sweep` rank at other values, same pools).
 
 Exclusion, offline vs served: the offline protocol masks every train item of a user. A function
 that knew only the last 50 events would recommend older train items again (on synthetic 1.2 of
@@ -43,7 +44,12 @@ from typing import Any
 import numpy as np
 
 from pipelines.data.dataset import Interactions
-from pipelines.evaluation.metrics import evaluate_lists, ndcg_per_user
+from pipelines.evaluation.metrics import (
+    category_coverage,
+    evaluate_lists,
+    intra_list_diversity,
+    ndcg_per_user,
+)
 from pipelines.evaluation.splits import Split, random_split, temporal_split
 from schemas.content import SparseRows
 from schemas.index_snapshot import IndexSnapshot
@@ -56,6 +62,7 @@ from scoring.rank import (
     alpha_grid,
     build_retriever,
     candidates,
+    rank_pool,
     rank_user,
     rerank,
     resolve_alpha,
@@ -180,9 +187,9 @@ def served_users(catalogue: ServedCatalogue, users: np.ndarray, histories: Seque
                        history=history, excluded=excluded, seen=seen)
 
 
-def rank_lists(catalogue: ServedCatalogue, users: ServedUsers, k: int, alpha: float | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's served top-``k`` as split item indices [U, k] (-1 pads), and the alpha used [U]."""
+def rank_rows(catalogue: ServedCatalogue, users: ServedUsers, k: int, alpha: float | None = None,
+              diversity: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's served top-``k`` as catalogue rows [U, k] (-1 pads), and the alpha used [U]."""
     cfg, defaults = catalogue.config, catalogue.defaults
     out = np.full((users.users.size, k), -1, dtype=np.int64)
     alphas = np.zeros(users.users.size)
@@ -192,10 +199,29 @@ def rank_lists(catalogue: ServedCatalogue, users: ServedUsers, k: int, alpha: fl
         a = resolve_alpha(alpha, defaults, hist.size)
         ranked = rank_user(catalogue.items, catalogue.retriever, query,
                            RankRequest(k=k, alpha=a, pool=pool, exclude_rows=users.excluded[j],
-                                       in_stock_only=True))
-        out[j, :ranked.rows.size] = catalogue.to_split[ranked.rows]
+                                       in_stock_only=True, diversity=diversity))
+        out[j, :ranked.rows.size] = ranked.rows
         alphas[j] = a
     return out, alphas
+
+
+def to_split_lists(catalogue: ServedCatalogue, rows: np.ndarray) -> np.ndarray:
+    """Catalogue rows [U, k] (-1 pads) as split item indices (-1: pad, or an item the split lacks)."""
+    return np.where(rows >= 0, catalogue.to_split[np.maximum(rows, 0)], -1)
+
+
+def rank_lists(catalogue: ServedCatalogue, users: ServedUsers, k: int, alpha: float | None = None,
+               diversity: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's served top-``k`` as split item indices [U, k] (-1 pads), and the alpha used [U]."""
+    rows, alphas = rank_rows(catalogue, users, k, alpha, diversity)
+    return to_split_lists(catalogue, rows), alphas
+
+
+def list_diversity(catalogue: ServedCatalogue, rows: np.ndarray, k: int = 10) -> dict[str, float]:
+    """``ild@k`` and ``category_coverage@k`` of served lists (catalogue rows), as :mod:`metrics` defines."""
+    items = catalogue.items
+    return {f"ild@{k}": intra_list_diversity(rows, items.embeddings, k),
+            f"category_coverage@{k}": category_coverage(rows, items.category_codes, k)}
 
 
 def sweep(catalogue: ServedCatalogue, users: ServedUsers, split: Split, k: int, alphas: Sequence[float],
@@ -221,6 +247,30 @@ def sweep(catalogue: ServedCatalogue, users: ServedUsers, split: Split, k: int, 
                 rows = rerank(head, k, a).rows
                 lists[(p, a)][j, :rows.size] = catalogue.to_split[rows]
     return {key: ndcg_per_user(v, users.users, split, metric_k) for key, v in lists.items()}
+
+
+def diversity_sweep(catalogue: ServedCatalogue, users: ServedUsers, split: Split, k: int,
+                    diversities: Sequence[float], metric_k: int = 10) -> dict[float, dict[str, float]]:
+    """NDCG@``metric_k``, ``ild@metric_k`` and ``category_coverage@metric_k`` of the served lists at
+    every diversity (model version's alpha and pool), each user's pool retrieved once."""
+    cfg, defaults = catalogue.config, catalogue.defaults
+    pool = resolve_pool(k, defaults, cfg.min_pool, cfg.pool_factor)
+    rows = {d: np.full((users.users.size, k), -1, dtype=np.int64) for d in diversities}
+    for j, hist in enumerate(users.history):
+        query = user_query(catalogue.items, users.queries[j], hist, _EMPTY)
+        a = resolve_alpha(None, defaults, hist.size)
+        cands = candidates(catalogue.items, catalogue.retriever, query,
+                           RankRequest(k=k, alpha=a, pool=pool, exclude_rows=users.excluded[j],
+                                       in_stock_only=True))
+        for d in diversities:
+            ranked = rank_pool(catalogue.items, cands, k, a, d).rows
+            rows[d][j, :ranked.size] = ranked
+    out = {}
+    for d, r in rows.items():
+        ndcg = ndcg_per_user(to_split_lists(catalogue, r), users.users, split, metric_k)
+        out[d] = {f"ndcg@{metric_k}": float(ndcg.mean()) if ndcg.size else 0.0,
+                  **list_diversity(catalogue, r, metric_k)}
+    return out
 
 
 def choose(per_user: Mapping[tuple[int, float], np.ndarray], history_lengths: np.ndarray
@@ -342,11 +392,13 @@ def measure_defaults(trained: Any, vsplit: Split, retrieval: RetrievalConfig | N
     return defaults, report
 
 
-def evaluate_served(catalogue: ServedCatalogue, users: ServedUsers, split: Split, ks: Sequence[int]
-                    ) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics of the served lists at the model version's defaults, and the lists."""
-    lists, alphas = rank_lists(catalogue, users, max(ks))
+def evaluate_served(catalogue: ServedCatalogue, users: ServedUsers, split: Split, ks: Sequence[int],
+                    diversity: float = 0.0) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of the served lists at the model version's defaults (and ``diversity``), and the lists."""
+    rows, alphas = rank_rows(catalogue, users, max(ks), diversity=diversity)
+    lists = to_split_lists(catalogue, rows)
     metrics = evaluate_lists(lists, users.users, split, ks)
+    metrics.update(list_diversity(catalogue, rows, min(ks)), diversity=float(diversity))
     metrics["alpha"] = float(np.mean(alphas)) if alphas.size else float("nan")
     train_hits = [np.isin(lists[j][lists[j] >= 0], split.train[int(u)].indices).sum()
                   for j, u in enumerate(users.users.tolist())]

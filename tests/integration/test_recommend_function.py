@@ -166,6 +166,30 @@ def test_post_json_equals_get(world, make_client):
     assert ids(sess) == ["m4", "g2"]
 
 
+def test_diversity_reranks_by_mmr_and_zero_is_the_plain_ranking(world, make_client):
+    client, _ = make_client()
+    plain = get(client, "/recommendations?user_id=alice&k=3&alpha=1")
+    assert get(client, "/recommendations?user_id=alice&k=3&alpha=1&diversity=0") == plain
+    assert plain["diversity"] == 0.0
+    # pool (b1 seen; b3, m2 out of stock): relevance b2 1, b4 7/9, g3 1/9, the rest 0. At λ = 0.5,
+    # pick 2 = max of .5·rel - .5·cos(., b2): b4 .389 - .492, g3 .056 - .062, m1 -.055, g1 and g4 0
+    # (orthogonal; tie -> the lower row, g1); pick 3, max cosine to {b2, g1}: m4 -.0547 (cos .109 to
+    # b2), m1 -.0552 (.110), m3 -.062 (.124 to g1), b4 -.103 -> m4. One item per category.
+    body = get(client, "/recommendations?user_id=alice&k=3&alpha=1&diversity=0.5")
+    assert body["diversity"] == 0.5 and ids_of(body) == ["b2", "g1", "m4"]
+    assert [i["score"] for i in body["items"]] == pytest.approx([1.0, 0.0, 0.0])  # their own scores
+    posted = client.post("/recommendations", json={"user_id": "alice", "k": 3, "alpha": 1, "diversity": 0.5})
+    assert posted.get_json() == body
+    # cold start is never re-ranked
+    erin = get(client, "/recommendations?user_id=erin&k=2&diversity=1")
+    assert erin["strategy"] == "cold_start"
+    assert ids_of(erin) == ids(client.get("/recommendations?user_id=erin&k=2"))
+
+
+def ids_of(body: dict) -> list[str]:
+    return [i["item_id"] for i in body["items"]]
+
+
 # ---------------------------------------------------------------- similar items, health
 
 
@@ -289,6 +313,8 @@ def test_nothing_available_is_503(firestore_client, make_client):
 @pytest.mark.parametrize(("query", "parameter"), [
     ("k=0", "k"), ("k=101", "k"), ("k=abc", "k"), ("k=2.5", "k"), ("k=1&k=2", "k"),
     ("alpha=1.5", "alpha"), ("alpha=-0.1", "alpha"), ("alpha=nan", "alpha"), ("alpha=x", "alpha"),
+    ("diversity=1.5", "diversity"), ("diversity=-0.1", "diversity"), ("diversity=inf", "diversity"),
+    ("diversity=x", "diversity"), ("diversity=0.1&diversity=0.2", "diversity"),
     ("exclude_seen=yes", "exclude_seen"), ("in_stock_only=2", "in_stock_only"),
     ("user_id=a/b", "user_id"), ("user_id=" + "u" * 257, "user_id"), ("user_id=", "user_id"),
     ("session_items=" + ",".join(f"i{n}" for n in range(51)), "session_items"),
@@ -306,6 +332,7 @@ def test_invalid_parameters_are_400_naming_the_parameter(world, make_client, que
 @pytest.mark.parametrize(("payload", "parameter"), [
     ({"k": "x"}, "k"), ({"k": True}, "k"), ({"k": 3.5}, "k"), ({"alpha": "high"}, "alpha"),
     ({"alpha": False}, "alpha"), ({"exclude_seen": "maybe"}, "exclude_seen"),
+    ({"diversity": "0.5"}, "diversity"), ({"diversity": 2}, "diversity"), ({"diversity": None}, "diversity"),
     ({"category": 5}, "category"), ({"session_items": [1, 2]}, "session_items"),
     ({"user_id": 42}, "user_id"), ([1, 2], "body"),
 ])

@@ -7,6 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from httpfn.errors import InvalidParameter
+from recommender.config import ConfigError, Settings
+from recommender.params import RecommendParams, recommend_params
 from schemas.content import SparseRows
 from scoring import diversity, ranking
 from scoring.rank import (
@@ -136,3 +139,47 @@ def test_diversity_spreads_the_list(catalogue):
             u = unit[ranked.rows]
             spread[lam].append(1.0 - (u @ u.T)[np.triu_indices(10, 1)].mean())
     assert np.mean(spread[0.5]) > np.mean(spread[0.0]) + 0.05
+
+
+# ------------------------------------------------------------------ the request parameter
+def test_diversity_parameter_from_query_and_json_and_its_default(monkeypatch):
+    s = Settings()
+    assert recommend_params({"user_id": ["u"]}, s, from_query=True).diversity == 0.0
+    assert recommend_params({"diversity": [" 0.25 "]}, s, from_query=True).diversity == 0.25
+    assert recommend_params({"diversity": 1}, s, from_query=False).diversity == 1.0
+    assert recommend_params({}, Settings(default_diversity=0.3), from_query=False).diversity == 0.3
+    monkeypatch.setenv("DEFAULT_DIVERSITY", "0.2")
+    assert Settings.from_env().default_diversity == 0.2
+    monkeypatch.setenv("DEFAULT_DIVERSITY", "2")
+    with pytest.raises(ConfigError, match="DEFAULT_DIVERSITY"):
+        Settings.from_env()
+    assert "diversity" in {f.name for f in dataclasses.fields(RecommendParams)}  # the console's slider
+
+
+@pytest.mark.parametrize("values, from_query", [
+    ({"diversity": ["1.5"]}, True), ({"diversity": ["-0.1"]}, True), ({"diversity": ["nan"]}, True),
+    ({"diversity": ["x"]}, True), ({"diversity": ["0.1", "0.2"]}, True), ({"diversity": [""]}, True),
+    ({"diversity": "0.5"}, False), ({"diversity": True}, False), ({"diversity": None}, False),
+    ({"diversity": 1.01}, False),
+])
+def test_bad_diversity_is_an_invalid_parameter(values, from_query):
+    with pytest.raises(InvalidParameter) as e:
+        recommend_params(values, Settings(), from_query=from_query)
+    assert e.value.parameter == "diversity" and e.value.status == 400
+
+
+# ------------------------------------------------------------------ the offline figures
+def test_ild_and_category_coverage_hand_computed():
+    from pipelines.evaluation.metrics import category_coverage, intra_list_diversity
+
+    vectors = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.6, 0.8]])
+    # list 1: pairs (0,1) cos 1, (0,2) 0, (1,2) 0 -> distances 0, 1, 1 -> 2/3
+    # list 2: (4, 3): no embedding -> distance 1; list 3: one item, left out
+    lists = np.array([[0, 1, 2, -1], [4, 3, -1, -1], [2, -1, -1, -1]])
+    assert intra_list_diversity(lists, vectors, k=4) == pytest.approx((2 / 3 + 1.0) / 2)
+    # (0, 4) cos .6 -> .4; the cut-off applies before the pairs
+    assert intra_list_diversity(np.array([[0, 4, 2]]), vectors, k=2) == pytest.approx(0.4)
+    cats = np.array([0, 0, 1, 2, 1])
+    # 2 of 4, 2 of 4, 1 of 4 (pads are uncovered slots)
+    assert category_coverage(lists, cats, k=4) == pytest.approx((2 + 2 + 1) / 12)
+    assert category_coverage(np.array([[0, 2, 3, 4]]), cats, k=4) == pytest.approx(3 / 4)

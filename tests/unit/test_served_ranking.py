@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from pipelines.evaluation import served
 from pipelines.evaluation.splits import Split
 from recommender.config import Settings
-from recommender.params import RecommendParams
+from recommender.params import RecommendParams, recommend_params
 from recommender.service import Recommender
 from schemas.firestore import CurrentModelDoc, HistoryEntry, UserDoc
 from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
@@ -87,10 +87,17 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     return split, service, catalogue, served.served_users(catalogue, users, histories, queries, seen)
 
 
-def _function_lists(service: Recommender, users: np.ndarray, alpha: float | None) -> tuple[list, list]:
+def _function_lists(service: Recommender, users: np.ndarray, alpha: float | None, diversity: float = 0.0
+                    ) -> tuple[list, list]:
     out, alphas = [], []
     for u in users.tolist():
-        body = service.recommend(RecommendParams(user_id=str(u), k=K, alpha=alpha))
+        query = {"user_id": [str(u)], "k": [str(K)], "diversity": [repr(diversity)]}
+        if alpha is not None:
+            query["alpha"] = [repr(alpha)]
+        params = recommend_params(query, service.settings, from_query=True)  # /recommendations?...
+        assert params == RecommendParams(user_id=str(u), k=K, alpha=alpha, diversity=diversity)
+        body = service.recommend(params)
+        assert body["diversity"] == diversity
         assert body["strategy"] == "personalized" and body["query"] == "user_embedding"
         out.append([int(i["item_id"][1:]) for i in body["items"]])
         alphas.append(body["alpha"])
@@ -108,6 +115,27 @@ def test_offline_served_lists_equal_the_function(world, alpha):
     if alpha is None:  # the model version's per-history default, not Settings.default_alpha
         expected = [resolve_alpha(None, catalogue.defaults, h.size) for h in users.history]
         assert online_alpha == expected and set(expected) == {0.8, 0.6}
+
+
+@pytest.mark.parametrize("alpha, diversity", [(None, 0.2), (None, 0.5), (0.3, 1.0), (1.0, 0.05)])
+def test_offline_served_lists_equal_the_function_with_diversity(world, alpha, diversity):
+    split, service, catalogue, users = world
+    offline, used = served.rank_lists(catalogue, users, K, alpha=alpha, diversity=diversity)
+    online, online_alpha = _function_lists(service, users.users, alpha, diversity)
+    assert [row[row >= 0].tolist() for row in offline] == online
+    assert used.tolist() == online_alpha
+    plain, _ = served.rank_lists(catalogue, users, K, alpha=alpha)
+    assert (offline != plain).any()  # it re-ranks
+
+
+def test_diversity_sweep_matches_the_served_rows_and_trades_ndcg_for_spread(world):
+    split, _, catalogue, users = world
+    sweep = served.diversity_sweep(catalogue, users, split, K, (0.0, 0.5, 1.0))
+    for d in (0.0, 0.5):
+        metrics, _ = served.evaluate_served(catalogue, users, split, (10, 20), diversity=d)
+        assert sweep[d] == {key: metrics[key] for key in ("ndcg@10", "ild@10", "category_coverage@10")}
+    assert sweep[0.0]["ild@10"] < sweep[0.5]["ild@10"] < sweep[1.0]["ild@10"]
+    assert 0.0 < sweep[0.0]["category_coverage@10"] <= sweep[1.0]["category_coverage@10"] <= 1.0
 
 
 def test_served_metrics_score_lists_as_returned(world):

@@ -34,6 +34,7 @@ class RecommendParams:
     exclude_seen: bool = True
     in_stock_only: bool = True
     session_items: tuple[str, ...] = ()
+    diversity: float = 0.0  # MMR λ (scoring.diversity): the request's, else DEFAULT_DIVERSITY
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,24 @@ def parse_k(value: Any, max_k: int, text: bool = True) -> int:
     return value
 
 
-def parse_alpha(value: Any, text: bool = True) -> float:
+def parse_unit(name: str, value: Any, text: bool = True) -> float:
     """A float in [0, 1]; from a query string (``text``) or a JSON number."""
-    msg = "alpha must be a number between 0 and 1"
+    msg = f"{name} must be a number between 0 and 1"
     if isinstance(value, bool) or (isinstance(value, str) and not text):
-        raise InvalidParameter(msg, "alpha")
+        raise InvalidParameter(msg, name)
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError as e:
-            raise InvalidParameter(msg, "alpha") from e
+            raise InvalidParameter(msg, name) from e
     if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise InvalidParameter(msg, "alpha")
+        raise InvalidParameter(msg, name)
     return float(value)
+
+
+def parse_alpha(value: Any, text: bool = True) -> float:
+    """``alpha``: a float in [0, 1]."""
+    return parse_unit("alpha", value, text)
 
 
 def parse_bool(name: str, value: Any, text: bool = True) -> bool:
@@ -174,10 +180,13 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
             comma_separated=True, check=check_id,
             exact=not from_query and isinstance(present["session_items"], list))
         if "session_items" in present else (),
+        diversity=parse_unit("diversity", present["diversity"], from_query) if "diversity" in present
+        else settings.default_diversity,
     )
 
 
-_FIELDS = ("user_id", "k", "alpha", "exclude_seen", "in_stock_only", "category", "session_items")
+_FIELDS = ("user_id", "k", "alpha", "diversity", "exclude_seen", "in_stock_only", "category",
+           "session_items")
 
 
 def similar_params(values: Mapping[str, list[str]], settings: Settings) -> SimilarParams:

@@ -47,7 +47,8 @@ def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
     """Pick the strategy for this user/session and rank with :func:`scoring.rank.rank_user`.
 
     ``alpha``: the request's, else the model version's measured default for this history length
-    (``index.defaults``), else ``DEFAULT_ALPHA``; the pool likewise.
+    (``index.defaults``), else ``DEFAULT_ALPHA``; the pool likewise. ``p.diversity`` > 0: the items
+    are MMR picks from the pool (:mod:`scoring.diversity`), each with its own hybrid score.
     """
     if index is None:
         return cold_start(None, p, user, trending, degraded=True, default_alpha=settings.default_alpha)
@@ -59,7 +60,8 @@ def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
     request = RankRequest(
         k=p.k, alpha=alpha, pool=resolve_pool(p.k, index.defaults, settings.min_pool, settings.pool_factor),
         exclude_rows=_excluded_rows(index, p, history, user), in_stock_only=p.in_stock_only,
-        categories=index.category_codes_for(p.categories) if p.categories else None)
+        categories=index.category_codes_for(p.categories) if p.categories else None,
+        diversity=p.diversity)
     ranked = rank_user(index, retriever_for(index.embeddings, index.ivf), query, request)
     items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
              for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(),
@@ -152,12 +154,13 @@ def _popular(index: ItemIndex, p: RecommendParams, excluded: set[str], n: int, c
 def response(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None, strategy: str,
              items: list[dict[str, Any]], query: str | None = None, degraded: bool = False,
              alpha: float | None = None) -> dict[str, Any]:
-    """The ``/recommendations`` body (``alpha``: the one used, or a ranked request would use)."""
+    """The ``/recommendations`` body (``alpha``, ``diversity``: the ones used, or a ranked request
+    would use; cold-start lists are never re-ranked)."""
     body: dict[str, Any] = {
         "user_id": p.user_id, "model_version": index.version if index is not None else None,
         "strategy": strategy, "query": query,
         "last_event_id": (user.last_event_id or None) if user is not None else None,
-        "alpha": alpha if alpha is not None else p.alpha, "items": items}
+        "alpha": alpha if alpha is not None else p.alpha, "diversity": p.diversity, "items": items}
     if degraded:
         body["degraded"] = True
     return body
