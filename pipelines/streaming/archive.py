@@ -5,14 +5,21 @@ line), so the training job reads the directory for warm-start fine-tuning (it dr
 ``event_id`` seen before). Files are cut by *arrival* time (windows of ``window_s``), not event
 time, so a late or replayed event is archived too.
 
-Every bundle's events are written before the bundle finishes, so the archive is as durable as the
-user documents when the bundle's messages are acked (no window waits in memory, which a crash
-would lose): on a local path one file per window and run gets one ``O_APPEND`` write per bundle
-(a single ``write`` call, so a killed process leaves whole lines); elsewhere (``gs://``, where
-objects cannot be appended to) every bundle is its own object. Names carry the window and a per-run
-id, so a restart never writes into an earlier run's file. A restarted run may archive again the
-events whose user documents were not yet written when the previous run died (at least once); the
-training reader deduplicates them.
+Two ways to write, chosen by the runner (:func:`pipelines.streaming.pipeline.build`):
+
+* per bundle (DirectRunner, where the read acks a message once its effects are durable): every
+  bundle's events are written before the bundle finishes, so nothing waits in memory for a window
+  that a crash would lose. On a local path one file per window and run gets one ``O_APPEND`` write
+  per bundle (a single ``write`` call, so a killed process leaves whole lines); elsewhere
+  (``gs://``, where objects cannot be appended to) every bundle is its own object. A restarted run
+  may archive again the events whose user documents were not yet written when the previous run
+  died (at least once); the training reader deduplicates them.
+* windowed (Dataflow): fixed windows of arrival time written by ``fileio.WriteToFiles`` when the
+  window closes (one file per window and pane); the window's contents are in Dataflow's
+  checkpointed state, and Dataflow acks Pub/Sub only after its checkpoint, so nothing is lost, and
+  files stay few on GCS.
+
+Names carry the window and a per-run id, so a restart never writes into an earlier run's file.
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -59,6 +69,20 @@ def archive_file_name(window_start_s: int, window_s: int, run_id: str, part: str
     suffix = f"-{part}" if part is not None else ""
     return (f"{FILE_PREFIX}-{fmt(window_start_s)}-{fmt(window_start_s + window_s)}-{run_id}{suffix}"
             f"{FILE_SUFFIX}")
+
+
+def archive_file_naming(run_id: str) -> fileio.FileNaming:
+    """Windowed files: ``events-<start>-<end>-<run>-p<pane>-<shard>-of-<n>.jsonl`` (UTC bounds)."""
+
+    def name(win: Any, pane: Any, shard_index: int, total_shards: int, compression: Any,
+             destination: Any) -> str:
+        start = win.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+        end = win.end.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+        pane_index = pane.index if pane is not None else 0
+        return (f"{FILE_PREFIX}-{start}-{end}-{run_id}-p{pane_index}-"
+                f"{shard_index or 0:05d}-of-{total_shards or 1:05d}{FILE_SUFFIX}")
+
+    return name
 
 
 class AppendArchiveFn(beam.DoFn):
@@ -121,15 +145,27 @@ class AppendArchiveFn(beam.DoFn):
 
 class ArchiveEvents(beam.PTransform):
     """Batches of events (or single events) -> JSON-lines files under ``path``, one set per
-    ``window_s`` of arrival time, written per bundle; ``dead_letter``: the events of a failed
-    write."""
+    ``window_s`` of arrival time: written per bundle (``per_bundle``; tagged ``dead_letter``
+    output: the events of a failed write) or when the window closes (one ``PCollection`` out)."""
 
-    def __init__(self, path: str, window_s: int = 60) -> None:
+    def __init__(self, path: str, window_s: int = 60, per_bundle: bool = True) -> None:
         super().__init__()
         self.path = path
         self.window_s = window_s
+        self.per_bundle = per_bundle
         self.run_id = uuid.uuid4().hex[:8]
 
-    def expand(self, events: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return events | "WriteFiles" >> beam.ParDo(
-            AppendArchiveFn(self.path, self.window_s, self.run_id)).with_outputs(DEAD_LETTER, main="written")
+    def expand(self, events: beam.PCollection) -> Any:
+        if self.per_bundle:
+            append = AppendArchiveFn(self.path, self.window_s, self.run_id)
+            return events | "WriteFiles" >> beam.ParDo(append).with_outputs(DEAD_LETTER, main="written")
+        return (events
+                | "ToJsonLines" >> beam.Map(lambda b: window.TimestampedValue(batch_lines(b), time.time()))
+                | "FixedWindows" >> beam.WindowInto(
+                    window.FixedWindows(self.window_s),
+                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                    allowed_lateness=self.window_s)
+                | "WriteFiles" >> fileio.WriteToFiles(
+                    path=self.path, file_naming=archive_file_naming(self.run_id), shards=1,
+                    temp_directory=StaticValueProvider(str, self.path.rstrip("/") + "/.tmp")))

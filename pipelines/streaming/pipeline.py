@@ -9,7 +9,7 @@ Reads the events and catalogue-updates subscriptions (with attributes) and, in F
 * invalid messages go to the dead-letter topic (original payload + ``dlq_*`` attributes), and so
   do the events a later stage fails on (seed read, embedding, Firestore commit), with the reason;
 * accepted events are archived as JSON lines per arrival window under ``--archive-dir`` for
-  training, written per bundle.
+  training (written per bundle on the DirectRunner, when the window closes on Dataflow).
 
 A new ``models/current`` is picked up without a restart (``--model-refresh-seconds``). A user's
 document is written at most once per ``--user-write-interval-seconds`` (coalesced in keyed state).
@@ -217,10 +217,12 @@ def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollecti
         DEAD_LETTER, main="written")
     out["trending"] | "WriteTrending" >> beam.ParDo(WriteTrendingFn(config.firestore))
     dead = [out["dead_letters"], users[DEAD_LETTER], items[DEAD_LETTER]]
-    if config.archive_dir:
-        archived = out["accepted_batches"] | "Archive" >> ArchiveEvents(config.archive_dir,
-                                                                        config.archive_window_s)
-        dead.append(archived[DEAD_LETTER])
+    if config.archive_dir:  # per bundle where the local read acks on it, windowed on Dataflow
+        per_bundle = direct_runner.is_direct(p.options)
+        archived = out["accepted_batches"] | "Archive" >> ArchiveEvents(
+            config.archive_dir, config.archive_window_s, per_bundle)
+        if per_bundle:
+            dead.append(archived[DEAD_LETTER])
     (tuple(dead) | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteToPubSub(config.dead_letter_topic, with_attributes=True))
     return out

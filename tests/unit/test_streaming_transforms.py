@@ -20,7 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.data import read_events_jsonl
-from pipelines.streaming.archive import AppendArchiveFn, archive_file_name, batch_lines, event_line
+from pipelines.streaming.archive import (
+    AppendArchiveFn,
+    archive_file_name,
+    archive_file_naming,
+    batch_lines,
+    event_line,
+)
 from pipelines.streaming.embed import EmbedUsers, item_docs, user_docs
 from pipelines.streaming.firestore_io import MonotonicGuard, _trending_rank
 from pipelines.streaming.model_watcher import LoadedModel, ModelWatcher, latest_version_dir
@@ -612,6 +618,19 @@ def test_archive_file_names_are_unique_per_run_and_part():
     assert a == "events-20260101T000000-20260101T000100-run1.jsonl"
     assert archive_file_name(T0 // 1000, 60, "run2") != a
     assert archive_file_name(T0 // 1000, 60, "run1", "w1-b000001") != a
+
+
+def test_windowed_archive_file_names_are_unique_per_run_and_pane():
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    win = IntervalWindow(T0 / 1000, T0 / 1000 + 60)
+    pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+    late = PaneInfo(False, True, PaneInfoTiming.LATE, 1, 1)
+    a = archive_file_naming("run1")(win, pane, 0, 1, None, None)
+    assert a == "events-20260101T000000-20260101T000100-run1-p0-00000-of-00001.jsonl"
+    assert archive_file_naming("run2")(win, pane, 0, 1, None, None) != a
+    assert archive_file_naming("run1")(win, late, 0, 1, None, None) != a
 
 
 def test_archive_appends_every_bundle_to_its_window_file_before_the_bundle_ends(tmp_path):
