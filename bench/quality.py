@@ -13,12 +13,16 @@ exists, ``pipelines.evaluation.two_tower_runner``), prints a table and writes
     {"dataset": ..., "protocol": {...}, "machine": {...},
      "models": {"two_tower": {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage",
                               "train_seconds", "peak_rss_mb"},
-                "served": {... same keys, "alpha"}, "served_http": {..., "served_ndcg@10_same_users"},
-                "popularity": {...}, ...}}
+                "served": {... same keys, "alpha", "diversity", "ild@10", "category_coverage@10"},
+                "served_div0.2": {... as served}, "served_div0.5": {...},
+                "served_http": {..., "served_ndcg@10_same_users"}, "popularity": {...}, ...}}
 
 ``served`` is what ``/recommendations`` returns for the two-tower model (the function's ranking
 path and production settings, ``pipelines.evaluation.served``); ``served_http`` replays some of its
-users over HTTP against the real function (``pipelines.evaluation.served_http``).
+users over HTTP against the real function (``pipelines.evaluation.served_http``);
+``served_div<λ>`` is ``served`` with the request parameter ``diversity`` = λ. The diversity
+trade-off (NDCG@10, ``ild@10``, ``category_coverage@10`` over ``served``'s ``diversity_sweep``) is
+printed and drawn to ``reports/bench/quality-<name>-diversity.png``.
 
 Extra per-model figures (evaluation time, users, recall on cold items) go to
 ``reports/bench/quality-<name>.details.json``. Metrics are defined in
@@ -47,8 +51,11 @@ from pipelines.evaluation.splits import Split, split_for
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_EVAL_USERS = 5_000
-MODEL_ORDER = ("two_tower", "served", "served_http", "popularity", "item_knn", "ease", "als")
-REPORT_EXTRA_KEYS = ("alpha", "served_ndcg@10_same_users")  # kept in the report next to REQUIRED_KEYS
+MODEL_ORDER = ("two_tower", "served", "served_div0.2", "served_div0.5", "served_http", "popularity",
+               "item_knn", "ease", "als")
+# kept in the report next to REQUIRED_KEYS
+REPORT_EXTRA_KEYS = ("alpha", "served_ndcg@10_same_users", "diversity", "ild@10", "category_coverage@10")
+SWEEP_KEY = re.compile(r"^diversity_sweep\.([0-9.]+)\.(.+)$")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -132,6 +139,61 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def diversity_curve(results: dict[str, dict[str, float]], model: str = "served"
+                    ) -> dict[float, dict[str, float]]:
+    """``{diversity: {"ndcg@10", "ild@10", "category_coverage@10"}}`` from a model's sweep keys."""
+    curve: dict[float, dict[str, float]] = {}
+    for key, value in results.get(model, {}).items():
+        if (m := SWEEP_KEY.match(key)) is not None:
+            curve.setdefault(float(m.group(1)), {})[m.group(2)] = float(value)
+    return dict(sorted(curve.items()))
+
+
+def format_diversity(curve: dict[float, dict[str, float]]) -> str:
+    """The trade-off as a table: one row per diversity."""
+    lines = [f"{'diversity':>9}  {'N@10':>8}  {'ild@10':>8}  {'cat@10':>8}"]
+    for d, row in curve.items():
+        cells = "  ".join(f"{row[key]:8.4f}" for key in ("ndcg@10", "ild@10", "category_coverage@10"))
+        lines.append(f"{d:9.2f}  {cells}")
+    return "\n".join(lines)
+
+
+def plot_diversity(curve: dict[float, dict[str, float]], title: str, path: Path) -> None:
+    """The trade-off to a PNG: the figures against diversity, and NDCG@10 against each diversity figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = list(curve)
+    ndcg = [curve[d]["ndcg@10"] for d in ds]
+    figures = (("ild@10", "intra-list diversity@10"), ("category_coverage@10", "category coverage@10"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(ds, ndcg, marker="o", color="C0", label="NDCG@10")
+    left.set_xlabel("diversity (MMR λ)")
+    left.set_ylabel("NDCG@10", color="C0")
+    twin = left.twinx()
+    for n, (key, label) in enumerate(figures, start=1):
+        twin.plot(ds, [curve[d][key] for d in ds], marker="s", color=f"C{n}", label=label)
+        right.plot([curve[d][key] for d in ds], ndcg, marker="o", color=f"C{n}", label=label)
+    twin.set_ylabel("ild@10, category_coverage@10")
+    twin.set_ylim(0, 1.05)
+    left.legend(handles=left.get_lines() + twin.get_lines(), loc="center left", fontsize=8)
+    for d in (0.5, max(ds)):
+        if d in curve:
+            right.annotate(f"λ={d:g}", (curve[d]["ild@10"], curve[d]["ndcg@10"]), textcoords="offset points",
+                           xytext=(4, 4), fontsize=8)
+    right.set_xlabel("diversity figure (0-1)")
+    right.set_ylabel("NDCG@10")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: the served ranking at diversity 0 to {max(ds):g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def ordered(results: dict[str, dict[str, float]]) -> list[str]:
     known = [m for m in MODEL_ORDER if m in results]
     return known + sorted(m for m in results if m not in MODEL_ORDER)
@@ -179,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out_dir / f"quality-{name}.details.json").write_text(
         json.dumps({"dataset": dataset.name, "options": options.params, "models": details}, indent=2) + "\n",
         encoding="utf-8")
+    curve = diversity_curve(results)
+    if curve:
+        print("\nserved ranking by diversity:\n" + format_diversity(curve))
+        plot_diversity(curve, dataset.name, out_dir / f"quality-{name}-diversity.png")
     print(f"\nwrote {path}")
     return 0
 

@@ -9,7 +9,12 @@ Entries produced (same split, same run as the baselines):
   (``serving.env``), with the serving defaults (alpha, pool) the training job measures on a
   validation slice of the split's train events (``pipelines.training.train.tune_defaults``), the
   user documents the pipeline would hold (last 50 events) and the lists scored as returned.
-  Extra keys: ``alpha`` (mean over users), the validation and test alpha sweeps (details).
+  Extra keys: ``alpha`` (mean over users), the validation and test alpha sweeps (details),
+  ``ild@10`` and ``category_coverage@10`` (``pipelines.evaluation.metrics``), and
+  ``diversity_sweep.<λ>.<metric>``: NDCG@10 and both figures at every diversity of
+  ``DIVERSITY_SWEEP`` (details).
+* ``served_div0.2``, ``served_div0.5``: the same served ranking with the request parameter
+  ``diversity`` (MMR, :mod:`scoring.diversity`) at 0.2 and 0.5, every metric of ``served``'s.
 * ``served_http``: ``two_tower.served_http_users`` (200) of those users replayed over HTTP against
   the real function on the Firestore emulator (:mod:`pipelines.evaluation.served_http`), with
   ``served_ndcg@10_same_users`` from ``served``'s lists of the same users.
@@ -67,6 +72,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "lr_schedule": "cosine", "warm_start": 0, "new_items": 0},
 }
 QUICK = {"epochs": 3, "warm_epochs": 1}
+SERVED_DIVERSITIES = (0.2, 0.5)  # a served_div<λ> row each
+DIVERSITY_SWEEP = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)  # the trade-off curve (details, plot)
 
 
 def settings(dataset: Dataset, options: RunOptions) -> tuple[ModelConfig, dict[str, Any]]:
@@ -252,8 +259,19 @@ def served_entries(split: Split, dataset: Dataset, trained: Any, config: ModelCo
                         "ratio_to_two_tower_ndcg@10": metrics["ndcg@10"] / max(two_tower["ndcg@10"], 1e-12)})
         if validation["bucketed_ndcg@10"] is not None:
             metrics["validation_bucketed_ndcg@10"] = validation["bucketed_ndcg@10"]
+        t0 = time.perf_counter()
+        curve = served.diversity_sweep(catalogue, su, split, k, DIVERSITY_SWEEP, min(options.ks))
+        metrics.update({f"diversity_sweep.{d:g}.{key}": v for d, row in curve.items()
+                        for key, v in row.items()})
+        metrics["diversity_sweep_seconds"] = time.perf_counter() - t0
         out["served"] = entry(metrics, train_seconds=trained.train_seconds + mon.seconds,
                               peak_rss_mb=mon.peak_rss_mb)
+        for d in SERVED_DIVERSITIES:
+            t0 = time.perf_counter()
+            div_metrics, _ = served.evaluate_served(catalogue, su, split, options.ks, diversity=d)
+            div_metrics["eval_seconds"] = time.perf_counter() - t0
+            out[f"served_div{d:g}"] = entry(div_metrics, train_seconds=out["served"]["train_seconds"],
+                                            peak_rss_mb=mon.peak_rss_mb)
         n_http = int(extra["served_http_users"])
         if n_http > 0:
             from pipelines.evaluation.served_http import served_http_metrics
