@@ -4,11 +4,12 @@ Starts its own Pub/Sub and Firestore emulators and runs :mod:`testing.crash` for
 (``--paced-events`` at ``--rate``/s), a burst (``--burst-events`` published at once while the
 pipeline runs) and a backlog (``--backlog-events`` published before it starts), ``--kills`` kills
 each, over ``--users`` users with history length ``--history-length`` (short, so redelivered
-events come back older than a full history). Per scenario: events lost (published, not counted
-in ``users/*.event_count``), double-counted, users whose history differs from the newest
-published events. Then (``--hot-user-seconds`` > 0) one user at ``--hot-user-rate`` events/s
-(:mod:`testing.hot_user`): writes of its document per second, every event counted. Prints a table
-and writes ``reports/bench/crash.json``.
+events come back older than a full history). Burst and backlog are read in bundles of
+``--batch-pull-max`` and killed once a random share of what is left is counted. Per scenario:
+events lost (published, not counted in ``users/*.event_count``), double-counted, users whose
+history differs from the newest published events. Then (``--hot-user-seconds`` > 0) one user at
+``--hot-user-rate`` events/s (:mod:`testing.hot_user`): writes of its document per second, every
+event counted. Prints a table and writes ``reports/bench/crash.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-events", type=int, default=1500)
     parser.add_argument("--backlog-events", type=int, default=3000)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--batch-pull-max", type=int, default=500,
+                        help="burst and backlog: the pipeline's read bundle, so a kill can land mid-way")
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--history-length", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -75,7 +78,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         for n, kind in enumerate(k for k in args.kinds.split(",") if k):
             users = vocab[n * args.users:(n + 1) * args.users]  # fresh users per scenario
             scenario = crash.Scenario(kind, sizes[kind], args.kills, users, items, rate=args.rate,
-                                      history_length=args.history_length, seed=args.seed + n)
+                                      history_length=args.history_length, seed=args.seed + n,
+                                      pull_max=None if kind == "paced" else args.batch_pull_max)
             stack = crash.CrashStack(config, work / kind, str(artifact), args.history_length)
             print(f"{kind}: {scenario.events} events, {args.kills} kills ...", flush=True)
             result = crash.run_scenario(scenario, stack, db)

@@ -4,9 +4,10 @@ Shared by ``tests/integration/test_streaming_crash.py`` (one scenario per run) a
 ``python -m bench.crash`` (the paced x burst x backlog matrix). A scenario publishes a known set of
 events (distinct ids, a few users, so that each user's history fills and events come back older
 than it), kills the pipeline's process group ``kills`` times at random moments while it works
-(each time once it has counted something since its start, then after a random delay), restarts
-it at once, and finally compares every user's ``event_count`` and history in Firestore with what
-was published: ``lost`` (published, not counted) and ``doubled`` (counted more than once).
+(a stream: once the run has counted something, after a random delay; a burst or backlog: once
+a random 10-90 % of what is left is counted, read in bundles of ``pull_max``), restarts it at
+once, and finally compares every user's ``event_count`` and history in Firestore with what was
+published: ``lost`` (published, not counted) and ``doubled`` (counted more than once).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Scenario:
     history_length: int = 5
     max_kill_delay_s: float = 1.5
     seed: int = 0
+    pull_max: int | None = None  # the pipeline's --direct-pull-max-messages (None: its default)
 
 
 @dataclass
@@ -168,7 +170,8 @@ class Pacer(threading.Thread):
             self.error = e
 
 
-def wait_progress(db: Any, users: list[str], since: int, timeout_s: float, stack: CrashStack) -> bool:
+def wait_progress(db: Any, users: list[str], since: int, timeout_s: float, stack: CrashStack,
+                  poll_s: float = 0.1) -> bool:
     """Wait until the users' counts exceed ``since`` (the pipeline is working); False on timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -176,7 +179,7 @@ def wait_progress(db: Any, users: list[str], since: int, timeout_s: float, stack
             raise RuntimeError(f"pipeline exited with {stack.proc.returncode}:\n{stack.log()}")
         if total(counted(db, users)) > since:
             return True
-        time.sleep(0.1)
+        time.sleep(poll_s)
     return False
 
 
@@ -185,6 +188,8 @@ def run_scenario(scenario: Scenario, stack: CrashStack, db: Any, settle_timeout_
     """Publish, kill ``kills`` times at random moments, restart, wait, compare. Leaves the last run
     stopped (drained)."""
     rng = random.Random(scenario.seed + 1)
+    if scenario.pull_max:
+        stack.extra = (*stack.extra, "--direct-pull-max-messages", str(scenario.pull_max))
     events = make_events(scenario, f"{scenario.kind}-{uuid.uuid4().hex[:6]}")
     users = sorted({e.user_id for e in events})
     t0 = time.monotonic()
@@ -207,8 +212,16 @@ def run_scenario(scenario: Scenario, stack: CrashStack, db: Any, settle_timeout_
     try:
         for _ in range(scenario.kills):
             before = total(counted(db, users))
-            wait_progress(db, users, before, 25, stack)
-            time.sleep(rng.uniform(0.0, scenario.max_kill_delay_s))
+            remaining = len(events) - before
+            if scenario.kind == "paced" or remaining < 50:
+                # a stream keeps work in flight: once this run counts, after a random delay
+                wait_progress(db, users, before, 25, stack)
+                time.sleep(rng.uniform(0.0, scenario.max_kill_delay_s))
+            else:
+                # a burst or backlog is worked off in seconds: kill once a random share of what is
+                # left is counted, so the kill lands while the rest is pulled, in flight or queued
+                wait_progress(db, users, before + int(rng.uniform(0.1, 0.9) * remaining), 60, stack,
+                              poll_s=0.02)
             kill_at.append(round(time.monotonic() - t0, 2))
             stack.kill()
             counted_at_kill.append(total(counted(db, users)))
