@@ -84,6 +84,9 @@ bench-crash: venv ## kill -9 the streaming pipeline at random moments (paced, bu
 bench-serving: venv wrk ## Recommend function latency/throughput vs bare read and find_nearest
 	$(PY) -m bench.serving $(BENCH_ARGS)
 
+bench-serving-1m: venv wrk ## bench-serving on 1,000,000 items (the trained towers embed them; first run ~minutes)
+	$(PY) -m bench.serving --items 1000000 $(BENCH_ARGS)
+
 browser: ## Install headless Chromium + chromedriver (Debian packages) if missing: console test, demo
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
@@ -95,4 +98,4 @@ clean: ## Remove caches and local state (not the venvs)
 	rm -rf .pytest_cache .ruff_cache .local build *.egg-info
 
 .PHONY: help venv tools test test-unit test-integration lint format terraform-check stack-start \
-	stack-stop stack-status wrk browser demo bench-publish bench-quality bench-stream bench-crash bench-serving clean
+	stack-stop stack-status wrk browser demo bench-publish bench-quality bench-stream bench-crash bench-serving bench-serving-1m clean

@@ -1,8 +1,9 @@
-"""The compiled approximate index: faiss ``IndexIVFFlat`` (inner product), built by the training job.
+"""The compiled approximate index: faiss IVF with 4-bit PQ fast-scan codes, built by the training job.
 
 The training job (``pipelines.training.artifact``) writes it next to ``item_index.npz``::
 
-    item_ann.faiss   faiss.write_index of an IndexIVFFlat over the snapshot's rows (id = row)
+    item_ann.faiss   faiss.write_index of an IVF-PQ fast-scan index (``IVF<nlist>,PQ<D/2>x4fs``,
+                     inner product) over the snapshot's rows (id = row)
     item_ann.json    backend, faiss version, model version, rows, dim, nlist, nprobe, build time
 
 and the recommend function loads it with the snapshot (:func:`read_index`): it is never built at
@@ -10,18 +11,20 @@ cold start. It is versioned with the model (``version`` and ``rows`` must match 
 the function serves the exact scan and logs why).
 
 Search (:meth:`FaissIvf.candidates`): faiss probes the ``nprobe`` partitions with the best centroid
-scores and returns the best ``depth`` rows among them; rows added or re-embedded since the snapshot
+scores and returns the best ``depth`` rows among them by their 4-bit PQ codes (SIMD fast-scan: 16
+bytes a row at dim 64, against 256 for flat float32); rows added or re-embedded since the snapshot
 are an exact *tail* scored on every query (the faiss index itself is never mutated, so index
 versions can share it); every candidate is re-scored with the same numpy dot product as the exact
 scan, so ties and scores are the exact scan's. Filters and the fallback to the exact scan when
 filters leave fewer than ``pool`` candidates are :func:`scoring.ranking.retrieve`'s, as for the
 numpy IVF.
 
-Why faiss over ScaNN (``docs/benchmarks.md``, bench-serving): ScaNN was faster per query but its
-``import scann`` imports TensorFlow whenever TensorFlow is installed (the training job's
-environment, where it fails to load with TF 2.21), its scores are quantised (top-200 recall 0.96
-unless re-ordered deeper), and it needs relative-path serialisation; faiss IVF-Flat scores the
-probed rows exactly, imports nothing else, and serialises to one file.
+Why faiss, and why PQ fast-scan (``docs/benchmarks.md``, bench-serving): faiss ``IVF,Flat`` was
+slower than the numpy IVF on this catalogue (one heap insert per scanned row); PQ fast-scan plus the
+exact re-scoring of ``depth`` rows has the same recall@10 at about half the numpy IVF's CPU. ScaNN
+was faster still, but ``import scann`` imports TensorFlow whenever it is installed (the training
+job's environment), where its TF ops fail to load with TF 2.21 and take ``tensorflow_recommenders``'
+import down with them; it also needs relative-path serialisation.
 
 faiss is imported lazily, so ``scoring`` imports without it (the exact scan needs nothing compiled).
 """
@@ -51,7 +54,13 @@ def _faiss() -> Any:
         import faiss
     except ImportError as e:
         raise AnnUnavailable("faiss is not installed (pip install faiss-cpu)") from e
-    if faiss.omp_get_max_threads() != 1:  # one request per thread: faiss's own threads only compete
+    return faiss
+
+
+def _serving_faiss() -> Any:
+    """faiss for serving: one thread (one request per thread; faiss's own threads would only compete)."""
+    faiss = _faiss()
+    if faiss.omp_get_max_threads() != 1:
         faiss.omp_set_num_threads(1)
     return faiss
 
@@ -77,17 +86,18 @@ class FaissIvf:
 
     @property
     def nlist(self) -> int:
-        return int(self.index.nlist)
+        return int(_ivf(self.index).nlist)
 
     @classmethod
     def from_index(cls, index: Any, embeddings: np.ndarray, norms: np.ndarray, nprobe: int,
                    meta: dict | None = None) -> FaissIvf:
         """Wrap a loaded or built index over the first ``index.ntotal``-ish rows of ``embeddings``."""
         base = int(meta["rows"]) if meta and "rows" in meta else embeddings.shape[0]
-        index.nprobe = max(1, min(int(nprobe), int(index.nlist)))
+        ivf = _ivf(index)
+        ivf.nprobe = max(1, min(int(nprobe), int(ivf.nlist)))
         zero = np.flatnonzero(norms[:base] <= 0)
         tail = np.concatenate([zero, np.arange(base, embeddings.shape[0])]).astype(np.int64)
-        return cls(index=index, nprobe=int(index.nprobe), base_rows=base, tail=tail,
+        return cls(index=index, nprobe=int(ivf.nprobe), base_rows=base, tail=tail,
                    embeddings=embeddings, meta=meta)
 
     def updated(self, embeddings: np.ndarray, norms: np.ndarray, changed: np.ndarray) -> FaissIvf:
@@ -117,15 +127,23 @@ class FaissIvf:
         return rows, (emb[rows] @ q[0] if emb is not None else np.empty(0, np.float32))
 
 
+def _ivf(index: Any) -> Any:
+    return _faiss().extract_index_ivf(index)
+
+
+def factory_string(dim: int, nlist: int) -> str:
+    """``IVF<nlist>,PQ<dim/2>x4fs`` (2 dimensions per 4-bit code); ``IVF<nlist>,Flat`` for odd dims."""
+    return f"IVF{nlist},PQ{dim // 2}x4fs" if dim % 2 == 0 and dim >= 4 else f"IVF{nlist},Flat"
+
+
 def build_index(embeddings: np.ndarray, nlist: int = 0, seed: int = 0) -> Any:
-    """A trained and filled ``IndexIVFFlat`` (inner product) over the non-zero rows, ids = rows."""
+    """A trained and filled faiss IVF index (inner product) over the non-zero rows, ids = rows."""
     faiss = _faiss()
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     live = np.flatnonzero(np.einsum("ij,ij->i", emb, emb) > 0)
     nlist = max(1, min(nlist or default_nlist(emb.shape[0]), max(1, live.size)))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(emb.shape[1]), emb.shape[1], nlist,
-                               faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
+    index = faiss.index_factory(emb.shape[1], factory_string(emb.shape[1], nlist), faiss.METRIC_INNER_PRODUCT)
+    _ivf(index).cp.seed = seed
     if live.size:
         index.train(emb[live])
         index.add_with_ids(emb[live], live.astype(np.int64))
@@ -140,9 +158,10 @@ def write_index(out_dir: str | Path, embeddings: np.ndarray, version: str, nlist
     index = build_index(embeddings, nlist, seed)
     out = Path(out_dir)
     faiss.write_index(index, str(out / ANN_FILE))
-    meta = {"backend": BACKEND, "type": "IndexIVFFlat", "metric": "inner_product",
-            "faiss_version": faiss.__version__, "version": version, "rows": int(embeddings.shape[0]),
-            "dim": int(embeddings.shape[1]), "nlist": int(index.nlist), "nprobe": int(nprobe),
+    meta = {"backend": BACKEND, "type": factory_string(embeddings.shape[1], _ivf(index).nlist),
+            "metric": "inner_product", "faiss_version": faiss.__version__, "version": version,
+            "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
+            "nlist": int(_ivf(index).nlist), "nprobe": int(nprobe),
             "build_s": round(time.perf_counter() - t, 3)}
     (out / ANN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
     return out / ANN_FILE
@@ -162,7 +181,7 @@ def check_meta(meta: dict, version: str | None, rows: int, dim: int) -> None:
 def index_from_bytes(index_data: bytes, meta: dict, embeddings: np.ndarray, norms: np.ndarray,
                      version: str | None, nprobe: int | None = None) -> FaissIvf:
     """The served index from the two files' contents (e.g. downloaded from GCS)."""
-    faiss = _faiss()
+    faiss = _serving_faiss()
     check_meta(meta, version, embeddings.shape[0], embeddings.shape[1])
     index = faiss.deserialize_index(np.frombuffer(index_data, dtype=np.uint8))
     return FaissIvf.from_index(index, embeddings, norms, nprobe or int(meta.get("nprobe", DEFAULT_NPROBE)),
@@ -172,7 +191,7 @@ def index_from_bytes(index_data: bytes, meta: dict, embeddings: np.ndarray, norm
 def read_index(directory: str | Path, embeddings: np.ndarray, norms: np.ndarray, version: str | None,
                nprobe: int | None = None) -> FaissIvf:
     """The served index from a local artefact directory; :class:`AnnUnavailable` if unusable."""
-    faiss = _faiss()
+    faiss = _serving_faiss()
     d = Path(directory)
     try:
         meta = json.loads((d / ANN_META_FILE).read_text(encoding="utf-8"))

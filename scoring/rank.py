@@ -136,13 +136,17 @@ class IvfRetriever:
         return retrieve(query, self.embeddings, pool, blocked, self.ivf)
 
 
+MIN_ANN_DEPTH = 256  # rows asked of faiss at least, re-scored exactly
+
+
 @dataclass(frozen=True)
 class FaissRetriever:
     """The compiled IVF index (:mod:`scoring.ann`), with the exact scan when filters leave too few rows.
 
     faiss returns the best ``pool`` plus headroom (the excluded rows, half a pool for out-of-stock
-    items) of the probed partitions; the tail and the re-scoring are :class:`scoring.ann.FaissIvf`'s;
-    filters and the fallback are :func:`scoring.ranking.retrieve`'s, as for the numpy IVF.
+    items; at least ``MIN_ANN_DEPTH``: 4-bit codes order near ties loosely) of the probed
+    partitions; the tail and the exact re-scoring are :class:`scoring.ann.FaissIvf`'s; filters and
+    the fallback are :func:`scoring.ranking.retrieve`'s, as for the numpy IVF.
     """
 
     embeddings: np.ndarray
@@ -152,7 +156,7 @@ class FaissRetriever:
     def search(self, query: np.ndarray, pool: int, blocked: Filter | None
                ) -> tuple[np.ndarray, np.ndarray]:
         excluded = blocked.excluded_rows if blocked is not None else None
-        depth = pool + pool // 2 + (excluded.shape[0] if excluded is not None else 0)
+        depth = max(pool + pool // 2, MIN_ANN_DEPTH) + (excluded.shape[0] if excluded is not None else 0)
         return retrieve(query, self.embeddings, pool, blocked, _Found(*self.index.candidates(query, depth)))
 
 

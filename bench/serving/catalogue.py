@@ -8,11 +8,17 @@ the benchmark users' ids, recent histories and query-tower embeddings (``users-h
     python -m bench.serving.catalogue [--items 100000] [--users 20000] [--epochs 2] [--dim 64]
 
 Only the first call trains (TensorFlow is imported only then); the benchmark reads the cache.
+
+``--scale-to 1000000`` (``make bench-serving-1m``): the same trained towers embed a larger catalogue,
+the 100k trained items plus synthetic items of the same generator (other seed, ids ``x...``, out of
+the id vocabulary: embedded from category, brand, price and tags), written as an artefact directory
+of its own (``items-<n>/``: ``item_index.npz`` and the faiss index the training job would write).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -90,6 +96,65 @@ def cached_catalogue(spec: artifacts.SyntheticModelSpec | None = None, history: 
     return _load(model_dir, history)  # type: ignore[return-value]
 
 
+def _users_of(model_dir: Path, history: int) -> TrainedCatalogue:
+    found = _load(model_dir, history)
+    if found is None:
+        raise FileNotFoundError(f"no trained catalogue under {model_dir}")
+    return found
+
+
+def scaled_catalogue(items: int, spec: artifacts.SyntheticModelSpec | None = None, history: int = HISTORY,
+                     root: Path = artifacts.CACHE, chunk: int = 50_000) -> TrainedCatalogue:
+    """The trained catalogue grown to ``items`` rows by the same towers (cached in ``items-<n>/``)."""
+    spec = spec or catalogue_spec()
+    base = cached_catalogue(spec, history, root)
+    out = base.artifact.parent / f"items-{items}"
+    from schemas.index_snapshot import INDEX_FILE, IndexSnapshot
+    from scoring import ann
+
+    if not (out / ann.ANN_META_FILE).exists():
+        import os
+
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from pipelines.data.synthetic import _make_catalogue
+        from pipelines.training.artifact import Towers
+        from schemas.content import SparseRows
+
+        snap = IndexSnapshot.load(base.artifact / INDEX_FILE)
+        towers = Towers(base.artifact)
+        extra = items - len(snap.item_ids)
+        rng = np.random.default_rng(spec.seed + 1)
+        emb, content, ids, cats, stock = [snap.embeddings], [snap.content], [snap.item_ids], \
+            [snap.categories], [snap.in_stock]
+        t = time.perf_counter()
+        done = 0
+        while done < extra:
+            n = min(chunk, extra - done)
+            cat = _make_catalogue(rng, max(n, 10), spec.categories, spec.brands, 0, 1, 0.0)
+            part = [dataclasses.replace(it, item_id=f"x{done + j:07d}") for j, it in enumerate(cat.items[:n])]
+            emb.append(np.concatenate([towers.embed_items(part[s:s + 4096]) for s in range(0, n, 4096)]))
+            content.append(towers.content_encoder.encode_sparse(part))
+            ids.append(np.array([it.item_id for it in part], dtype=str))
+            cats.append(np.array([it.category for it in part], dtype=str))
+            stock.append(np.array([it.in_stock for it in part], dtype=bool))
+            done += n
+            print(f"  {len(snap.item_ids) + done:,} items embedded ({time.perf_counter() - t:.0f} s)",
+                  flush=True)
+        pop = np.concatenate([snap.popularity, np.zeros(max(extra, 0), np.float32)])
+        big = IndexSnapshot(version=snap.version, created_at=snap.created_at, item_ids=np.concatenate(ids),
+                            embeddings=np.ascontiguousarray(np.concatenate(emb), dtype=np.float32),
+                            content=SparseRows.concat(content, snap.content.dim),
+                            categories=np.concatenate(cats), in_stock=np.concatenate(stock),
+                            popularity=pop, serving_defaults=snap.serving_defaults)
+        out.mkdir(parents=True, exist_ok=True)
+        big.save(out / INDEX_FILE)
+        (out / "metadata.json").write_text(json.dumps({"version": snap.version, "items": items,
+                                                       "base": str(base.artifact)}), encoding="utf-8")
+        ann.write_index(out, big.embeddings, big.version)  # what the training job writes
+    return dataclasses.replace(base, artifact=out, meta={**base.meta, "scaled_to": items})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = catalogue_spec()
@@ -97,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=d.users)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--dim", type=int, default=d.dim)
+    p.add_argument("--scale-to", type=int, default=0,
+                   help="also embed a catalogue of this many items with the trained towers")
     a = p.parse_args(argv)
     spec = catalogue_spec(items=a.items, users=a.users, epochs=a.epochs, dim=a.dim)
     t = time.perf_counter()
-    cat = cached_catalogue(spec)
+    cat = scaled_catalogue(a.scale_to, spec) if a.scale_to else cached_catalogue(spec)
     print(f"{cat.artifact} ({len(cat.user_ids)} users, dim {cat.embeddings.shape[1]}) in "
           f"{time.perf_counter() - t:.0f} s; meta {cat.meta}")
     return 0

@@ -52,7 +52,36 @@ def served_settings():
     return Settings.from_env()
 
 
-def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], rounds: int = 5) -> dict:
+def served_index(service, exact_index, index_uri: str, snapshot_version: str):
+    """The index as the function serves it: the training job's faiss index loaded, or IVF built."""
+    return service.with_ivf_built(service.indexes.with_ann_loaded(exact_index, index_uri, snapshot_version))
+
+
+def _diversity_request():
+    """``RankRequest`` if it has a ``diversity`` field (another change adds it), else None."""
+    from scoring.rank import RankRequest
+
+    return RankRequest if "diversity" in getattr(RankRequest, "__dataclass_fields__", {}) else None
+
+
+def _direct_ranker(index, users: list[UserDoc], settings, diversity: float):
+    """``rank_user`` on the served index for a user, as ``rank_for`` calls it, with ``diversity``."""
+    from scoring.rank import rank_user, resolve_pool, retriever_for, user_query
+
+    RankRequest = _diversity_request()
+    retriever = retriever_for(index.embeddings, index.ivf)
+    pool = resolve_pool(10, index.defaults, settings.min_pool, settings.pool_factor)
+
+    def rank(u: UserDoc):
+        hist = index.rows(h.item_id for h in u.history)
+        query = user_query(index, np.asarray(u.embedding, dtype=np.float32), hist, hist[:0])
+        return rank_user(index, retriever, query, RankRequest(k=10, alpha=settings.default_alpha, pool=pool,
+                                                              exclude_rows=hist, diversity=diversity))
+    return rank
+
+
+def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], index_uri: str = "",
+                    rounds: int = 5) -> dict:
     """Retrieval + hybrid ranking per request vs the bare matvec, same index, same queries.
 
     ``compute``: as served (the configured retrieval, IVF by default); ``compute_exact``: the
@@ -67,7 +96,7 @@ def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc],
     build_s = time.perf_counter() - t
     service = Recommender(settings, store=None)  # rank_for never touches the store
     t = time.perf_counter()
-    index = service.with_ivf_built(exact_index)
+    index = served_index(service, exact_index, index_uri, snap.version)
     ivf_build_s = time.perf_counter() - t
     params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha)
     cat_params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha,
@@ -77,8 +106,15 @@ def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc],
     body = service.rank_for(index, params, queries[0])
     assert body["strategy"] == "personalized" and len(body["items"]) == 10
     names = ("floor", "compute", "compute_exact", "filtered", "filtered_exact")
+    diverse = _diversity_request() is not None
+    if diverse:
+        names += ("direct", "diversity")
+        direct, diversity = (_direct_ranker(index, queries, settings, d) for d in (0.0, 0.5))
     rounds_out: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for _ in range(rounds):
+        if diverse:
+            rounds_out["direct"].append(_timed(direct, queries))
+            rounds_out["diversity"].append(_timed(diversity, queries))
         rounds_out["floor"].append(_timed(lambda q: exact_index.embeddings @ q, vectors))
         rounds_out["compute"].append(_timed(lambda u: service.rank_for(index, params, u), queries))
         rounds_out["compute_exact"].append(
@@ -90,7 +126,10 @@ def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc],
     def ms(name: str, which: int) -> float:
         return float(np.median([r[which] for r in rounds_out[name]]) * 1000)
 
-    return {"compute_ms": ms("compute", 1), "matvec_floor_ms": ms("floor", 1),
+    extra = {"compute_diversity_ms": ms("diversity", 1), "compute_direct_no_diversity_ms": ms("direct", 1),
+             "diversity_note": "rank_user with diversity 0.5 / 0 at the default pool (k 10, user "
+                               "embedding, history excluded), thread CPU"} if diverse else {}
+    return {"compute_ms": ms("compute", 1), **extra, "matvec_floor_ms": ms("floor", 1),
             "compute_vs_floor": ms("compute", 1) / ms("floor", 1),
             "compute_exact_ms": ms("compute_exact", 1),
             "compute_exact_vs_floor": ms("compute_exact", 1) / ms("floor", 1),
@@ -105,7 +144,7 @@ def measure_compute(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc],
                       "retrieval + ranking as served (see index), compute_exact = with the exact scan",
             "rounds_ms": {k: [[round(w * 1000, 3), round(c * 1000, 3)] for w, c in v]
                           for k, v in rounds_out.items()},
-            "index_build_s": build_s, "ivf_build_s": ivf_build_s,
+            "index_build_s": build_s, "ann_load_or_ivf_build_s": ivf_build_s,
             "index": index_summary(service, index, exact_index, users)}
 
 
@@ -124,7 +163,7 @@ def index_summary(service, index, exact_index, users: list[UserDoc]) -> dict:
     RecommendParams = _function_modules()[2]
     from scoring.ranking import retrieve
 
-    out: dict = {"type": "ivf" if index.ivf is not None else "exact", "items": index.size}
+    out: dict = {"type": index.retrieval, "items": index.size}
     if index.ivf is None:
         return {**out, "recall_at_10": 1.0, "cf_recall_at_10": 1.0}
     params = RecommendParams(user_id="u", k=10, alpha=service.settings.default_alpha)
@@ -136,11 +175,110 @@ def index_summary(service, index, exact_index, users: list[UserDoc]) -> dict:
         approx, _ = retrieve(q, index.embeddings, 10, None, index.ivf)
         exact, _ = retrieve(q, index.embeddings, 10, None, None)
         cf.append(len(set(approx.tolist()) & set(exact.tolist())) / 10)
-        scanned.append(index.ivf.candidates(q)[0].shape[0])
+        scanned.append(index.ivf.candidates(q)[0].shape[0] if index.retrieval == "ivf"
+                       else index.size * index.ivf.nprobe / index.ivf.nlist)
     return {**out, "nlist": index.ivf.nlist, "nprobe": index.ivf.nprobe,
             "recall_at_10": float(np.mean(served)), "cf_recall_at_10": float(np.mean(cf)),
             "users": len(users), "scanned_rows_mean": float(np.mean(scanned)),
             "scanned_fraction": float(np.mean(scanned)) / index.size}
+
+
+def measure_backends(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], index_uri: str,
+                     sample_users: int = 300, rounds: int = 3) -> dict:
+    """The retrieval backends side by side on this catalogue, interleaved per round.
+
+    Per backend: ``retrieval_ms`` (thread CPU of the top-pool retrieval, unfiltered, median),
+    ``recall_at_10`` (served list vs the exact scan's) and ``cf_recall_at_10`` (top 10 by dot
+    product), ``ready_s`` (faiss: load of the training job's file; numpy IVF: build at load) and
+    ``index_mb`` (memory beyond the embeddings).
+    """
+    Settings, ItemIndex, RecommendParams, Recommender = _function_modules()
+    from scoring.rank import retriever_for
+
+    settings = served_settings()
+    exact_index = ItemIndex.from_snapshot(snap)
+    params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha)
+    exact_service = Recommender(dataclasses.replace(settings, retrieval="exact"), store=None)
+    sample = users[:sample_users]
+    qs = [np.asarray(u.embedding, dtype=np.float32) for u in sample]
+    pool = max(settings.min_pool, settings.pool_factor * 10)
+    exact_served = [exact_service.rank_for(exact_index, params, u)["items"] for u in sample]
+    exact_cf = [set(retriever_for(exact_index.embeddings, None).search(q, 10, None)[0].tolist()) for q in qs]
+    indexes = {"exact": (exact_index, 0.0, 0.0)}
+    t = time.perf_counter()
+    faiss_index = Recommender(dataclasses.replace(settings, retrieval="faiss"), store=None
+                              ).indexes.with_ann_loaded(exact_index, index_uri, snap.version)
+    if faiss_index.ivf is not None:
+        rows = faiss_index.ivf.index.invlists.compute_ntotal()
+        ready = time.perf_counter() - t
+        indexes["faiss"] = (faiss_index, ready, rows * (snap.embeddings.shape[1] * 4 + 8) / 1e6)
+    t = time.perf_counter()
+    ivf_index = exact_index.with_ivf(settings.ivf_nlist, settings.ivf_nprobe)
+    ivf = ivf_index.ivf
+    indexes["ivf"] = (ivf_index, time.perf_counter() - t,
+                      (ivf.sorted_emb.nbytes + ivf.order.nbytes + ivf.assign.nbytes) / 1e6)
+    cpu: dict[str, list[float]] = {k: [] for k in indexes}
+    for _ in range(rounds):
+        for name, (idx, _, _) in indexes.items():
+            r = retriever_for(idx.embeddings, idx.ivf)
+            for q in qs:
+                c0 = time.thread_time()
+                r.search(q, pool, None)
+                cpu[name].append(time.thread_time() - c0)
+    out = {}
+    for name, (idx, ready, mb) in indexes.items():
+        r = retriever_for(idx.embeddings, idx.ivf)
+        served = [_overlap(exact_service.rank_for(idx, params, u)["items"], e)
+                  for u, e in zip(sample, exact_served)]
+        cf = [len(set(r.search(q, 10, None)[0].tolist()) & e) / 10 for q, e in zip(qs, exact_cf)]
+        out[name] = {"retrieval_ms": _median_ms(cpu[name]), "recall_at_10": float(np.mean(served)),
+                     "cf_recall_at_10": float(np.mean(cf)), "ready_s": round(ready, 3),
+                     "index_mb": round(mb, 1),
+                     **({"nlist": idx.ivf.nlist, "nprobe": idx.ivf.nprobe} if idx.ivf is not None else {})}
+    return {"users": len(sample), "pool": pool, "backends": out}
+
+
+def measure_faiss_grid(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], sample_users: int = 300
+                       ) -> dict:
+    """The faiss grid (partitions x probes), like :func:`measure_ivf`: recall@10 vs exact, CPU per query.
+
+    Each index is built with the training job's :func:`scoring.ann.build_index`; ``retrieval_ms``
+    is the thread CPU of :class:`scoring.rank.FaissRetriever` for the default pool, unfiltered.
+    """
+    Settings, ItemIndex, RecommendParams, Recommender = _function_modules()
+    from scoring import ann
+    from scoring.rank import retriever_for
+
+    exact_index = ItemIndex.from_snapshot(snap)
+    settings = served_settings()
+    params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha)
+    sample = users[:sample_users]
+    qs = [np.asarray(u.embedding, dtype=np.float32) for u in sample]
+    exact = retriever_for(exact_index.embeddings, None)
+    exact_cf = [set(exact.search(q, 10, None)[0].tolist()) for q in qs]
+    exact_service = Recommender(dataclasses.replace(settings, retrieval="exact"), store=None)
+    exact_served = [exact_service.rank_for(exact_index, params, u)["items"] for u in sample]
+    pool = max(settings.min_pool, settings.pool_factor * 10)
+    out: dict = {"users": len(sample), "grid": []}
+    for nlist in cfg.ivf_nlists:
+        t = time.perf_counter()
+        built = ann.build_index(exact_index.embeddings, nlist)
+        build_s = time.perf_counter() - t
+        for nprobe in cfg.ivf_nprobes:
+            fi = ann.FaissIvf.from_index(built, exact_index.embeddings, exact_index.norms, nprobe)
+            idx = dataclasses.replace(exact_index, ivf=fi)
+            r = retriever_for(idx.embeddings, fi)
+            cf, served, cpu = [], [], []
+            for q, e_cf, u, e_served in zip(qs, exact_cf, sample, exact_served):
+                c0 = time.thread_time()
+                r.search(q, pool, None)
+                cpu.append(time.thread_time() - c0)
+                cf.append(len(set(r.search(q, 10, None)[0].tolist()) & e_cf) / 10)
+                served.append(_overlap(exact_service.rank_for(idx, params, u)["items"], e_served))
+            out["grid"].append({"nlist": nlist, "nprobe": nprobe, "build_s": round(build_s, 3),
+                                "cf_recall_at_10": float(np.mean(cf)), "recall_at_10": float(np.mean(served)),
+                                "retrieval_ms": _median_ms(cpu)})
+    return out
 
 
 def measure_ivf(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], sample_users: int = 300

@@ -13,6 +13,7 @@ from bench import measure
 FUNCTION_DIR = measure.ROOT / "functions" / "recommend"
 BASELINES = Path(__file__).resolve().parent / "baselines.py"
 REPORT = measure.REPORTS / "serving.json"
+REPORT_1M = measure.REPORTS / "serving-1m.json"
 VECTORS = "bench_item_vectors"
 REFERENCE = {"latency_ms": 20.0, "rps": 500.0}
 VERSION = "vbench-000000-000000"
@@ -37,6 +38,7 @@ class BenchConfig:
     pubsub_port: int = 18595
     firestore_port: int = 18596
     seed: int = 7
+    output: str = ""  # report path ("" = report_path's default)
     catalogue: str = "trained"  # trained: two-tower embeddings (bench/serving/catalogue.py); random
     low_connections: tuple[int, ...] = (1, 4)  # extra latency runs at low concurrency
     low_duration_s: float = 5.0
@@ -47,3 +49,10 @@ class BenchConfig:
     serving_configs: list[tuple[int, int, bool]] = field(default_factory=lambda: [
         (1, 8, False), (1, 4, True), (2, 2, True), (2, 4, True)])
 
+
+
+def report_path(cfg: BenchConfig) -> Path:
+    """``reports/bench/serving.json``; ``serving-1m.json`` for a 1,000,000-item catalogue."""
+    if cfg.output:
+        return Path(cfg.output)
+    return REPORT_1M if cfg.items >= 1_000_000 else REPORT

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import measure
-from bench.serving.catalogue import cached_catalogue, catalogue_spec
+from bench.serving.catalogue import cached_catalogue, catalogue_spec, scaled_catalogue
 from bench.serving.config import SYNTHETIC_TAGS, VECTORS, VERSION, BenchConfig
 from schemas import names
 from schemas.content import SparseRows
@@ -44,8 +44,13 @@ def make_snapshot(cfg: BenchConfig, rng: np.random.Generator) -> IndexSnapshot:
 
 
 def trained_catalogue(cfg: BenchConfig) -> tuple[IndexSnapshot, list[UserDoc], dict]:
-    """The trained 100k-item catalogue (cached) and ``cfg.users`` users with query-tower embeddings."""
-    cat = cached_catalogue(catalogue_spec(items=cfg.items, dim=cfg.dim))
+    """The trained 100k-item catalogue (cached) and ``cfg.users`` users with query-tower embeddings.
+
+    Over 100k items: the same towers embed the larger catalogue (:func:`scaled_catalogue`).
+    """
+    base = catalogue_spec(dim=cfg.dim)
+    cat = scaled_catalogue(cfg.items, base) if cfg.items > base.items else \
+        cached_catalogue(catalogue_spec(items=cfg.items, dim=cfg.dim))
     snap = IndexSnapshot.load(cat.artifact / INDEX_FILE)
     snap.version, snap.created_at = VERSION, int(time.time() * 1000) - 60_000
     cfg.content_dim = snap.content.dim

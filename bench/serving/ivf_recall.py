@@ -1,4 +1,4 @@
-"""The serving benchmark's IVF grid on another trained artefact, with users of its data set.
+"""The serving benchmark's IVF grids (numpy and faiss) on another trained artefact, with its users.
 
 The synthetic catalogue's clusters are the generator's, so the grid (recall@10 vs exact, CPU) is
 also measured on a model trained on real data to see that the served settings hold there.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import measure
-from bench.serving.compute import measure_ivf
+from bench.serving.compute import measure_faiss_grid, measure_ivf
 from bench.serving.config import BenchConfig
 
 
@@ -59,8 +59,9 @@ def ivf_recall_on_artifact(artifact: Path, data: str, users: int = 1000, seed: i
     cfg = BenchConfig(items=n, dim=int(snap.embeddings.shape[1]),
                          ivf_nlists=nlists or (max(1, root * 4 // 5), root, 2 * root), ivf_nprobes=nprobes)
     grid = measure_ivf(cfg, snap, docs, sample_users=len(docs))
+    faiss_grid = measure_faiss_grid(cfg, snap, docs, sample_users=len(docs))
     return {"artifact": str(artifact), "data": data, "items": n, "dim": cfg.dim,
-            "users": len(docs), **grid}
+            "users": len(docs), **grid, "faiss_grid": faiss_grid}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     out = ivf_recall_on_artifact(Path(a.recall_on), a.data)
     path = measure.write_report({**out, "loadavg": measure.load_average()},
                                 measure.REPORTS / f"serving_ivf_{Path(a.data).name}.json")
-    for g in out["grid"]:
-        print(f"nlist {g['nlist']:>5} nprobe {g['nprobe']:>3}: recall@10 served {g['recall_at_10']:.3f} "
-              f"CF {g['cf_recall_at_10']:.3f}, retrieval {g['retrieval_ms']:.3f} ms CPU")
+    for kind, grid in (("numpy IVF", out["grid"]), ("faiss", out["faiss_grid"]["grid"])):
+        for g in grid:
+            print(f"{kind} nlist {g['nlist']:>5} nprobe {g['nprobe']:>3}: recall@10 served "
+                  f"{g['recall_at_10']:.3f} CF {g['cf_recall_at_10']:.3f}, "
+                  f"retrieval {g['retrieval_ms']:.3f} ms CPU")
     print(f"exact retrieval {out['exact_retrieval_ms']:.3f} ms CPU; written {path}")
     return 0
 

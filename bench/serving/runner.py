@@ -7,6 +7,7 @@ shared machine are not comparable.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -19,13 +20,22 @@ import numpy as np
 
 from bench import measure
 from bench.serving import __doc__ as PACKAGE_DOC
-from bench.serving.compute import measure_compute, measure_ivf
-from bench.serving.config import BASELINES, FUNCTION_DIR, REFERENCE, REPORT, VECTORS, VERSION, BenchConfig
+from bench.serving.compute import measure_backends, measure_compute, measure_faiss_grid, measure_ivf
+from bench.serving.config import (
+    BASELINES,
+    FUNCTION_DIR,
+    REFERENCE,
+    VECTORS,
+    VERSION,
+    BenchConfig,
+    report_path,
+)
 from bench.serving.data import make_snapshot, make_users, seed_firestore, trained_catalogue
 from bench.serving.load import load_test
 from bench.serving.report import combine, print_table, targets
 from bench.serving.server import server_env
 from schemas.index_snapshot import INDEX_FILE
+from scoring import ann
 from scripts import local_stack
 
 
@@ -49,15 +59,36 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--configs", default=None,
                    help="serving configs to try, e.g. '1x8,2x2:blas' "
                         "(WORKERSxTHREADS, ':blas' = one BLAS thread)")
+    p.add_argument("--output", default=None, help="report path (default: reports/bench/serving.json, "
+                                                   "serving-1m.json for 1,000,000 items)")
     a = p.parse_args(argv)
     cfg = BenchConfig(items=a.items, users=a.users, vector_items=min(a.vector_items, a.items),
                       duration_s=a.duration, connections=a.connections,
                       pubsub_port=a.pubsub_port, firestore_port=a.firestore_port,
-                      catalogue=a.catalogue, pairs=a.pairs)
+                      catalogue=a.catalogue, pairs=a.pairs, output=a.output or "")
+    if cfg.items > 200_000:  # the IVF grid around sqrt(N) and 2 sqrt(N) partitions
+        root = int(round(np.sqrt(cfg.items)))
+        cfg.ivf_nlists = (root, 2 * root)
     if a.configs:
         cfg.serving_configs = [(int(w), int(t.split(":")[0]), t.endswith(":blas"))
                                for w, t in (c.split("x") for c in a.configs.split(","))]
     return cfg
+
+
+def place_ann(catalogue: dict, directory: Path, snap) -> None:
+    """The training job's faiss index next to the benchmark's snapshot (re-versioned like it).
+
+    Copied from the trained artefact (built there by the training job); built here with the
+    training job's function only for the random catalogue or an artefact older than it.
+    """
+    source = measure.ROOT / catalogue["artifact"] if "artifact" in catalogue else None
+    if source is not None and (source / ann.ANN_META_FILE).exists():
+        shutil.copyfile(source / ann.ANN_FILE, directory / ann.ANN_FILE)
+        meta = json.loads((source / ann.ANN_META_FILE).read_text(encoding="utf-8"))
+        (directory / ann.ANN_META_FILE).write_text(json.dumps({**meta, "version": snap.version}),
+                                                   encoding="utf-8")
+        return
+    ann.write_index(directory, snap.embeddings, snap.version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,15 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         index_uri = str(work / VERSION / INDEX_FILE)
         Path(index_uri).parent.mkdir(parents=True)
         snap.save(index_uri)
+        place_ann(catalogue, Path(index_uri).parent, snap)
         print(f"snapshot {cfg.items:,} items ({Path(index_uri).stat().st_size / 1e6:.0f} MB) and "
               f"{cfg.users:,} users in {time.perf_counter() - t:.1f} s; seeding Firestore ...", flush=True)
         client = firestore.Client(project=stack_cfg.project)
         seed = seed_firestore(client, cfg, snap, index_uri, users)
         print(f"seeded in {seed['seed_users_s'] + seed['seed_vectors_s']:.1f} s; measuring compute ...",
               flush=True)
-        compute = measure_compute(cfg, snap, users)
-        print(f"index {compute['index']}; IVF grid ...", flush=True)
+        compute = measure_compute(cfg, snap, users, index_uri)
+        print(f"index {compute['index']}; backends side by side ...", flush=True)
+        backends = measure_backends(cfg, snap, users, index_uri)
+        print(f"{backends['backends']}; IVF grid ...", flush=True)
         ivf = measure_ivf(cfg, snap, users)
+        print("faiss grid ...", flush=True)
+        faiss_grid = measure_faiss_grid(cfg, snap, users)
         user_ids = [u.user_id for u in users]
         rec_path = "/recommendations?user_id=%s&k=10"
         emulator = state.pids["firestore"]
@@ -141,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpu_count": os.cpu_count(), "loadavg": measure.load_average()},
             "reference": REFERENCE,
             "catalogue": catalogue,
+            "backend": compute["index"]["type"],
+            "recall_at_10": compute["index"]["recall_at_10"],
             "index": compute.pop("index"),
+            "backends": backends,
             "recommend": recommend, "recommend_exact": recommend_exact,
             "bare_read": bare, "find_nearest": fn,
-            **compute, "approximate_index": ivf,
+            **compute, "approximate_index": ivf, "faiss_grid": faiss_grid,
             "cold_start_s": float(np.median([c["cold_start_s"] for c in configs + rec_runs])),
             "cold_start_runs_s": [round(c["cold_start_s"], 3) for c in configs + rec_runs],
             "cold_start_cpu_s": float(np.median([c["cold_start_cpu_s"] for c in configs + rec_runs])),
@@ -158,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "dense_bytes": len(snap.content) * snap.content.dim * 4}},
         }
         report["targets"] = targets(report)
-        measure.write_report(report, REPORT)
-        print_table(report)
+        out = report_path(cfg)
+        measure.write_report(report, out)
+        print_table(report, out)
     finally:
         local_stack.stop_state(state)
         shutil.rmtree(work, ignore_errors=True)
