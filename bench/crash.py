@@ -5,7 +5,7 @@ Starts its own Pub/Sub and Firestore emulators and runs :mod:`testing.crash` for
 pipeline runs) and a backlog (``--backlog-events`` published before it starts), ``--kills`` kills
 each, over ``--users`` users with history length ``--history-length`` (short, so redelivered
 events come back older than a full history). Burst and backlog are read in bundles of
-``--batch-pull-max`` and killed once a random share of what is left is counted. Per scenario:
+``--batch-pull-max`` and killed 0-0.5 s after the run's first counts (0-1.5 s for the stream). Per scenario:
 events lost (published, not counted in ``users/*.event_count``), double-counted, users whose
 history differs from the newest published events. Then (``--hot-user-seconds`` > 0) one user at
 ``--hot-user-rate`` events/s (:mod:`testing.hot_user`): writes of its document per second, every

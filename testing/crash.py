@@ -4,8 +4,8 @@ Shared by ``tests/integration/test_streaming_crash.py`` (one scenario per run) a
 ``python -m bench.crash`` (the paced x burst x backlog matrix). A scenario publishes a known set of
 events (distinct ids, a few users, so that each user's history fills and events come back older
 than it), kills the pipeline's process group ``kills`` times at random moments while it works
-(a stream: once the run has counted something, after a random delay; a burst or backlog: once
-a random 10-90 % of what is left is counted, read in bundles of ``pull_max``), restarts it at
+(once the run has counted something, after a random delay: up to ``max_kill_delay_s`` for a
+stream, up to 0.5 s for a burst or backlog, read in bundles of ``pull_max``), restarts it at
 once, and finally compares every user's ``event_count`` and history in Firestore with what was
 published: ``lost`` (published, not counted) and ``doubled`` (counted more than once).
 """
@@ -213,15 +213,12 @@ def run_scenario(scenario: Scenario, stack: CrashStack, db: Any, settle_timeout_
         for _ in range(scenario.kills):
             before = total(counted(db, users))
             remaining = len(events) - before
-            if scenario.kind == "paced" or remaining < 50:
-                # a stream keeps work in flight: once this run counts, after a random delay
-                wait_progress(db, users, before, 25, stack)
-                time.sleep(rng.uniform(0.0, scenario.max_kill_delay_s))
-            else:
-                # a burst or backlog is worked off in seconds: kill once a random share of what is
-                # left is counted, so the kill lands while the rest is pulled, in flight or queued
-                wait_progress(db, users, before + int(rng.uniform(0.1, 0.9) * remaining), 60, stack,
-                              poll_s=0.02)
+            # once this run counts something, after a random delay; a burst or backlog is worked
+            # off in about a second (the first bundle's users written at once, the next ones'
+            # a second later, coalesced), so its delay is short: the kill lands mid-way
+            wait_progress(db, users, before, 25, stack, poll_s=0.02)
+            short = scenario.kind != "paced" and remaining >= 50
+            time.sleep(rng.uniform(0.0, 0.5 if short else scenario.max_kill_delay_s))
             kill_at.append(round(time.monotonic() - t0, 2))
             stack.kill()
             counted_at_kill.append(total(counted(db, users)))

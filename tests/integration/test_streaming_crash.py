@@ -27,7 +27,7 @@ def test_kill_9_mid_burst_then_restart_loses_nothing_and_counts_nothing_twice(em
     items = [i for i in towers.items_vocab() if i]
     stack = crash.CrashStack(emulators, tmp_path, str(artifact))
     scenario = crash.Scenario("burst", events=1500, kills=1, users=users, items=items, seed=11,
-                              pull_max=250)  # killed once a random share of the burst is counted
+                              pull_max=250)  # killed 0-0.5 s after the first counts: mid-burst
     result = crash.run_scenario(scenario, stack, firestore_client)
     assert result["kills"] == 1 and result["counted_at_kill"][0] < 1500, result  # mid-burst
     assert (result["lost"], result["doubled"], result["histories_differing"]) == (0, 0, 0), (
