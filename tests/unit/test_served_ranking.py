@@ -164,3 +164,21 @@ def test_choose_adopts_history_buckets_only_when_they_pay():
     defaults, report = served.choose(per_user, lengths)
     assert report["buckets_adopted"] and defaults.alpha_by_history == ((0, 0.0), (10, 1.0), (30, 1.0))
     assert defaults.alpha_for(3) == 0.0 and defaults.alpha_for(45) == 1.0
+
+
+def test_scoring_defaults_round_trip_and_old_documents():
+    d = ScoringDefaults(alpha=0.9, min_pool=100, alpha_by_history=((0, 0.8), (10, 1.0)))
+    assert ScoringDefaults.from_dict(d.to_dict()) == d
+    assert ScoringDefaults.from_dict({"alpha": 0.9, "alpha_by_history": [[10, 1.0], [0, 0.8]]}) == \
+        ScoringDefaults(alpha=0.9, alpha_by_history=((0, 0.8), (10, 1.0)))
+    assert ScoringDefaults.from_dict(None) is None and ScoringDefaults.from_dict({}) is None
+    with pytest.raises(ValueError):
+        ScoringDefaults.from_dict({"alpha": 1.5})
+    assert resolve_alpha(0.3, d, 50) == 0.3 and resolve_alpha(None, None, 5, fallback=0.7) == 0.7
+
+
+def test_serving_config_reads_the_function_settings():
+    env = served.read_env_file(served.SERVING_ENV)
+    config = served.serving_config()
+    assert config.backend == env["RETRIEVAL"].lower() and config.nprobe == int(env["IVF_NPROBE"])
+    assert config.min_items == int(env["IVF_MIN_ITEMS"])
