@@ -42,7 +42,7 @@ import numpy as np
 ANN_FILE = "item_ann.faiss"
 ANN_META_FILE = "item_ann.json"
 BACKEND = "faiss"
-DEFAULT_NPROBE = 16
+DEFAULT_NPROBE = 24
 
 
 class AnnUnavailable(RuntimeError):

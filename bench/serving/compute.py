@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -209,9 +210,10 @@ def measure_backends(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc]
     faiss_index = Recommender(dataclasses.replace(settings, retrieval="faiss"), store=None
                               ).indexes.with_ann_loaded(exact_index, index_uri, snap.version)
     if faiss_index.ivf is not None:
-        rows = faiss_index.ivf.index.invlists.compute_ntotal()
         ready = time.perf_counter() - t
-        indexes["faiss"] = (faiss_index, ready, rows * (snap.embeddings.shape[1] * 4 + 8) / 1e6)
+        from scoring import ann  # the index in memory is about its file (codes, ids, centroids)
+
+        indexes["faiss"] = (faiss_index, ready, (Path(index_uri).parent / ann.ANN_FILE).stat().st_size / 1e6)
     t = time.perf_counter()
     ivf_index = exact_index.with_ivf(settings.ivf_nlist, settings.ivf_nprobe)
     ivf = ivf_index.ivf

@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
                       catalogue=a.catalogue, pairs=a.pairs, output=a.output or "")
     if cfg.items > 200_000:  # the IVF grid around sqrt(N) and 2 sqrt(N) partitions
         root = int(round(np.sqrt(cfg.items)))
-        cfg.ivf_nlists = (root, 2 * root)
+        cfg.ivf_nlists = (2 * root,)  # the served default (scoring.ann.default_nlist)
+        cfg.ivf_nprobes = (16, 24, 48, 96)
     if a.configs:
         cfg.serving_configs = [(int(w), int(t.split(":")[0]), t.endswith(":blas"))
                                for w, t in (c.split("x") for c in a.configs.split(","))]

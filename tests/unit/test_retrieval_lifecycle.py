@@ -59,7 +59,7 @@ def test_cold_start_loads_the_training_jobs_index(tmp_path):
     path, _ = _artefact(tmp_path)
     service = _service(path)
     assert isinstance(service.index.ivf, ann.FaissIvf) and service.index.ivf.nlist == 30
-    assert service.index.ivf.nprobe == 16  # IVF_NPROBE from the settings, not the file's default
+    assert service.index.ivf.nprobe == 24  # IVF_NPROBE from the settings, not the file's default
     assert service.health()[1]["retrieval"] == "faiss"
     body = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
     assert body["strategy"] == "session" and len(body["items"]) == 5

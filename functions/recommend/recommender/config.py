@@ -42,7 +42,7 @@ class Settings:
     # ivf_nprobe: partitions probed per request (both).
     retrieval: str = "faiss"
     ivf_nlist: int = 0
-    ivf_nprobe: int = 16
+    ivf_nprobe: int = 24
     ivf_min_items: int = 20_000
     # When the IVF partitions of a freshly loaded snapshot are built: "startup" (cold start, before
     # gunicorn forks, shared by the workers) or "background" (each process, after its first request).
@@ -73,7 +73,7 @@ class Settings:
             items_poll_limit=env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
             retrieval=env_choice("RETRIEVAL", "faiss", ("faiss", "ivf", "exact")),
             ivf_nlist=env_int("IVF_NLIST", 0, 0, 1_000_000),
-            ivf_nprobe=env_int("IVF_NPROBE", 16, 1, 1_000_000),
+            ivf_nprobe=env_int("IVF_NPROBE", 24, 1, 1_000_000),
             ivf_min_items=env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
             ivf_build=env_choice("IVF_BUILD", "startup", ("startup", "background")),
         )
