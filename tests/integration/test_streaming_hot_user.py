@@ -32,5 +32,6 @@ def test_a_user_at_200_events_per_second_is_written_at_most_once_a_second(emulat
     print(result)
     assert result["counted"] == result["published"], (result, stack.log())
     assert seconds - 1 <= result["writes"] <= seconds + 2, result  # about once a second
-    # emissions are >= 1 s apart; commit times add the write latency's jitter (0.93 s measured)
-    assert result["min_gap_s"] >= 0.75, result
+    # emissions are >= 1 s apart; commit times add the write latency's jitter (0.85-0.93 s at
+    # load 6-9, 0.57 s once at load 16); without coalescing they would be a bundle apart (~10 ms)
+    assert result["min_gap_s"] >= 0.5, result
