@@ -102,6 +102,9 @@ def unpack_history(value: Any) -> tuple[HistoryEntry, ...]:
     return tuple(HistoryEntry.from_document(h) for h in value)
 
 
+MAX_SEEN = 1000  # items kept in users/{id}.seen: the oldest drop out past it
+
+
 @dataclass(frozen=True)
 class UserDoc:
     """``users/{user_id}``: the user's fresh embedding and recent history (oldest first).
@@ -118,8 +121,8 @@ class UserDoc:
     embedding: tuple[float, ...] | None = None
     event_count: int = 0
     # Optional: ids of items the user interacted with before the ``history`` window (distinct,
-    # stored as one JSON string like ``history``). ``exclude_seen`` excludes history and seen;
-    # empty in documents written without it.
+    # newest last, at most ``MAX_SEEN``; stored as one JSON string like ``history``).
+    # ``exclude_seen`` excludes history and seen; empty in documents written without it.
     seen: tuple[str, ...] = ()
 
     def to_document(self) -> dict[str, Any]:

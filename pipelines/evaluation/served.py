@@ -20,9 +20,10 @@ that knew only the last 50 events would recommend older train items again (on sy
 every 20 slots, NDCG@10 0.112 instead of 0.136 at alpha 1): a real defect, not a protocol
 artefact. So the user document carries ``seen`` (``UserDoc.seen``: the items before the history
 window) and ``exclude_seen`` excludes history + seen; the served row writes ``seen`` = every other
-train item, i.e. both exclude the same set. The streaming pipeline does not maintain ``seen`` yet:
-until it does, production behaves like ``exclusion="history"``, reported in the details as
-``ndcg@10_history_only``. Lists are scored as returned (nothing masked); ``train_items_in_top20``
+train item (the newest ``MAX_SEEN``), i.e. both exclude the same set: the streaming pipeline adds
+every item that leaves a user's history window to ``seen`` (``pipelines.streaming.user_state``).
+``ndcg@10_history_only`` in the details is what a function excluding only the history would give.
+Lists are scored as returned (nothing masked); ``train_items_in_top20``
 counts train items that still reach a list.
 
 :func:`choose_defaults` is the training job's measurement of those defaults: a validation slice is
@@ -52,6 +53,7 @@ from pipelines.evaluation.metrics import (
 )
 from pipelines.evaluation.splits import Split, random_split, temporal_split
 from schemas.content import SparseRows
+from schemas.firestore import MAX_SEEN
 from schemas.index_snapshot import IndexSnapshot
 from scoring.rank import (
     ItemArrays,
@@ -168,12 +170,14 @@ def stored_history(split: Split, users: np.ndarray, length: int = STORED_HISTORY
 
 
 def seen_items(split: Split, users: np.ndarray, histories: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Each user's distinct train items outside their stored history (``users/{id}.seen``)."""
+    """Each user's distinct train items outside their stored history, as the pipeline bounds
+    ``users/{id}.seen`` (the newest ``MAX_SEEN``)."""
     ids = np.asarray(split.item_ids, dtype=object)
     out = []
     for u, hist in zip(np.asarray(users).tolist(), histories):
         recent = set(hist)
-        out.append([i for i in dict.fromkeys(ids[split.history(int(u))].tolist()) if i not in recent])
+        others = [i for i in dict.fromkeys(ids[split.history(int(u))].tolist()) if i not in recent]
+        out.append(others[-MAX_SEEN:])
     return out
 
 

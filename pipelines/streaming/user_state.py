@@ -50,7 +50,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
 from schemas.events import ProductEvent
-from schemas.firestore import HistoryEntry, UserDoc
+from schemas.firestore import MAX_SEEN, HistoryEntry, UserDoc
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -80,7 +80,7 @@ class UserState:
     last_event_ts: int = 0
     recent: tuple[tuple[int, int, str], ...] = ()  # (counted at, s; event time; id), oldest first
     floor: Key | None = None
-    seen: tuple[str, ...] = ()  # passed through from the stored document
+    seen: tuple[str, ...] = ()  # items that left (or never entered) the history, newest last
 
     @classmethod
     def from_doc(cls, doc: UserDoc, dedup: str | None = None, history_length: int | None = None) -> UserState:
@@ -145,6 +145,7 @@ def apply_events(state: UserState, events: Iterable[ProductEvent], history_lengt
     keys = [_order_key(h) for h in history]
     recent = list(state.recent)
     ids = {h.event_id for h in history} | {r[2] for r in recent}
+    left: list[str] = []  # items of counted events outside the history window, oldest first
     outcomes: list[str] = []
     count, last_id, last_ts = state.event_count, state.last_event_id, state.last_event_ts
     for event in events:
@@ -158,6 +159,7 @@ def apply_events(state: UserState, events: Iterable[ProductEvent], history_lengt
         ids.add(event.event_id)
         if len(history) >= history_length and key < keys[0]:
             recent.append((now, event.timestamp, event.event_id))  # counted, never in the history
+            left.append(event.item_id)
         else:
             at = bisect.bisect_right(keys, key)
             keys.insert(at, key)
@@ -167,13 +169,28 @@ def apply_events(state: UserState, events: Iterable[ProductEvent], history_lengt
                 old = history.pop(0)
                 keys.pop(0)
                 recent.append((now, old.timestamp, old.event_id))
+                left.append(old.item_id)
         count, last_id, last_ts = count + 1, event.event_id, event.timestamp
         outcomes.append(ACCEPTED)
     recent, floor = _forget(recent, state.floor, now - retention_s, max_recent)
     if count == state.event_count and len(recent) == len(state.recent):
         return state, outcomes
     return replace(state, history=tuple(history), event_count=count, last_event_id=last_id,
-                   last_event_ts=last_ts, recent=tuple(recent), floor=floor), outcomes
+                   last_event_ts=last_ts, recent=tuple(recent), floor=floor,
+                   seen=with_seen(state.seen, left)), outcomes
+
+
+def with_seen(seen: tuple[str, ...], items: Iterable[str], limit: int = MAX_SEEN) -> tuple[str, ...]:
+    """``seen`` with ``items`` moved to (or added at) the newest end; distinct, at most ``limit``."""
+    items = list(items)
+    if not items:
+        return seen
+    merged = dict.fromkeys(seen)
+    for item in items:
+        merged.pop(item, None)
+        merged[item] = None
+    out = tuple(merged)
+    return out[-limit:] if len(out) > limit else out
 
 
 def _forget(recent: list[tuple[int, int, str]], floor: Key | None, before_s: float,

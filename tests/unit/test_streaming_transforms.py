@@ -702,3 +702,20 @@ def test_core_end_to_end_with_test_stream():
                     equal_to(["events", "catalog"]), label="dead")
         assert_that(out["accepted_batches"] | beam.FlatMap(lambda b: [e.event_id for e in b]),
                     equal_to([e.event_id for e in events]), label="accepted")
+
+
+def test_items_leaving_the_history_window_are_remembered_as_seen():
+    from pipelines.streaming.user_state import UserState, apply_events, with_seen
+
+    events = [ProductEvent(f"e{i}", "view", "u1", f"i{i % 4}", T0 + i) for i in range(6)]
+    state, outcomes = apply_events(UserState("u1"), events, history_length=2, now_s=0)
+    assert outcomes == ["accepted"] * 6
+    assert [h.item_id for h in state.history] == ["i0", "i1"]  # events 4 and 5
+    assert state.seen == ("i0", "i1", "i2", "i3")  # e0..e3 left the window, in order, distinct
+    older = ProductEvent("old", "view", "u1", "i9", T0 - 1)  # counted, never in the full history
+    state, _ = apply_events(state, [older], history_length=2, now_s=0)
+    assert state.seen[-1] == "i9"
+    assert with_seen(("a", "b", "c"), ["a", "d"], limit=3) == ("c", "a", "d")
+    doc = UserDoc("u1", state.history, state.last_event_id, state.last_event_ts, 0, None, None,
+                  state.event_count, seen=state.seen)
+    assert UserDoc.from_document(doc.to_document()).seen == state.seen
