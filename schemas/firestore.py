@@ -21,7 +21,7 @@ vectors so that ``find_nearest`` can query them; the codecs accept plain lists t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,16 @@ def unpack_history(value: Any) -> tuple[HistoryEntry, ...]:
 
 
 MAX_SEEN = 1000  # items kept in users/{id}.seen: the oldest drop out past it
+
+
+def with_seen(seen: tuple[str, ...], items: Iterable[str], limit: int = MAX_SEEN) -> tuple[str, ...]:
+    """``seen`` with ``items`` moved to (or added at) the newest end; distinct, at most ``limit``."""
+    merged = dict.fromkeys(seen)
+    for item in items:
+        merged.pop(item, None)
+        merged[item] = None
+    out = tuple(merged)
+    return out[-limit:] if len(out) > limit else out
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from schemas import names
 from schemas.events import ProductEvent
-from schemas.firestore import CurrentModelDoc, HistoryEntry, UserDoc
+from schemas.firestore import CurrentModelDoc, HistoryEntry, UserDoc, with_seen
 
 log = logging.getLogger("seed_users")
 BATCH = 400
@@ -29,7 +29,8 @@ BATCH = 400
 
 def user_docs(events: Iterable[ProductEvent], history_length: int, now_ms: int
               ) -> list[UserDoc]:
-    """One document per user: the last ``history_length`` events (oldest first), no embedding."""
+    """One document per user: the last ``history_length`` events (oldest first) and, as ``seen``,
+    the items of the older ones (as the pipeline keeps them); no embedding."""
     by_user: dict[str, dict[str, ProductEvent]] = defaultdict(dict)
     for e in events:
         by_user[e.user_id].setdefault(e.event_id, e)
@@ -37,12 +38,13 @@ def user_docs(events: Iterable[ProductEvent], history_length: int, now_ms: int
     for user_id, unique in by_user.items():
         ordered = sorted(unique.values(), key=lambda e: (e.timestamp, e.event_id))
         recent = ordered[-history_length:]
+        older = [e.item_id for e in ordered[:-history_length]] if len(ordered) > history_length else []
         docs.append(UserDoc(
             user_id=user_id,
             history=tuple(HistoryEntry(e.event_id, e.item_id, e.event_type, e.timestamp)
                           for e in recent),
             last_event_id=recent[-1].event_id, last_event_ts=recent[-1].timestamp,
-            updated_at=now_ms, event_count=len(ordered)))
+            updated_at=now_ms, event_count=len(ordered), seen=with_seen((), older)))
     return docs
 
 

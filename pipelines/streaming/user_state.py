@@ -50,7 +50,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
 from schemas.events import ProductEvent
-from schemas.firestore import MAX_SEEN, HistoryEntry, UserDoc
+from schemas.firestore import HistoryEntry, UserDoc, with_seen
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -178,19 +178,6 @@ def apply_events(state: UserState, events: Iterable[ProductEvent], history_lengt
     return replace(state, history=tuple(history), event_count=count, last_event_id=last_id,
                    last_event_ts=last_ts, recent=tuple(recent), floor=floor,
                    seen=with_seen(state.seen, left)), outcomes
-
-
-def with_seen(seen: tuple[str, ...], items: Iterable[str], limit: int = MAX_SEEN) -> tuple[str, ...]:
-    """``seen`` with ``items`` moved to (or added at) the newest end; distinct, at most ``limit``."""
-    items = list(items)
-    if not items:
-        return seen
-    merged = dict.fromkeys(seen)
-    for item in items:
-        merged.pop(item, None)
-        merged[item] = None
-    out = tuple(merged)
-    return out[-limit:] if len(out) > limit else out
 
 
 def _forget(recent: list[tuple[int, int, str]], floor: Key | None, before_s: float,

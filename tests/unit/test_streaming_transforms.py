@@ -705,7 +705,8 @@ def test_core_end_to_end_with_test_stream():
 
 
 def test_items_leaving_the_history_window_are_remembered_as_seen():
-    from pipelines.streaming.user_state import UserState, apply_events, with_seen
+    from pipelines.streaming.user_state import UserState, apply_events
+    from schemas.firestore import with_seen
 
     events = [ProductEvent(f"e{i}", "view", "u1", f"i{i % 4}", T0 + i) for i in range(6)]
     state, outcomes = apply_events(UserState("u1"), events, history_length=2, now_s=0)
