@@ -33,8 +33,8 @@ class Measured:
     server_cpu_ms_per_request: float = 1.46  # docs/benchmarks.md, bench-serving 2026-11-27
     firestore_reads_per_request: float = 1.0  # the users/{id} document
     background_reads_per_instance_s: float = 1 / 5 + 1 / 5 + 1 / 30  # models/current, items poll, trending
-    pipeline_cpu_ms_per_event: float = 0.14  # docs/benchmarks.md, bench-stream (DirectRunner)
-    firestore_writes_per_event: float = 1.0  # at most one users/{id} write per event
+    pipeline_cpu_ms_per_event: float = 0.157  # docs/scaling.md, bench-stream median (DirectRunner)
+    firestore_writes_per_event: float = 0.9  # users/{id} writes after coalescing (docs/scaling.md)
     pubsub_bytes_per_event: float = 400.0  # data + attributes + 20 bytes of metadata
     sources: tuple[str, ...] = ("defaults: docs/benchmarks.md",)
 
@@ -51,7 +51,8 @@ class Deployment:
     worker_memory_gb: float = 7.5
     worker_disk_gb: float = 30.0
     worker_cpu_utilisation: float = 0.6
-    streaming_shuffles_per_event: float = 2.0  # per-user state and trending's combine
+    dataflow_cpu_overhead: float = 3.0  # Dataflow's per-event CPU vs the DirectRunner's (docs/scaling.md)
+    streaming_engine_bytes_per_event: float = 3000.0  # shuffle + state per event (docs/scaling.md)
     events_per_request: float = 1.0
 
 
@@ -113,13 +114,14 @@ def events_month(events_per_s: float, m: Measured, d: Deployment) -> dict[str, f
     """USD per month of ingesting ``events_per_s``: Pub/Sub, Dataflow workers and Firestore writes."""
     events = events_per_s * SECONDS_PER_MONTH
     pubsub = 2 * events * m.pubsub_bytes_per_event / 2**40 * prices.PUBSUB_THROUGHPUT.value  # in and out
-    busy = events_per_s * m.pipeline_cpu_ms_per_event / 1000 / d.worker_cpu_utilisation
+    cpu_ms = m.pipeline_cpu_ms_per_event * d.dataflow_cpu_overhead
+    busy = events_per_s * cpu_ms / 1000 / d.worker_cpu_utilisation
     workers = max(1, math.ceil(busy / d.worker_vcpu))  # a streaming job never scales to zero
     hours = SECONDS_PER_MONTH / 3600
     dataflow = workers * hours * (d.worker_vcpu * prices.DATAFLOW_VCPU.value
                                   + d.worker_memory_gb * prices.DATAFLOW_MEMORY.value
                                   + d.worker_disk_gb * prices.DATAFLOW_DISK.value)
-    shuffled_gb = events * m.pubsub_bytes_per_event * d.streaming_shuffles_per_event / 1e9
+    shuffled_gb = events * d.streaming_engine_bytes_per_event / 1e9
     return {"pubsub": pubsub, "dataflow_workers": dataflow,
             "dataflow_streaming_engine": shuffled_gb * prices.DATAFLOW_STREAMING_DATA.value,
             "firestore_writes": events * m.firestore_writes_per_event * prices.FIRESTORE_WRITE.value,

@@ -68,6 +68,25 @@ def console_section(console: dict[str, Any], out: Path) -> list[str]:
             "![console](console.png)"]
 
 
+def cost_section(root: Path) -> list[str]:
+    """What serving and ingesting cost on Google Cloud (``scripts.cost``), with Personalize's price."""
+    from scripts import cost
+
+    result = cost.estimate(cost.from_reports(root / "reports" / "bench"), cost.Deployment())
+    lines = ["", "## What it costs on Google Cloud", "",
+             f"From `python -m scripts.cost` (list prices of {result['prices_as_of']}, "
+             f"`scripts/prices.py`; inputs: {'; '.join(result['measured']['sources'])}), one view event "
+             "per recommendation request:", "",
+             "| req/s | mode | $ per million recs | $ per million events | $ per month | "
+             "Personalize $ per million recs |", "|---|---|---|---|---|---|"]
+    for sc in result["scenarios"]:
+        lines.append(f"| {sc['requests_per_s']:g} | {sc['mode']} "
+                     f"| {sc['usd_per_million_recommendations']:.2f} | {sc['usd_per_million_events']:.2f} "
+                     f"| {sc['usd_per_month']:,.0f} "
+                     f"| {sc['personalize_usd_per_million_recommendations']:.2f} |")
+    return lines
+
+
 def write_report(summary: dict[str, Any], details: dict[str, Any], reports_dir: Path) -> Path:
     """Write the Markdown report and its plots; return the report's path."""
     out = reports_dir / time.strftime("%Y%m%d-%H%M%S")
@@ -133,5 +152,6 @@ def write_report(summary: dict[str, Any], details: dict[str, Any], reports_dir: 
                      f"pipeline embedded events with `{hr['user_doc_model_version']}` "
                      f"{hr['pipeline_switch_s']} s after the switch, without a restart.")
     lines += console_section(details.get("console") or {}, out)
+    lines += cost_section(Path(__file__).resolve().parents[2])
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "report.md"

@@ -15,7 +15,8 @@ M = cost.Measured(server_cpu_ms_per_request=2.0, firestore_reads_per_request=1.0
                   firestore_writes_per_event=0.5, pubsub_bytes_per_event=512.0, sources=("test",))
 D = cost.Deployment(function_vcpu=1.0, function_memory_gib=0.5, min_instances=2, target_cpu_utilisation=0.5,
                     worker_vcpu=2.0, worker_memory_gb=7.5, worker_disk_gb=30.0, worker_cpu_utilisation=0.5,
-                    streaming_shuffles_per_event=2.0, events_per_request=2.0)
+                    dataflow_cpu_overhead=3.0, streaming_engine_bytes_per_event=3000.0,
+                    events_per_request=2.0)
 
 
 def test_scale_to_zero_serving_by_hand():
@@ -36,13 +37,13 @@ def test_always_on_serving_pays_min_instances_all_month():
 
 
 def test_events_by_hand():
-    # 5,000 events/s x 0.3 ms / 0.5 = 3 busy vCPU -> 2 workers of 2 vCPU
+    # 5,000 events/s x 0.3 ms x 3 (Dataflow overhead) / 0.5 = 9 busy vCPU -> 5 workers of 2 vCPU
     got = cost.events_month(5000, M, D)
     events = 5000 * SECONDS
-    assert got["workers"] == 2
-    assert got["dataflow_workers"] == pytest.approx(2 * HOURS * (2 * 0.069 + 7.5 * 0.003557 + 30 * 0.000054))
+    assert got["workers"] == 5
+    assert got["dataflow_workers"] == pytest.approx(5 * HOURS * (2 * 0.069 + 7.5 * 0.003557 + 30 * 0.000054))
     assert got["pubsub"] == pytest.approx(2 * events * 512 / 2**40 * 40.0)
-    assert got["dataflow_streaming_engine"] == pytest.approx(events * 512 * 2 / 1e9 * 0.018)
+    assert got["dataflow_streaming_engine"] == pytest.approx(events * 3000 / 1e9 * 0.018)
     assert got["firestore_writes"] == pytest.approx(events * 0.5 * 0.09 / 100_000)
     assert cost.events_month(0.001, M, D)["workers"] == 1  # a streaming job never scales to zero
 
