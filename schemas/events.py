@@ -26,6 +26,7 @@ from schemas._avro import (
 )
 from schemas.errors import InvalidRecord
 from schemas.ids import MAX_ID_CHARS, check_id, control_character
+from schemas.names import FORGET_KIND, KIND_ATTR
 
 SCHEMA_FILE = "product_event.avsc"
 EVENT_TYPES = ("view", "add_to_cart", "purchase")
@@ -121,3 +122,62 @@ def parse_event(data: bytes | str) -> ProductEvent:
 def _check_id(name: str, value: str) -> None:
     """The id contract (:func:`schemas.ids.check_id`); kept for the loaders that import it."""
     check_id(name, value)
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """A control message on the events topic: forget ``user_id``'s events up to ``timestamp``.
+
+    Published with the attribute ``kind=forget`` (``schemas.names``) and a body that is not a
+    valid product event (no ``event_id``, ``event_type`` or ``item_id``), so a reader that does
+    not know the kind dead-letters it instead of counting it. ``request_id`` is the key that makes
+    a redelivered request a no-op; ``timestamp`` (epoch ms, when the request was accepted) is the
+    forget time: the user's events at or before it are gone for good.
+    """
+
+    request_id: str
+    user_id: str
+    timestamp: int
+
+    @property
+    def event_id(self) -> str:  # dead-letter routing and logs name it like an event
+        return self.request_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body and the archive's tombstone line."""
+        return {"kind": FORGET_KIND, "request_id": self.request_id, "user_id": self.user_id,
+                "timestamp": self.timestamp}
+
+    def to_pubsub_data(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def pubsub_attributes(self) -> dict[str, str]:
+        return {KIND_ATTR: FORGET_KIND, "user_id": self.user_id, "request_id": self.request_id}
+
+
+def is_forget(attributes: Mapping[str, str] | None, record: Mapping[str, Any] | None = None) -> bool:
+    """A message (by its attributes) or an archive line (by its ``kind``) is a forget request."""
+    if attributes and attributes.get(KIND_ATTR) == FORGET_KIND:
+        return True
+    return isinstance(record, Mapping) and record.get("kind") == FORGET_KIND
+
+
+def validate_forget(record: Mapping[str, Any]) -> ForgetRequest:
+    """Validate a decoded forget body or tombstone line; raise ``InvalidRecord``."""
+    if not isinstance(record, Mapping):
+        raise InvalidRecord("payload", f"expected a JSON object, got {type(record).__name__}")
+    for name in ("request_id", "user_id"):
+        _check_id(name, record.get(name))
+    ts = record.get("timestamp")
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < MIN_TIMESTAMP_MS:
+        raise InvalidRecord("timestamp", "expected epoch milliseconds after 2000-01-01")
+    return ForgetRequest(request_id=record["request_id"], user_id=record["user_id"], timestamp=ts)
+
+
+def parse_forget(data: bytes | str) -> ForgetRequest:
+    """Parse a forget message body; raise ``InvalidRecord``."""
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRecord("payload", f"not JSON: {e}") from e
+    return validate_forget(record)

@@ -16,6 +16,8 @@ ITEMS = "items"
 MODELS = "models"
 STATS = "stats"
 
+FORGOTTEN_USERS = "forgotten_users"  # forgotten_users/{id}: the pipeline's forget floor (no events)
+
 CURRENT_MODEL_DOC = "current"  # models/current points at the serving version
 TRENDING_DOC = "trending"  # stats/trending holds the ranked trending list
 
@@ -25,3 +27,7 @@ DEFAULT_PROJECT = "demo-project"
 DLQ_REASON_ATTR = "dlq_reason"
 DLQ_FIELD_ATTR = "dlq_field"
 DLQ_SOURCE_ATTR = "dlq_source"
+
+# The events topic also carries control messages: ``kind`` names one (absent: a product event).
+KIND_ATTR = "kind"
+FORGET_KIND = "forget"

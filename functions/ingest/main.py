@@ -25,6 +25,12 @@ with the details inside the ``error`` object: a 400 or 503 after validation carr
   that were not published. Retrying them is safe: ``event_id`` is the idempotency key downstream.
 * 500 ``internal``: the function is misconfigured (a bad setting, named in the message).
 
+``DELETE /users/{user_id}`` (a data-protection request) publishes a forget request on the
+same topic (attribute ``kind=forget``, ``schemas.events.ForgetRequest``) and answers
+``202 {"request_id", "user_id", "forget_at"}``; the pipeline then deletes ``users/{id}``, clears
+the user's state and archives a tombstone that training honours. An invalid id is a 400, a
+failed publish a 503 (retrying is safe: a second forget of a forgotten user changes nothing).
+
 Settings (environment): ``GOOGLE_CLOUD_PROJECT``, ``EVENTS_TOPIC`` (name or full path),
 ``MAX_BODY_BYTES``, ``MAX_EVENTS``, ``PUBLISH_TIMEOUT_S``, ``CORS_ALLOW_ORIGIN`` (unset: no CORS).
 
@@ -43,6 +49,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,7 +73,8 @@ from httpfn.responses import error_response, json_response
 from httpfn.settings import ConfigError, env_float, env_int, env_str
 from schemas import names
 from schemas.errors import InvalidRecord
-from schemas.events import ProductEvent, validate_event
+from schemas.events import ForgetRequest, ProductEvent, validate_event
+from schemas.ids import id_problem
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +296,31 @@ def _ingest(request: Any, settings: Settings, publisher: Callable[[], Publisher]
                       "event_ids": [e.event_id for e in checked.events]}, 202, settings)
 
 
+USERS_PREFIX = "/users/"
+
+
+def forget_target(path: str) -> str | None:
+    """The user id of a ``/users/{user_id}`` path (percent-decoded by the framework), else None."""
+    at = path.find(USERS_PREFIX)
+    return path[at + len(USERS_PREFIX):] if at >= 0 else None
+
+
+def _forget(user_id: str, settings: Settings, publisher: Callable[[], Publisher]) -> flask.Response:
+    if (problem := id_problem(user_id)) is not None:
+        raise InvalidParameter(f"user_id {problem}", field="user_id")
+    request = ForgetRequest(request_id=uuid.uuid4().hex, user_id=user_id, timestamp=int(time.time() * 1000))
+    try:
+        future = publisher().publish(settings.topic_path, request.to_pubsub_data(),
+                                     **request.pubsub_attributes())
+        future.result(timeout=settings.publish_timeout_s)
+    except _PUBLISH_ERRORS as e:
+        logger.error("publish of forget request for %s failed: %s", settings.topic_path, e)
+        raise PublishFailed("could not publish the forget request; retry "
+                            "(a repeated forget is harmless)") from e
+    return _response({"request_id": request.request_id, "user_id": user_id,
+                      "forget_at": request.timestamp}, 202, settings)
+
+
 def handle(request: Any, settings: Settings, publisher: Callable[[], Publisher]) -> flask.Response:
     """Route one request; every error becomes a JSON response with its status."""
     try:
@@ -299,6 +332,11 @@ def handle(request: Any, settings: Settings, publisher: Callable[[], Publisher])
             return _response({}, 204, settings, {"Access-Control-Allow-Methods": "POST",
                                                  "Access-Control-Allow-Headers": "Content-Type",
                                                  "Access-Control-Max-Age": "3600"})
+        user_id = forget_target(request.path)
+        if user_id is not None:
+            if request.method != "DELETE":
+                raise MethodNotAllowed(request.method, ("DELETE",), "use DELETE on /users/{user_id}")
+            return _forget(user_id, settings, publisher)
         if request.method != "POST":
             raise MethodNotAllowed(request.method, ("POST",),
                                    f"method {request.method} not allowed: POST events as JSON")

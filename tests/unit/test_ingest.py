@@ -63,7 +63,7 @@ class FakePublisher:
 
     def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        event_id = attrs["event_id"]
+        event_id = attrs.get("event_id") or attrs["request_id"]
         if event_id in self.fail_ids:
             from google.api_core.exceptions import ServiceUnavailable
             future.set_exception(ServiceUnavailable("backend down"))
@@ -404,3 +404,50 @@ def test_deployable_folder_runs_with_schemas_copied_next_to_main(tmp_path):
     assert repo_modules == "[]"
     pins = (tmp_path / "requirements.txt").read_text().split()
     assert {"functions-framework==3.10.2", "google-cloud-pubsub==2.44.0", "fastavro==1.13.1"} <= set(pins)
+
+
+# ---------------------------------------------------------------------------- forget a user
+
+
+def test_delete_user_publishes_a_forget_request_that_old_readers_dead_letter():
+    from schemas.errors import InvalidRecord
+    from schemas.events import is_forget, parse_forget
+
+    pub = FakePublisher()
+    status, body, _ = call(FakeRequest(method="DELETE", path="/users/u-7"), pub)
+    assert status == 202 and body["user_id"] == "u-7" and body["request_id"] and body["forget_at"] > 0
+    (topic, data, attrs), = pub.published
+    assert topic == SETTINGS.topic_path and attrs["kind"] == "forget" and is_forget(attrs)
+    request = parse_forget(data)
+    assert (request.user_id, request.request_id, request.timestamp) == ("u-7", body["request_id"],
+                                                                        body["forget_at"])
+    with pytest.raises(InvalidRecord):  # a pipeline that ignores `kind` dead-letters it, never a view
+        parse_event(data)
+
+
+@pytest.mark.parametrize("path", ["/users/", "/users/" + "x" * 2000, "/users/a/b", "/users/__x__"])
+def test_delete_of_an_invalid_user_id_is_400(path):
+    pub = FakePublisher()
+    status, body, _ = call(FakeRequest(method="DELETE", path=path), pub)
+    assert status == 400 and body["error"]["code"] == "invalid_parameter"
+    assert "user_id" in body["error"]["message"]
+    assert pub.published == []
+
+
+def test_users_path_takes_only_delete_and_a_failed_publish_is_503():
+    status, _, resp = call(FakeRequest(method="POST", path="/users/u1"))
+    assert status == 405 and resp.headers["Allow"] == "DELETE"
+
+    class Failing(FakePublisher):
+        def publish(self, topic, data, **attrs):
+            raise RuntimeError("closed")
+
+    status, body, _ = call(FakeRequest(method="DELETE", path="/users/u1"), Failing())
+    assert status == 503 and body["error"]["code"] == "unavailable"
+
+
+def test_client_delete_user(client_and_publisher):
+    client, pub = client_and_publisher
+    assert client.delete("/users/u1").status_code == 202
+    assert client.delete("/users/u%2F1").status_code == 400
+    assert [a["kind"] for _, _, a in pub.published] == ["forget"]
