@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.data.dataset import DataError, Dataset
-from pipelines.data.eventio import iter_events_jsonl
+from pipelines.data.eventio import apply_tombstones, forget_times, iter_records_jsonl, parse_record
 from pipelines.data.eventio import open_text as _open_text
 from schemas.catalog import CatalogItem, validate_item
 from schemas.errors import InvalidRecord
-from schemas.events import MIN_TIMESTAMP_MS, ProductEvent, _check_id, validate_event
+from schemas.events import MIN_TIMESTAMP_MS, ForgetRequest, ProductEvent, _check_id, validate_event
 
 CSV_EVENT_FIELDS = ("event_id", "event_type", "user_id", "item_id", "timestamp", "session_id")
 
@@ -59,19 +59,24 @@ def load_event_files(paths: Sequence[str | Path], name: str, items_path: str | P
     """Events from several CSV / JSON-lines files (e.g. the pipeline's windowed archive).
 
     Events are sorted by time; an ``event_id`` seen before (a redelivered or re-archived event)
-    is kept once and counted in ``metadata["duplicates"]``. See :func:`load_events_file`.
+    is kept once and counted in ``metadata["duplicates"]``. Tombstones (the archive's ``forget``
+    lines, in any of the files) drop their user's events at or before the forget time, counted in
+    ``metadata["forgotten"]``. See :func:`load_events_file`.
     """
     rejected: list[dict[str, object]] = []
-    events: list[ProductEvent] = []
+    records: list[ProductEvent | ForgetRequest] = []
     for path in map(Path, paths):
         file_rejected: list[dict[str, object]] = []
         if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-            events += _events_from_jsonl(path, strict, file_rejected)
+            records += _events_from_jsonl(path, strict, file_rejected)
         elif path.name.endswith(".csv"):
-            events += _events_from_csv(path, name, strict, file_rejected)
+            records += _events_from_csv(path, name, strict, file_rejected)
         else:
             raise DataError(f"{path}: unknown event file type (expected .csv, .jsonl or .jsonl.gz)")
         rejected += [dict(r, file=str(path)) if len(paths) > 1 else r for r in file_rejected]
+    all_events = [r for r in records if isinstance(r, ProductEvent)]
+    forgotten = forget_times(records)
+    events = apply_tombstones(all_events, forgotten)
     events.sort(key=lambda e: e.timestamp)
     seen: set[str] = set()
     unique = [e for e in events if not (e.event_id in seen or seen.add(e.event_id))]
@@ -84,19 +89,21 @@ def load_event_files(paths: Sequence[str | Path], name: str, items_path: str | P
                          updated_at=ts) for i, ts in first_seen.items() if i not in known]
     return Dataset(name=name, items=items, events=unique,
                    metadata={"rejected": rejected, "duplicates": len(events) - len(unique),
+                             "forgotten": len(all_events) - len(events), "forgotten_users": len(forgotten),
                              "source": [str(p) for p in paths] if len(paths) > 1 else str(paths[0])})
 
 
-def _events_from_jsonl(path: Path, strict: bool, rejected: list[dict[str, object]]) -> list[ProductEvent]:
+def _events_from_jsonl(path: Path, strict: bool,
+                       rejected: list[dict[str, object]]) -> list[ProductEvent | ForgetRequest]:
     if strict:
-        return list(iter_events_jsonl(path))
+        return list(iter_records_jsonl(path))
     out = []
     with _open_text(path, "r") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                out.append(validate_event(json.loads(line)))
+                out.append(parse_record(json.loads(line)))
             except json.JSONDecodeError as e:
                 rejected.append({"line": line_no, "field": "payload", "reason": f"not JSON: {e.msg}"})
             except InvalidRecord as e:

@@ -79,6 +79,11 @@ def as_update(element: UserState | UserUpdate) -> UserUpdate:
     return element if isinstance(element, UserUpdate) else UserUpdate(element)
 
 
+def _rank(state: UserState) -> tuple[int, int]:
+    """Which of two states of a user is newer: a later forget, then more events."""
+    return state.forgotten_at, state.event_count
+
+
 def user_docs(states: Sequence[UserState], model: LoadedModel | None) -> list[UserDoc]:
     """``UserDoc``\\s for ``states``, embedded in one call when a model is loaded."""
     embeddings: Any = [None] * len(states)
@@ -135,8 +140,7 @@ class EmbedUsersFn(beam.DoFn):
         update = as_update(element)
         previous = self._buffer.get(update.state.user_id)
         if previous is not None:  # the newest state, and every event either carried
-            newest = update.state if update.state.event_count > previous[0].state.event_count else \
-                previous[0].state
+            newest = update.state if _rank(update.state) > _rank(previous[0].state) else previous[0].state
             update = UserUpdate(newest, previous[0].events + update.events)
         self._buffer[update.state.user_id] = (update, timestamp)
 
@@ -159,7 +163,8 @@ class EmbedUsersFn(beam.DoFn):
         if model is None:
             self.no_model.inc(len(docs))
         for doc, (update, ts) in zip(docs, pending):
-            yield _global(UserWrite(doc, update.events, pack_dedup(update.state)), ts)
+            state = update.state
+            yield _global(UserWrite(doc, update.events, pack_dedup(state), state.forgotten_at), ts)
 
 
 class EmbedItemsFn(beam.DoFn):
@@ -227,7 +232,7 @@ def _doc_from_prediction(keyed: tuple[str, PredictionResult]) -> UserWrite:
                              model_version=result.model_id,
                              embedding=tuple(float(x) for x in emb) if emb is not None else None,
                              event_count=state.event_count, seen=state.seen), update.events,
-                     pack_dedup(state))
+                     pack_dedup(state), state.forgotten_at)
 
 
 def _failed_batch(failed: tuple[Any, BaseException]) -> Iterator[Any]:

@@ -5,7 +5,10 @@
   state is authoritative and ``event_count`` grows with every accepted event, so a write is
   skipped when a document with the same or a higher count was already written by this process,
   and two commits for the same user are never in flight at once (no reordering on the wire).
-  Replayed events never reach the writer: the state step drops them.
+  Replayed events never reach the writer: the state step drops them. A write that carries a
+  forget request (``UserWrite.forgets``) first commits ``forgotten_users/{id}`` (the forget time,
+  which seeds the state's floor after a restart) and, if nothing was accepted since, the deletion
+  of ``users/{id}``; a later forget outranks any count (``UserWrite.rank``).
 * ``items/{id}``: catalogue updates, batched the same way.
 * ``stats/trending``: a transaction keeps the newest window (and, for one window, its latest
   pane) so an old window's final firing cannot overwrite a newer list.
@@ -36,7 +39,7 @@ from pipelines.compat import firestore_writes
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
 from pipelines.streaming.user_state import DEDUP_FIELD, StoredUser
 from schemas import names
-from schemas.events import ProductEvent
+from schemas.events import ForgetRequest, ProductEvent
 from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
 
 LOG = logging.getLogger(__name__)
@@ -60,6 +63,24 @@ class UserWrite:
     doc: UserDoc
     events: tuple[ProductEvent, ...] = ()
     dedup: str | None = None  # the state's dedup memory, stored as users/{id}.dedup
+    forgotten_at: int = 0  # the state's latest forget (epoch ms)
+
+    @property
+    def user_id(self) -> str:
+        return self.doc.user_id
+
+    @property
+    def event_count(self) -> int:
+        return self.doc.event_count
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Newer writes of a user rank higher: a later forget, then a higher count."""
+        return self.forgotten_at, self.doc.event_count
+
+    @property
+    def forgets(self) -> tuple[ForgetRequest, ...]:
+        return tuple(e for e in self.events if isinstance(e, ForgetRequest))
 
     def to_document(self) -> dict[str, Any]:
         data = self.doc.to_document()
@@ -86,9 +107,18 @@ class FirestoreSettings:
             return _clients[key]
 
 
-def stored_user(data: dict[str, Any]) -> StoredUser:
-    """A ``users/{id}`` document as read: the ``UserDoc`` and the pipeline's ``dedup`` field."""
-    return StoredUser(UserDoc.from_document(data), data.get(DEDUP_FIELD))
+def stored_user(data: dict[str, Any] | None, forgotten: dict[str, Any] | None = None) -> StoredUser | None:
+    """A ``users/{id}`` document as read (the ``UserDoc`` and the pipeline's ``dedup`` field) with
+    the user's ``forgotten_users/{id}``; None if neither exists."""
+    forgotten_at = int(forgotten["forgotten_at"]) if forgotten else None
+    if data is None:
+        return StoredUser(None, None, forgotten_at) if forgotten_at else None
+    return StoredUser(UserDoc.from_document(data), data.get(DEDUP_FIELD), forgotten_at)
+
+
+def tombstone_document(write: UserWrite) -> dict[str, Any]:
+    """``forgotten_users/{id}``: who and when, nothing else about the user."""
+    return {"user_id": write.user_id, "forgotten_at": write.forgotten_at}
 
 
 class FirestoreUserStore:
@@ -99,18 +129,19 @@ class FirestoreUserStore:
         self.collection = collection
 
     def get(self, user_id: str) -> StoredUser | None:
-        snap = self.settings.client().collection(self.collection).document(user_id).get()
-        return stored_user(snap.to_dict()) if snap.exists else None
+        return self.get_many([user_id])[user_id]
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, StoredUser | None]:
-        """One batched read (``get_all``) for many users."""
+        """One batched read (``get_all``) for many users and their forget tombstones."""
         client = self.settings.client()
-        coll = client.collection(self.collection)
-        out: dict[str, StoredUser | None] = dict.fromkeys(user_ids)
-        for snap in client.get_all([coll.document(u) for u in user_ids]):
+        coll, forgotten = client.collection(self.collection), client.collection(names.FORGOTTEN_USERS)
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        refs = [coll.document(u) for u in user_ids] + [forgotten.document(u) for u in user_ids]
+        for snap in client.get_all(refs):
             if snap.exists:
-                out[snap.id] = stored_user(snap.to_dict())
-        return out
+                found[(snap.reference.parent.id, snap.id)] = snap.to_dict()
+        return {u: stored_user(found.get((self.collection, u)), found.get((names.FORGOTTEN_USERS, u)))
+                for u in user_ids}
 
 
 class FirestoreCurrentModel:
@@ -126,7 +157,8 @@ class FirestoreCurrentModel:
 
 
 class MonotonicGuard:
-    """Per-user "highest ``event_count`` written" with at most one commit in flight per user."""
+    """Per-user "highest rank written" (``UserWrite.rank``: forget time, then ``event_count``;
+    a bare ``UserDoc`` ranks by its count) with at most one commit in flight per user."""
 
     def __init__(self, max_users: int = 200_000) -> None:
         self._written: OrderedDict[str, int] = OrderedDict()
@@ -134,29 +166,34 @@ class MonotonicGuard:
         self._cond = threading.Condition()
         self._max_users = max_users
 
-    def claim(self, docs: Sequence[UserDoc]) -> list[UserDoc]:
+    def claim(self, docs: Sequence[Any]) -> list[Any]:
         """Docs newer than anything written for their user; marks them in flight."""
-        latest: dict[str, UserDoc] = {}
+        latest: dict[str, Any] = {}
         for doc in docs:
-            if doc.user_id not in latest or doc.event_count > latest[doc.user_id].event_count:
+            if doc.user_id not in latest or _rank(doc) > _rank(latest[doc.user_id]):
                 latest[doc.user_id] = doc
         with self._cond:
             self._cond.wait_for(lambda: not (self._in_flight & latest.keys()))
-            fresh = [d for d in latest.values() if d.event_count > self._written.get(d.user_id, -1)]
+            fresh = [d for d in latest.values() if _rank(d) > self._written.get(d.user_id, (-1, -1))]
             self._in_flight.update(d.user_id for d in fresh)
             return fresh
 
-    def release(self, docs: Iterable[UserDoc], committed: bool) -> None:
+    def release(self, docs: Iterable[Any], committed: bool) -> None:
         """End the flight of ``docs``; remember their counts if the commit succeeded."""
         with self._cond:
             for doc in docs:
                 self._in_flight.discard(doc.user_id)
                 if committed:
-                    self._written[doc.user_id] = doc.event_count
+                    self._written[doc.user_id] = _rank(doc)
                     self._written.move_to_end(doc.user_id)
             while len(self._written) > self._max_users:
                 self._written.popitem(last=False)
             self._cond.notify_all()
+
+
+def _rank(doc: Any) -> tuple[int, int]:
+    rank = getattr(doc, "rank", None)
+    return rank if rank is not None else (0, doc.event_count)
 
 
 _guards: dict[FirestoreSettings, MonotonicGuard] = {}
@@ -227,6 +264,7 @@ class WriteUserDocsFn(beam.DoFn):
         self.written = Metrics.counter(METRICS_NAMESPACE, "user_docs_written")
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "user_docs_stale_skipped")
         self.batch_size = Metrics.distribution(METRICS_NAMESPACE, "user_write_batch_size")
+        self.deleted = Metrics.counter(METRICS_NAMESPACE, "users_forgotten_written")
         self.failed = stage_failures("user_write")
 
     def setup(self) -> None:
@@ -234,35 +272,38 @@ class WriteUserDocsFn(beam.DoFn):
         self._guard = shared_guard(self.settings)
 
     def start_bundle(self) -> None:
-        self._buffer: list[UserDoc] = []
-        self._events: dict[str, list[ProductEvent]] = {}
-        self._writes: dict[tuple[str, int], UserWrite] = {}
+        self._buffer: list[UserWrite] = []
+        self._events: dict[str, list[Any]] = {}
 
     def process(self, element: UserWrite | UserDoc) -> None:
         write = element if isinstance(element, UserWrite) else UserWrite(element)
-        self._buffer.append(write.doc)
-        self._writes[(write.doc.user_id, write.doc.event_count)] = write
+        self._buffer.append(write)
         if write.events:
-            self._events.setdefault(write.doc.user_id, []).extend(write.events)
+            self._events.setdefault(write.user_id, []).extend(write.events)
 
     def finish_bundle(self) -> Iterator[Any]:
         if not self._buffer:
             return
-        buffer, events, writes = self._buffer, self._events, self._writes
-        self._buffer, self._events, self._writes = [], {}, {}
+        buffer, events = self._buffer, self._events
+        self._buffer, self._events = [], {}
         fresh = self._guard.claim(buffer)
         self.skipped.inc(len(buffer) - len(fresh))
         failed: set[int] = set()
         try:
+            forgets = [i for i, w in enumerate(fresh) if w.forgotten_at and any(
+                isinstance(e, ForgetRequest) for e in events.get(w.user_id, ()))]
+            if forgets:
+                yield from self._forget([fresh[i] for i in forgets], events, failed, forgets)
             coll = self._client.collection(self.collection)
-            data = [(coll.document(d.user_id), writes[(d.user_id, d.event_count)].to_document())
-                    for d in fresh]
+            sets = [i for i, w in enumerate(fresh) if i not in failed and w.event_count > 0]
+            data = [(coll.document(fresh[i].user_id), fresh[i].to_document()) for i in sets]
             for failure in commit_chunks(self._client, data):
                 if failure is None:
                     continue
                 span, error = failure
-                failed.update(span)
-                lost = [e for i in span for e in events.get(fresh[i].user_id, ())]
+                lost_users = [sets[i] for i in span]
+                failed.update(lost_users)
+                lost = [e for i in lost_users for e in events.get(fresh[i].user_id, ())]
                 self.failed.inc(len(lost))
                 yield from (beam.pvalue.TaggedOutput(DEAD_LETTER, d)
                             for d in _dead_letters(lost, "user_write", error))
@@ -271,6 +312,28 @@ class WriteUserDocsFn(beam.DoFn):
             self._guard.release([fresh[i] for i in failed], False)
         self.written.inc(len(fresh) - len(failed))
         self.batch_size.update(len(fresh))
+
+    def _forget(self, writes: Sequence[UserWrite], events: dict[str, list[Any]], failed: set[int],
+                indexes: Sequence[int]) -> Iterator[Any]:
+        """One commit: ``forgotten_users/{id}`` of every forgotten user, and the deletion of the
+        ``users/{id}`` that hold nothing since; on failure the users' records -> dead letters."""
+        batch = self._client.batch()
+        tombstones = self._client.collection(names.FORGOTTEN_USERS)
+        users = self._client.collection(self.collection)
+        for write in writes:
+            batch.set(tombstones.document(write.user_id), tombstone_document(write))
+            if write.event_count == 0:
+                batch.delete(users.document(write.user_id))
+        try:
+            batch.commit()
+        except write_errors() as e:
+            failed.update(indexes)
+            lost = [r for w in writes for r in events.get(w.user_id, ())]
+            self.failed.inc(len(lost))
+            yield from (beam.pvalue.TaggedOutput(DEAD_LETTER, d)
+                        for d in _dead_letters(lost, "user_forget", e))
+            return
+        self.deleted.inc(len(writes))
 
 
 class WriteItemDocsFn(beam.DoFn):

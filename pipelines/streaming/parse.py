@@ -23,7 +23,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas import names
 from schemas.catalog import parse_item
 from schemas.errors import InvalidRecord
-from schemas.events import parse_event
+from schemas.events import is_forget, parse_event, parse_forget
 
 DEAD_LETTER = "dead_letter"
 SOURCE_EVENTS = "events"
@@ -93,10 +93,26 @@ class ParseFn(beam.DoFn):
 
 
 class ParseEventFn(ParseFn):
-    """Message -> ``ProductEvent`` timestamped with its event time, or a dead letter."""
+    """Message -> ``ProductEvent`` (or ``ForgetRequest``, attribute ``kind=forget``) timestamped
+    with its event time, or a dead letter."""
 
     def __init__(self) -> None:
         super().__init__(parse_event, SOURCE_EVENTS, "events")
+        self.forgets = Metrics.counter(METRICS_NAMESPACE, "forget_requests")
+
+    def process(self, message: Any) -> Iterator[Any]:
+        data, attributes = message_parts(message)
+        if not is_forget(attributes):
+            yield from super().process(message)
+            return
+        try:
+            request = parse_forget(data)
+        except InvalidRecord as e:
+            self.invalid.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(data, attributes, e, self.source))
+            return
+        self.forgets.inc()
+        yield self.emit(request)
 
     def emit(self, event: Any) -> Any:
         return TimestampedValue(event, event.timestamp / 1000.0)

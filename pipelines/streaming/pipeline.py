@@ -8,6 +8,8 @@ Reads the events and catalogue-updates subscriptions (with attributes) and, in F
 * ``stats/trending``: item counts over sliding event-time windows, ranked;
 * invalid messages go to the dead-letter topic (original payload + ``dlq_*`` attributes), and so
   do the events a later stage fails on (seed read, embedding, Firestore commit), with the reason;
+* ``DELETE /users/{id}`` on the ingest function (a ``kind=forget`` message on the events topic)
+  clears the user's state, deletes ``users/{id}`` and archives a tombstone that training honours;
 * accepted events are archived as JSON lines per arrival window under ``--archive-dir`` for
   training (written per bundle on the DirectRunner, when the window closes on Dataflow).
 
@@ -62,7 +64,13 @@ from pipelines.streaming.firestore_io import (
 )
 from pipelines.streaming.parse import DEAD_LETTER, ParseCatalog, ParseEvents
 from pipelines.streaming.trending import ComputeTrending
-from pipelines.streaming.user_state import ACCEPTED_BATCHES, WRITE_INTERVAL_S, UpdateUserState, UserStore
+from pipelines.streaming.user_state import (
+    ACCEPTED_BATCHES,
+    FORGETS,
+    WRITE_INTERVAL_S,
+    UpdateUserState,
+    UserStore,
+)
 from schemas import names
 
 LOG = logging.getLogger(__name__)
@@ -171,7 +179,9 @@ class RecommenderCore(beam.PTransform):
 
     Output dict: ``user_docs`` (``UserWrite``: the document and the events it newly holds),
     ``item_docs``, ``trending`` (``TrendingDoc``), ``dead_letters`` (``PubsubMessage``) and
-    ``accepted_batches`` (deduplicated ``ProductEvent``\\s, a tuple per bundle).
+    ``accepted_batches`` (deduplicated ``ProductEvent``\\s, a tuple per bundle) and ``forgets``
+    (the ``ForgetRequest``\\s applied: ``users/{id}`` is deleted by the user writes, the archive
+    gets a tombstone).
     """
 
     def __init__(self, config: StreamingConfig, models: ModelSource, user_store: UserStore | None) -> None:
@@ -197,6 +207,7 @@ class RecommenderCore(beam.PTransform):
                 cfg.trending_early_firing_s, cfg.allowed_lateness_s, cfg.trending_fanout),
             "dead_letters": dead | "DeadLetters" >> beam.Flatten(),
             "accepted_batches": accepted,
+            "forgets": users[FORGETS],
         }
 
 
@@ -219,8 +230,9 @@ def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollecti
     dead = [out["dead_letters"], users[DEAD_LETTER], items[DEAD_LETTER]]
     if config.archive_dir:  # per bundle where the local read acks on it, windowed on Dataflow
         per_bundle = direct_runner.is_direct(p.options)
-        archived = out["accepted_batches"] | "Archive" >> ArchiveEvents(
-            config.archive_dir, config.archive_window_s, per_bundle)
+        archived = ((out["accepted_batches"], out["forgets"]) | "WithTombstones" >> beam.Flatten()
+                    | "Archive" >> ArchiveEvents(
+            config.archive_dir, config.archive_window_s, per_bundle))
         if per_bundle:
             dead.append(archived[DEAD_LETTER])
     (tuple(dead) | "AllDeadLetters" >> beam.Flatten()

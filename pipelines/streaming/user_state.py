@@ -21,6 +21,11 @@ seeded from Firestore the first time a user is seen since start. A document writ
 memory existed seeds ``floor`` at its history's oldest entry when that history is full: the old
 rule, for the events before it.
 
+A forget request (:func:`apply_forget`) empties the state; its time becomes ``floor`` (an event
+at or before it is too old) and ``forgotten_at`` (a repeated request is a no-op). It is emitted at
+once with the update (the writer deletes ``users/{id}`` and stores ``forgotten_users/{id}``, which
+seeds the floor after a restart) and on the ``forgets`` output (the archive's tombstone).
+
 Per-user writes are coalesced (``write_interval_s``): a user's state is emitted at once if its
 last emission is at least that long ago, else the accepted events wait in keyed state for a
 processing-time timer at ``last emission + interval``, so ``users/{id}`` is written at most once
@@ -49,13 +54,15 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, failed_record, stage_failures
-from schemas.events import ProductEvent
+from schemas.events import ForgetRequest, ProductEvent
 from schemas.firestore import HistoryEntry, UserDoc, with_seen
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 TOO_OLD = "too_old"
 ACCEPTED_BATCHES = "accepted_batches"
+FORGETS = "forgets"
+FORGET_FLOOR_ID = "\U0010ffff"  # sorts after every event id: the floor covers the forget time itself
 WRITE_INTERVAL_S = 1.0  # Firestore's sustained limit: one write per second per document
 # How long a counted id is remembered after leaving the history: well over a subscription's ack
 # deadline (60 s in scripts/local_stack.py and terraform/) plus a restart, the longest a
@@ -81,6 +88,7 @@ class UserState:
     recent: tuple[tuple[int, int, str], ...] = ()  # (counted at, s; event time; id), oldest first
     floor: Key | None = None
     seen: tuple[str, ...] = ()  # items that left (or never entered) the history, newest last
+    forgotten_at: int = 0  # the latest forget request applied (epoch ms), 0 if none
 
     @classmethod
     def from_doc(cls, doc: UserDoc, dedup: str | None = None, history_length: int | None = None) -> UserState:
@@ -117,10 +125,27 @@ def unpack_dedup(value: str | None) -> tuple[tuple[tuple[int, int, str], ...], K
 
 @dataclass(frozen=True)
 class StoredUser:
-    """A stored ``users/{id}`` and its dedup memory (``None``: the document has none)."""
+    """A stored ``users/{id}`` (None: deleted by a forget) and its dedup memory (``None``: the
+    document has none), and the time of the user's latest forget (``forgotten_users/{id}``)."""
 
-    doc: UserDoc
+    doc: UserDoc | None
     dedup: str | None = None
+    forgotten_at: int | None = None
+
+
+def apply_forget(state: UserState, request: ForgetRequest) -> tuple[UserState, bool]:
+    """Forget everything about the user up to ``request.timestamp``: the empty state, with the
+    floor at that time; ``False`` (state unchanged) if a forget at or after it was applied."""
+    if request.timestamp <= state.forgotten_at:
+        return state, False
+    return forgotten_state(state.user_id, request.timestamp, state.floor), True
+
+
+def forgotten_state(user_id: str, forgotten_at: int, floor: Key | None = None) -> UserState:
+    """An empty state whose floor covers every event at or before ``forgotten_at``."""
+    forget_floor = (forgotten_at, FORGET_FLOOR_ID)
+    return UserState(user_id=user_id, forgotten_at=forgotten_at,
+                     floor=max(floor, forget_floor) if floor is not None else forget_floor)
 
 
 def _order_key(entry: HistoryEntry) -> Key:
@@ -328,6 +353,7 @@ class UpdateUserStateFn(beam.DoFn):
         self.duplicates = Metrics.counter(METRICS_NAMESPACE, "events_duplicate")
         self.too_old = Metrics.counter(METRICS_NAMESPACE, "events_too_old")
         self.seeded = Metrics.counter(METRICS_NAMESPACE, "users_seeded_from_firestore")
+        self.forgotten = Metrics.counter(METRICS_NAMESPACE, "users_forgotten")
 
     def start_bundle(self) -> None:
         self._accepted: list[ProductEvent] = []
@@ -340,9 +366,43 @@ class UpdateUserStateFn(beam.DoFn):
         if doc is None:
             return UserState(user_id=user_id)
         self.seeded.inc()
-        if isinstance(doc, StoredUser):
-            return UserState.from_doc(doc.doc, doc.dedup, self.history_length)
-        return UserState.from_doc(doc, None, self.history_length)
+        if not isinstance(doc, StoredUser):
+            return UserState.from_doc(doc, None, self.history_length)
+        if doc.doc is None:
+            return forgotten_state(user_id, doc.forgotten_at or 0)
+        state = UserState.from_doc(doc.doc, doc.dedup, self.history_length)
+        if doc.forgotten_at:
+            floor = forgotten_state(user_id, doc.forgotten_at, state.floor).floor
+            state = replace(state, forgotten_at=doc.forgotten_at, floor=floor)
+        return state
+
+    def _apply(self, current: UserState, elements: Sequence[ProductEvent | ForgetRequest]
+               ) -> tuple[UserState, list[ProductEvent], list[ForgetRequest]]:
+        """Apply events and forgets in order: state, events accepted since the last forget, forgets."""
+        accepted: list[ProductEvent] = []
+        forgets: list[ForgetRequest] = []
+        run: list[ProductEvent] = []
+
+        def flush_run(state: UserState) -> UserState:
+            state, outcomes = apply_events(state, run, self.history_length)
+            accepted.extend(e for e, outcome in zip(run, outcomes) if outcome == ACCEPTED)
+            for outcome in outcomes:
+                if outcome != ACCEPTED:
+                    (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
+            run.clear()
+            return state
+
+        for element in elements:
+            if not isinstance(element, ForgetRequest):
+                run.append(element)
+                continue
+            current = flush_run(current)
+            current, applied = apply_forget(current, element)
+            if applied:
+                forgets.append(element)
+                accepted.clear()  # forgotten before they were written: neither doc nor archive
+        current = flush_run(current)
+        return current, accepted, forgets
 
     def process(self, element: tuple[str, tuple[Sequence[ProductEvent], Seed | None]],
                 state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE),
@@ -360,13 +420,19 @@ class UpdateUserStateFn(beam.DoFn):
                 for event in events:
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, failed_record(event, "user_state", e))
                 return
-        current, outcomes = apply_events(current, events, self.history_length)
-        accepted = [e for e, outcome in zip(events, outcomes) if outcome == ACCEPTED]
-        for outcome in outcomes:
-            if outcome != ACCEPTED:
-                (self.duplicates if outcome == DUPLICATE else self.too_old).inc()
-        if accepted or first_sight:
+        current, accepted, forgets = self._apply(current, events)
+        if accepted or forgets or first_sight:
             state.write(current)  # on first sight even if nothing was accepted: Firestore is read once
+        if forgets:  # at once, whatever the interval: what waited to be written is forgotten
+            self.forgotten.inc(len(forgets))
+            self._accepted = [e for e in self._accepted if e.user_id != user_id]
+            self._accepted.extend(accepted)
+            self.accepted.inc(len(accepted))
+            emitted.write((time.time(), ()))
+            for request in forgets:
+                yield beam.pvalue.TaggedOutput(FORGETS, request)
+            yield UserUpdate(current, (*forgets, *accepted))
+            return
         if not accepted:
             return
         self.accepted.inc(len(accepted))
@@ -429,6 +495,6 @@ class UpdateUserState(beam.PTransform):
         users = (grouped
                  | "DedupAndUpdateHistory" >> beam.ParDo(
                      UpdateUserStateFn(self.history_length, self.store, self.write_interval_s)
-                 ).with_outputs(ACCEPTED_BATCHES, DEAD_LETTER, main="states"))
-        return {"states": users.states, ACCEPTED_BATCHES: users[ACCEPTED_BATCHES],
+                 ).with_outputs(ACCEPTED_BATCHES, FORGETS, DEAD_LETTER, main="states"))
+        return {"states": users.states, ACCEPTED_BATCHES: users[ACCEPTED_BATCHES], FORGETS: users[FORGETS],
                 DEAD_LETTER: (seeded[DEAD_LETTER], users[DEAD_LETTER]) | "StateDeadLetters" >> beam.Flatten()}
