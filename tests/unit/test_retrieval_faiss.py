@@ -21,7 +21,7 @@ from scoring.ranking import Filter
 
 pytest.importorskip("faiss")
 
-N, D, POOL = 6000, 16, 50
+N, D, POOL = 6000, 64, 50
 
 
 def clustered(n: int = N, d: int = D, clusters: int = 40, seed: int = 0) -> np.ndarray:
