@@ -17,7 +17,8 @@ Steps (each prints progress; Ctrl-C stops everything it started):
     users' recommendations before and after their new views; add a new catalogue item and
     show it recommended to matching users; measure serving latency under load;
  7. fine-tune (warm start) on the events the pipeline archived; show the pipeline and the
-    function switching to the new version without a restart;
+    function switching to the new version without a restart; forget a user through the
+    ingest function (``DELETE /users/{id}``) and check it stays forgotten across a restart;
  8. stop everything; write reports/demo/summary.json and reports/<timestamp>/report.md.
 
 Reading order: ``__main__`` (command line, exit codes, outputs) -> ``run`` (the steps in

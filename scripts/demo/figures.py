@@ -27,4 +27,5 @@ class Figures:
     showcase: list[dict[str, Any]] = field(default_factory=list)
     new_item: dict[str, Any] = field(default_factory=dict)
     hot_reload: dict[str, Any] = field(default_factory=dict)
+    forget_user: dict[str, Any] = field(default_factory=dict)  # see scripts.demo.steps.forget_user
     console: dict[str, Any] = field(default_factory=dict)  # URL, screenshot, load time

@@ -32,6 +32,7 @@ def summary(fig: Figures) -> dict[str, Any]:
         "models": fig.models,
         "new_item": {k: v for k, v in fig.new_item.items() if k != "ranks"},
         "hot_reload": fig.hot_reload,
+        "forget_user": fig.forget_user,
         "timings_s": fig.timings_s,
     }
 

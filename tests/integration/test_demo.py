@@ -70,6 +70,12 @@ def test_hot_reload_switches_pipeline_and_function(demo_run):
     assert s["hot_reload"]["pipeline_pid_alive"]
 
 
+def test_forgotten_user_is_gone_unknown_and_stays_forgotten_across_a_restart(demo_run):
+    f = demo_run[0]["forget_user"]
+    assert f["user_id"] and f["checked"]
+    assert (f["firestore_gone"], f["served_as_unknown"], f["state_gone_after_restart"]) == (True, True, True)
+
+
 def test_serving_and_quality_figures_present(demo_run):
     s = demo_run[0]
     assert s["serving"]["requests"] > 0 and not s["serving"]["errors"]
