@@ -3,7 +3,8 @@
 The format is :func:`pipelines.data.write_events_jsonl`'s (one plain-JSON ``ProductEvent`` per
 line), so the training job reads the directory for warm-start fine-tuning (it drops an
 ``event_id`` seen before). Files are cut by *arrival* time (windows of ``window_s``), not event
-time, so a late or replayed event is archived too.
+time, so a late or replayed event is archived too. A forget request is archived as a tombstone
+line (``ForgetRequest.to_dict``: ``"kind": "forget"``), which the training reader honours.
 
 Two ways to write, chosen by the runner (:func:`pipelines.streaming.pipeline.build`):
 
