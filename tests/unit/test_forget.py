@@ -98,3 +98,81 @@ def test_compaction_leaves_files_the_pipeline_may_still_append_to(tmp_path):
     d = _archive(tmp_path)
     report = compact(d, min_age_s=300)
     assert report.files_skipped_recent == 1 and report.files_rewritten == 0
+
+
+class RecordingBatch:
+    def __init__(self, log: list, error: Exception | None) -> None:
+        self.log, self.error = log, error
+
+    def set(self, ref, data, **kw) -> None:
+        self.log.append(("set", ref.path, data))
+
+    def delete(self, ref) -> None:
+        self.log.append(("delete", ref.path))
+
+    def _add_write_pbs(self, pbs) -> None:
+        self.log.append(("set_pbs", len(pbs)))
+
+    def commit(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class RecordingClient:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.log: list = []
+        self.error = error
+
+    def collection(self, name):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(document=lambda i: SimpleNamespace(
+            path=f"{name}/{i}", _document_path=f"projects/p/databases/(default)/documents/{name}/{i}"))
+
+    def batch(self):
+        return RecordingBatch(self.log, self.error)
+
+
+def _writer(client):
+    from pipelines.streaming.firestore_io import MonotonicGuard, WriteUserDocsFn
+
+    fn = WriteUserDocsFn(settings=None)
+    fn._client, fn._guard = client, MonotonicGuard()
+    fn.start_bundle()
+    return fn
+
+
+def test_writer_deletes_the_document_and_stores_the_floor_and_a_later_forget_outranks_counts():
+    from pipelines.streaming.firestore_io import UserWrite
+
+    client = RecordingClient()
+    fn = _writer(client)
+    old = UserDoc("u1", (), "e9", T0, 0, event_count=9)
+    fn.process(UserWrite(old, (ev(9),), None))
+    list(fn.finish_bundle())
+    request = ForgetRequest("r1", "u1", T0 + 5)
+    empty = UserDoc("u1", (), "", 0, 0, event_count=0)
+    fn.process(UserWrite(empty, (request,), None, forgotten_at=request.timestamp))
+    assert list(fn.finish_bundle()) == []
+    assert client.log[1:] == [("set", "forgotten_users/u1", {"user_id": "u1", "forgotten_at": T0 + 5}),
+                              ("delete", "users/u1")]
+    # the fresh history (count 1) after the forget is written although 9 > 1 was written before
+    fn.process(UserWrite(UserDoc("u1", (), "e10", T0 + 6, 0, event_count=1), (ev(10),), None, T0 + 5))
+    list(fn.finish_bundle())
+    assert client.log[-1] == ("set_pbs", 1)
+
+
+def test_a_failed_forget_is_dead_lettered_as_the_forget_request():
+    from google.api_core import exceptions
+
+    from pipelines.streaming.firestore_io import UserWrite
+    from schemas import names
+    from schemas.events import is_forget, parse_forget
+
+    fn = _writer(RecordingClient(exceptions.ServiceUnavailable("down")))
+    request = ForgetRequest("r1", "u1", T0 + 5)
+    fn.process(UserWrite(UserDoc("u1", (), "", 0, 0, event_count=0), (request,), None, request.timestamp))
+    (out,) = list(fn.finish_bundle())
+    message = out.value.value
+    assert parse_forget(message.data) == request and is_forget(message.attributes)
+    assert message.attributes[names.DLQ_REASON_ATTR].startswith("user_forget: ServiceUnavailable")
