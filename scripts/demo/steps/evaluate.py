@@ -15,14 +15,14 @@ from scripts.processes import python_module
 
 
 def evaluate(ctx: Context, data: DemoData) -> None:
-    """Run scripts.bench_quality on the history and print its table."""
+    """Run bench.quality on the history and print its table."""
     step(3, "Offline quality on the history (temporal split): two-tower vs most-popular")
     out = ctx.cfg.work_dir / "quality"
     args = ["--data", str(data.data_dir), "--models", "two_tower,popularity",
             "--out-dir", str(out)]
     if ctx.cfg.short:
         args.append("--quick")
-    run_job(ctx, "quality", python_module("scripts.bench_quality", *args))
+    run_job(ctx, "quality", python_module("bench.quality", *args))
     report = json.loads(next(p for p in out.glob("quality-*.json")
                              if not p.name.endswith(".details.json")).read_text())
     ctx.fig.quality = report
