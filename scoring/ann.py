@@ -136,6 +136,11 @@ def factory_string(dim: int, nlist: int) -> str:
     return f"IVF{nlist},PQ{dim // 2}x4fs" if dim % 2 == 0 and dim >= 4 else f"IVF{nlist},Flat"
 
 
+# Catalogues smaller than this get no ANN index: the exact scan is as cheap there, and the 4-bit PQ
+# codes need at least 16 training rows per sub-quantiser (faiss raises on fewer).
+MIN_INDEX_ROWS = 1000
+
+
 def build_index(embeddings: np.ndarray, nlist: int = 0, seed: int = 0) -> Any:
     """A trained and filled faiss IVF index (inner product) over the non-zero rows, ids = rows."""
     faiss = _faiss()

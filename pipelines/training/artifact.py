@@ -211,7 +211,7 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
         popularity=np.array([contents.popularity.get(i.item_id, 0.0) for i in items], dtype=np.float32),
         serving_defaults=contents.serving_defaults,
     ).save(out / INDEX_FILE)
-    if len(items):  # the compiled ANN index next to the snapshot (scoring.ann): served, never built there
+    if len(items) >= ann.MIN_INDEX_ROWS:  # the compiled ANN index next to the snapshot: served, not built
         ann.write_index(out, embeddings, version)
     metadata = {
         "version": version, "created_at": created_at, "parent_version": contents.parent_version,

@@ -19,6 +19,7 @@ from pipelines.training.train import Parent, TrainingInput, run, save, train, wa
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
 from schemas.index_snapshot import IndexSnapshot  # noqa: E402
+from scoring import ann  # noqa: E402
 
 CFG = ModelConfig(dim=16, history_length=5, epochs=1, batch_size=128)
 
@@ -52,6 +53,8 @@ def test_layout_and_metadata(trained_and_saved, data):
     assert index.version == path.name and index.embeddings.shape == (len(data.catalogue), 16)
     np.testing.assert_allclose(index.content.to_dense(), enc.encode_many(data.catalogue), rtol=1e-6)
     assert index.popularity.sum() == pytest.approx(len(data))
+    # a 50-item catalogue gets no ANN index (faiss's PQ training needs more rows; exact is as cheap)
+    assert len(data.catalogue) < ann.MIN_INDEX_ROWS and not (path / ann.ANN_FILE).exists()
 
 
 def test_signatures_are_explicit(trained_and_saved):
