@@ -27,7 +27,7 @@ validation slice by the training job) unless the request gives ``alpha``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +56,16 @@ class Items(Protocol):
 
     @property
     def size(self) -> int: ...
+
+
+def known_rows(row_of: Mapping[str, int], item_ids: Iterable[str]) -> np.ndarray:
+    """Rows of the known ids among ``item_ids`` (unknown ids skipped), in order, no duplicates."""
+    rows: dict[int, None] = {}
+    for item_id in item_ids:
+        row = row_of.get(item_id)
+        if row is not None:
+            rows.setdefault(row, None)
+    return np.fromiter(rows, dtype=np.int64, count=len(rows))
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:

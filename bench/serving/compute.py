@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -240,46 +241,72 @@ def measure_backends(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc]
     return {"users": len(sample), "pool": pool, "backends": out}
 
 
-def measure_faiss_grid(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], sample_users: int = 300
-                       ) -> dict:
-    """The faiss grid (partitions x probes), like :func:`measure_ivf`: recall@10 vs exact, CPU per query.
+@dataclasses.dataclass
+class _GridBase:
+    """What every grid point is compared with: the exact scan's top 10 and served lists."""
 
-    Each index is built with the training job's :func:`scoring.ann.build_index`; ``retrieval_ms``
-    is the thread CPU of :class:`scoring.rank.FaissRetriever` for the default pool, unfiltered.
-    """
+    exact_index: Any
+    params: Any
+    users: list[UserDoc]
+    queries: list[np.ndarray]
+    exact_cf: list[set]
+    exact_service: Any
+    exact_served: list[list[dict]]
+    pool: int
+
+
+def _grid_base(snap: IndexSnapshot, users: list[UserDoc], sample_users: int) -> _GridBase:
     Settings, ItemIndex, RecommendParams, Recommender = _function_modules()
-    from scoring import ann
-    from scoring.rank import retriever_for
+    from scoring.ranking import retrieve
 
     exact_index = ItemIndex.from_snapshot(snap)
     settings = served_settings()
     params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha)
     sample = users[:sample_users]
     qs = [np.asarray(u.embedding, dtype=np.float32) for u in sample]
-    exact = retriever_for(exact_index.embeddings, None)
-    exact_cf = [set(exact.search(q, 10, None)[0].tolist()) for q in qs]
     exact_service = Recommender(dataclasses.replace(settings, retrieval="exact"), store=None)
-    exact_served = [exact_service.rank_for(exact_index, params, u)["items"] for u in sample]
-    pool = max(settings.min_pool, settings.pool_factor * 10)
-    out: dict = {"users": len(sample), "grid": []}
+    return _GridBase(exact_index, params, sample, qs,
+                     [set(retrieve(q, exact_index.embeddings, 10, None)[0].tolist()) for q in qs],
+                     exact_service, [exact_service.rank_for(exact_index, params, u)["items"] for u in sample],
+                     max(settings.min_pool, settings.pool_factor * 10))
+
+
+def _grid_point(base: _GridBase, idx: Any, search: Any) -> dict:
+    """Recall@10 (top 10 by dot product, and the served list) vs exact, and CPU of ``search(q, n)``."""
+    cf, served, cpu = [], [], []
+    for q, e_cf, u, e_served in zip(base.queries, base.exact_cf, base.users, base.exact_served):
+        c0 = time.thread_time()
+        search(q, base.pool)
+        cpu.append(time.thread_time() - c0)
+        cf.append(len(set(search(q, 10)[0].tolist()) & e_cf) / 10)
+        served.append(_overlap(base.exact_service.rank_for(idx, base.params, u)["items"], e_served))
+    return {"cf_recall_at_10": float(np.mean(cf)), "recall_at_10": float(np.mean(served)),
+            "retrieval_ms": _median_ms(cpu)}
+
+
+def measure_faiss_grid(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], sample_users: int = 300
+                       ) -> dict:
+    """The faiss grid (partitions x probes), like :func:`measure_ivf`: recall@10 vs exact, CPU per query.
+
+    Each index is built with the training job's :func:`scoring.ann.build_index`; ``retrieval_ms``
+    is the thread CPU of the faiss retriever for the default pool, unfiltered.
+    """
+    from scoring import ann
+    from scoring.rank import retriever_for
+
+    base = _grid_base(snap, users, sample_users)
+    emb, norms = base.exact_index.embeddings, base.exact_index.norms
+    out: dict = {"users": len(base.users), "grid": []}
     for nlist in cfg.ivf_nlists:
         t = time.perf_counter()
-        built = ann.build_index(exact_index.embeddings, nlist)
+        built = ann.build_index(emb, nlist)
         build_s = time.perf_counter() - t
         for nprobe in cfg.ivf_nprobes:
-            fi = ann.FaissIvf.from_index(built, exact_index.embeddings, exact_index.norms, nprobe)
-            idx = dataclasses.replace(exact_index, ivf=fi)
-            r = retriever_for(idx.embeddings, fi)
-            cf, served, cpu = [], [], []
-            for q, e_cf, u, e_served in zip(qs, exact_cf, sample, exact_served):
-                c0 = time.thread_time()
-                r.search(q, pool, None)
-                cpu.append(time.thread_time() - c0)
-                cf.append(len(set(r.search(q, 10, None)[0].tolist()) & e_cf) / 10)
-                served.append(_overlap(exact_service.rank_for(idx, params, u)["items"], e_served))
-            out["grid"].append({"nlist": nlist, "nprobe": nprobe, "build_s": round(build_s, 3),
-                                "cf_recall_at_10": float(np.mean(cf)), "recall_at_10": float(np.mean(served)),
-                                "retrieval_ms": _median_ms(cpu)})
+            fi = ann.FaissIvf.from_index(built, emb, norms, nprobe)
+            r = retriever_for(emb, fi)
+            point = _grid_point(base, dataclasses.replace(base.exact_index, ivf=fi),
+                                lambda q, n, r=r: r.search(q, n, None))
+            out["grid"].append({"nlist": nlist, "nprobe": nprobe, "build_s": round(build_s, 3), **point})
     return out
 
 
@@ -291,37 +318,20 @@ def measure_ivf(cfg: BenchConfig, snap: IndexSnapshot, users: list[UserDoc], sam
     ranking (``recall_at_10``, the default request), both against the exact scan, over the
     benchmark's users; ``retrieval_ms``: thread CPU of the IVF candidate scoring + top-pool.
     """
-    Settings, ItemIndex, RecommendParams, Recommender = _function_modules()
     from scoring.ranking import retrieve
 
-    exact_index = ItemIndex.from_snapshot(snap)
-    settings = served_settings()
-    params = RecommendParams(user_id="u", k=10, alpha=settings.default_alpha)
-    sample = users[:sample_users]
-    qs = [np.asarray(u.embedding, dtype=np.float32) for u in sample]
-    exact_cf = [set(retrieve(q, exact_index.embeddings, 10, None)[0].tolist()) for q in qs]
-    exact_service = Recommender(dataclasses.replace(settings, retrieval="exact"), store=None)
-    exact_served = [exact_service.rank_for(exact_index, params, u)["items"] for u in sample]
-    pool = max(settings.min_pool, settings.pool_factor * 10)
-    out: dict = {"users": len(sample), "grid": []}
+    base = _grid_base(snap, users, sample_users)
+    exact_index, qs, pool = base.exact_index, base.queries, base.pool
+    out: dict = {"users": len(base.users), "grid": []}
     for nlist in cfg.ivf_nlists:
         t = time.perf_counter()
         index = exact_index.with_ivf(nlist, 1)
         build_s = time.perf_counter() - t
         for nprobe in cfg.ivf_nprobes:
             ivf = dataclasses.replace(index.ivf, nprobe=nprobe)
-            idx = dataclasses.replace(index, ivf=ivf)
-            cf, served, cpu = [], [], []
-            for q, e_cf, u, e_served in zip(qs, exact_cf, sample, exact_served):
-                c0 = time.thread_time()
-                retrieve(q, idx.embeddings, pool, None, ivf)
-                cpu.append(time.thread_time() - c0)
-                cf.append(len(set(retrieve(q, idx.embeddings, 10, None, ivf)[0].tolist()) & e_cf) / 10)
-                served.append(_overlap(exact_service.rank_for(idx, params, u)["items"], e_served))
-            out["grid"].append({"nlist": nlist, "nprobe": nprobe, "build_s": round(build_s, 3),
-                                "cf_recall_at_10": float(np.mean(cf)),
-                                "recall_at_10": float(np.mean(served)),
-                                "retrieval_ms": _median_ms(cpu)})
+            point = _grid_point(base, dataclasses.replace(index, ivf=ivf),
+                                lambda q, n, ivf=ivf: retrieve(q, exact_index.embeddings, n, None, ivf))
+            out["grid"].append({"nlist": nlist, "nprobe": nprobe, "build_s": round(build_s, 3), **point})
     c0 = time.thread_time()
     for q in qs:
         retrieve(q, exact_index.embeddings, pool, None)

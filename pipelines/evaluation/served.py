@@ -64,6 +64,7 @@ from scoring.rank import (
     alpha_grid,
     build_retriever,
     candidates,
+    known_rows,
     rank_pool,
     rank_user,
     rerank,
@@ -136,12 +137,7 @@ class ServedCatalogue:
 
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids, in order, no duplicates (``ItemIndex.rows``)."""
-        seen: dict[int, None] = {}
-        for i in item_ids:
-            r = self.row_of.get(i)
-            if r is not None:
-                seen.setdefault(r, None)
-        return np.fromiter(seen, dtype=np.int64, count=len(seen))
+        return known_rows(self.row_of, item_ids)
 
 
 @dataclass

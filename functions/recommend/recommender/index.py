@@ -24,7 +24,7 @@ from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
 from scoring import ann
 from scoring.ivf import IvfIndex
-from scoring.rank import ScoringDefaults, build_ivf, category_codes, row_norms
+from scoring.rank import ScoringDefaults, build_ivf, category_codes, known_rows, row_norms
 from scoring.ranking import l2_normalize
 
 
@@ -166,12 +166,7 @@ class ItemIndex:
 
     def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ids among ``item_ids`` (unknown ids are skipped), in order, no duplicates."""
-        seen: dict[int, None] = {}
-        for i in item_ids:
-            r = self.row_of.get(i)
-            if r is not None:
-                seen.setdefault(r, None)
-        return np.fromiter(seen, dtype=np.int64, count=len(seen))
+        return known_rows(self.row_of, item_ids)
 
     def category_codes_for(self, categories: Sequence[str]) -> np.ndarray:
         """Codes of the requested categories; unknown names match nothing."""
