@@ -14,6 +14,7 @@ from schemas.catalog import CatalogItem
 from schemas.firestore import ItemDoc
 from scoring import ranking
 from scoring.ivf import IvfIndex, default_nlist, kmeans
+from testing.fakes import EmptyStore
 
 N, D, CLUSTERS = 6000, 16, 60
 
@@ -253,18 +254,6 @@ def test_retrieve_checks_the_filter_on_the_best_candidates_only_when_that_is_exa
                 assert sorted(got_rows.tolist()) == sorted(rows[allowed][want].tolist())
 
 
-class _NoFirestore:
-    def get_user(self, user_id):
-        return None
-
-    def get_current_model(self):
-        return None
-
-    def get_trending(self):
-        return None
-
-    def items_since(self, indexed_from, limit):
-        return []
 
 
 def _saved_snapshot(emb: np.ndarray, tmp_path) -> Path:
@@ -286,7 +275,7 @@ def test_cold_start_defers_the_ivf_build_to_the_first_request(clustered, tmp_pat
     path = _saved_snapshot(clustered[0], tmp_path)
     service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
                                    retrieval="ivf", ivf_build="background"),
-                          _NoFirestore())
+                          EmptyStore())
     service.start()
     assert service.index.ivf is None  # cold start loads the snapshot only
     body = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
@@ -302,7 +291,7 @@ def test_cold_start_builds_the_numpy_ivf_at_startup(clustered, tmp_path):
     path = _saved_snapshot(clustered[0], tmp_path)
     service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
                                    retrieval="ivf"),
-                          _NoFirestore())
+                          EmptyStore())
     service.start()
     assert service.index.ivf is not None  # built before the first request (and before a fork)
     assert not service.maybe_build_ivf()

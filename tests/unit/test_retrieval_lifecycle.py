@@ -13,24 +13,13 @@ from schemas.firestore import ItemDoc
 from schemas.index_snapshot import IndexSnapshot
 from scoring import ann
 from scoring.rank import retriever_for
+from testing.fakes import EmptyStore
 
 pytest.importorskip("faiss")
 
 N, D = 3000, 16
 
 
-class _NoFirestore:
-    def get_user(self, user_id):
-        return None
-
-    def get_current_model(self):
-        return None
-
-    def get_trending(self):
-        return None
-
-    def items_since(self, indexed_from, limit):
-        return []
 
 
 def _artefact(tmp_path, with_ann: bool = True):
@@ -50,7 +39,7 @@ def _artefact(tmp_path, with_ann: bool = True):
 
 def _service(path) -> Recommender:
     service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
-                          _NoFirestore())
+                          EmptyStore())
     service.start()
     return service
 
