@@ -66,6 +66,22 @@ def read_catalogue(path: Path) -> dict[str, CatalogItem]:
     return out
 
 
+def merge_catalogue(parent_path: Path, catalogue: list[CatalogItem]) -> list[CatalogItem]:
+    """A warm start's catalogue: the new items plus the parent version's items it does not mention.
+
+    An item the new data knows only from events (no category, brand, tags or price: what the
+    archive loader makes for it) keeps the parent's attributes instead of erasing them.
+    """
+    parent_items = read_catalogue(parent_path)
+    merged = [parent_items.get(i.item_id, i) if _bare(i) else i for i in catalogue]
+    known = {i.item_id for i in catalogue}
+    return merged + [item for item_id, item in parent_items.items() if item_id not in known]
+
+
+def _bare(item: CatalogItem) -> bool:
+    return not (item.category or item.brand or item.tags or item.price)
+
+
 def item_docs(index: IndexSnapshot, catalogue: dict[str, CatalogItem], version: str,
               indexed_at: int) -> Iterator[ItemDoc]:
     """One :class:`ItemDoc` per row of the index snapshot (content vectors dense, as in Firestore)."""

@@ -314,7 +314,9 @@ def warm_start(parent: Parent, data: TrainingInput, config: ModelConfig, since: 
     is_new = data.timestamps > since
     old_counts = np.bincount(users[~is_new], minlength=len(space.users) + RESERVED)
     examples = build_examples(seqs, min_position=old_counts)
-    catalogue = _merge_catalogue(parent, data.catalogue)
+    from pipelines.training.publish import merge_catalogue
+
+    catalogue = merge_catalogue(parent.path, data.catalogue)
     popularity = dict(parent.popularity)
     for item_id, count in _popularity(data.item_ids[is_new]).items():
         popularity[item_id] = popularity.get(item_id, 0.0) + count
@@ -324,15 +326,6 @@ def warm_start(parent: Parent, data: TrainingInput, config: ModelConfig, since: 
                            history_mode=history_mode, parent_version=parent.version)
     maker = _batch_maker(space, config, seqs, items, catalogue, history_mode)
     return fit(trained, maker, examples, on_epoch)
-
-
-def _merge_catalogue(parent: Parent, catalogue: list[CatalogItem]) -> list[CatalogItem]:
-    """The new catalogue plus the parent's indexed items it does not mention."""
-    from pipelines.training.publish import read_catalogue
-
-    by_id = {i.item_id: i for i in catalogue}
-    kept = [item for item_id, item in read_catalogue(parent.path).items() if item_id not in by_id]
-    return list(catalogue) + kept
 
 
 def save(trained: TrainedModel, model_dir: str | Path, metrics: dict[str, Any] | None = None,

@@ -248,3 +248,18 @@ def test_gs_upload_then_load_towers_from_the_cache(trained_and_saved, tmp_path, 
                                rtol=1e-6)
     with pytest.raises(artifact.ArtifactError, match="no artefact"):
         artifact.load_towers("gs://bucket/models/v-missing")
+
+
+def test_warm_start_keeps_the_parents_attributes_of_items_known_only_from_events(trained_and_saved):
+    from pipelines.training.publish import merge_catalogue, read_catalogue
+
+    _, path = trained_and_saved
+    parent = read_catalogue(path)
+    first = next(i for i in parent.values() if i.category)
+    bare = CatalogItem(item_id=first.item_id, title=f"item {first.item_id}", category="", brand="",
+                       price=0.0, tags=(), in_stock=True, updated_at=first.updated_at)
+    renamed = CatalogItem(item_id="brand-new", title="new", category="c", brand="b", price=1.0, tags=(),
+                          in_stock=True, updated_at=first.updated_at)
+    merged = {i.item_id: i for i in merge_catalogue(path, [bare, renamed])}
+    assert merged[first.item_id] == first  # the parent's attributes, not the event-only placeholder
+    assert merged["brand-new"] == renamed and set(parent) <= set(merged)
