@@ -565,7 +565,7 @@ variable "pipeline_max_lag_seconds" {
 
 variable "billing_account" {
   type        = string
-  description = "Billing account id (XXXXXX-XXXXXX-XXXXXX) for the budget alert. Empty creates no budget; setting it needs roles/billing.costsManager on the billing account."
+  description = "Billing account id (three groups of six hex characters, e.g. 012345-6789AB-CDEF01) for the budget alert. Empty creates no budget; setting it needs roles/billing.costsManager on the billing account."
   default     = ""
 
   validation {
