@@ -387,6 +387,11 @@ def _trending_rank(doc: dict[str, Any] | TrendingDoc) -> tuple[int, int]:
     return int(doc.get("window_end") or 0), total
 
 
+# Parallel bundles contend for stats/trending; after this many aborted attempts the list is left
+# to the next pane (derived data) instead of failing the bundle.
+TRENDING_TRANSACTION_ATTEMPTS = 10
+
+
 class WriteTrendingFn(beam.DoFn):
     """Writes ``stats/trending`` unless a newer window (or a later pane of it) is stored.
 
@@ -447,4 +452,9 @@ class WriteTrendingFn(beam.DoFn):
             transaction.set(ref, doc.to_document())
             return True
 
-        return write(self._client.transaction())
+        try:
+            return write(self._client.transaction(max_attempts=TRENDING_TRANSACTION_ATTEMPTS))
+        except ValueError as e:  # the client's "Failed to commit transaction in N attempts"
+            if isinstance(e.__cause__, write_errors()):
+                raise e.__cause__ from e
+            raise

@@ -38,7 +38,8 @@ class RecommendClient:
         return resp.json()
 
     def health(self) -> dict[str, Any]:
-        resp = self.session.get(f"{self.base_url}/healthz", timeout=10)
+        """``/healthz`` on a new connection, so successive probes can reach different workers."""
+        resp = requests.get(f"{self.base_url}/healthz", timeout=10, headers={"Connection": "close"})
         return resp.json()
 
 

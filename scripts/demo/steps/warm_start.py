@@ -19,6 +19,9 @@ from scripts.demo.steps.services import Services
 from scripts.processes import python_module
 
 
+SWITCH_PROBES = 6
+
+
 def warm_start(ctx: Context, data: DemoData, services: Services, first: str) -> None:
     """Train from ``first`` on the archive, publish, and time the function's and pipeline's switch."""
     cfg, fig = ctx.cfg, ctx.fig
@@ -35,8 +38,11 @@ def warm_start(ctx: Context, data: DemoData, services: Services, first: str) -> 
     if second == first:
         raise DemoError("warm start did not switch models/current")
     t0 = time.monotonic()
+    # Each serving worker (WORKERS in serving.env) follows models/current on its own: wait until
+    # consecutive probes, spread over the workers by SO_REUSEPORT, all answer the new version.
     wait_until("the function to load the new version",
-               lambda: rec.health().get("model_version") == second, cfg.timeout_s)
+               lambda: all(rec.health().get("model_version") == second for _ in range(SWITCH_PROBES)),
+               cfg.timeout_s)
     function_switch = time.monotonic() - t0
     user = fig.showcase[0]["user_id"] if fig.showcase else fig.probes[0]["user_id"]
     t1 = time.monotonic()
@@ -58,9 +64,9 @@ def warm_start(ctx: Context, data: DemoData, services: Services, first: str) -> 
             doc = written
         else:
             time.sleep(1.0)
-    answer = wait_until("the function to answer with the new event",
+    answer = wait_until("the function to answer with the new event and version",
                         lambda: (a := rec.recommend(user))["last_event_id"] == event.event_id
-                        and a, cfg.timeout_s)
+                        and a["model_version"] == second and a, cfg.timeout_s)
     fig.models["warm_start"] = {"version": second, "parent": first,
                                 "train_seconds": fig.timings_s["warm_start"]}
     fig.hot_reload = {
