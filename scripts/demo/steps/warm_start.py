@@ -18,7 +18,6 @@ from scripts.demo.steps.jobs import run_job
 from scripts.demo.steps.services import Services
 from scripts.processes import python_module
 
-
 SWITCH_PROBES = 6
 
 
