@@ -47,14 +47,18 @@ class ProductEvent:
     timestamp: int
     session_id: str | None = None
     context: dict[str, str] | None = field(default=None, compare=True)
+    recommendation_id: str | None = None  # the served list it followed from (schemas.experiments)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (unions not wrapped), fields in schema order."""
+        """Plain JSON-able dict (unions not wrapped), in schema order; ``recommendation_id`` only if set."""
         # explicit rather than dataclasses.asdict (a recursive deep copy): the pipeline archives
         # every accepted event, and asdict was 4% of its worker thread's time under a backlog
-        return {"event_id": self.event_id, "event_type": self.event_type, "user_id": self.user_id,
-                "item_id": self.item_id, "timestamp": self.timestamp, "session_id": self.session_id,
-                "context": dict(self.context) if self.context is not None else None}
+        d = {"event_id": self.event_id, "event_type": self.event_type, "user_id": self.user_id,
+             "item_id": self.item_id, "timestamp": self.timestamp, "session_id": self.session_id,
+             "context": dict(self.context) if self.context is not None else None}
+        if self.recommendation_id is not None:  # added later: absent, old archive lines stay as they were
+            d["recommendation_id"] = self.recommendation_id
+        return d
 
     def to_pubsub_data(self) -> bytes:
         """The Pub/Sub message body: plain JSON, optional fields only when set (``docs/events.md``)."""
@@ -99,6 +103,9 @@ def validate_event(record: Mapping[str, Any]) -> ProductEvent:
             raise InvalidRecord("session_id", f"longer than {MAX_ID_CHARS} characters")
         if control_character(session_id) is not None:
             raise InvalidRecord("session_id", "must not contain control characters")
+    recommendation_id = rec.get("recommendation_id")
+    if recommendation_id is not None:
+        _check_id("recommendation_id", recommendation_id)
     context = rec.get("context")
     if context is not None:
         if len(context) > MAX_CONTEXT_ENTRIES:
@@ -111,7 +118,7 @@ def validate_event(record: Mapping[str, Any]) -> ProductEvent:
     return ProductEvent(
         event_id=rec["event_id"], event_type=rec["event_type"], user_id=rec["user_id"],
         item_id=rec["item_id"], timestamp=int(ts), session_id=session_id,
-        context=dict(context) if context is not None else None)
+        context=dict(context) if context is not None else None, recommendation_id=recommendation_id)
 
 
 def parse_event(data: bytes | str) -> ProductEvent:

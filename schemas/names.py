@@ -10,11 +10,15 @@ DEAD_LETTER_TOPIC = "product-events-dead-letter"
 DEAD_LETTER_SUBSCRIPTION = "product-events-dead-letter-sub"
 CATALOG_TOPIC = "catalog-updates"
 CATALOG_SUBSCRIPTION = "catalog-updates-pipeline"
+SERVED_TOPIC = "recommendations-served"  # one message per list the recommend function answers
+SERVED_SUBSCRIPTION = "recommendations-served-pipeline"
 
 USERS = "users"
 ITEMS = "items"
 MODELS = "models"
 STATS = "stats"
+EXPERIMENTS = "experiments"  # experiments/{id}: arms, shares, overrides (schemas.experiments)
+EXPERIMENT_STATS_DOC = "experiments"  # stats/experiments/{experiment id}/{arm}: per-arm figures
 
 FORGOTTEN_USERS = "forgotten_users"  # forgotten_users/{id}: the pipeline's forget floor (no events)
 

@@ -57,7 +57,8 @@ class TopicSpec:
 # No topic carries a schema (terraform/pubsub.tf explains why); the pipeline validates.
 TOPICS = (TopicSpec(names.EVENTS_TOPIC, names.EVENTS_SUBSCRIPTION),
           TopicSpec(names.DEAD_LETTER_TOPIC, names.DEAD_LETTER_SUBSCRIPTION),
-          TopicSpec(names.CATALOG_TOPIC, names.CATALOG_SUBSCRIPTION))
+          TopicSpec(names.CATALOG_TOPIC, names.CATALOG_SUBSCRIPTION),
+          TopicSpec(names.SERVED_TOPIC, names.SERVED_SUBSCRIPTION))
 
 
 class StackError(RuntimeError):
