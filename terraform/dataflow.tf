@@ -10,6 +10,7 @@ locals {
   pipeline_parameters = merge({
     events_subscription  = google_pubsub_subscription.events_pipeline.id
     catalog_subscription = google_pubsub_subscription.catalog_pipeline.id
+    served_subscription  = google_pubsub_subscription.served_pipeline.id
     dead_letter_topic    = google_pubsub_topic.dead_letter.id
     model_dir            = local.model_dir
     archive_dir          = local.archive_dir

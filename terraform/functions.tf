@@ -48,6 +48,7 @@ locals {
         GOOGLE_CLOUD_PROJECT = var.project
         DEFAULT_ALPHA        = tostring(var.default_alpha)
         REFRESH_SECONDS      = tostring(var.refresh_seconds)
+        SERVED_TOPIC         = google_pubsub_topic.served.id
       })
     }
     ingest = {

@@ -159,12 +159,21 @@ resource "google_pubsub_topic_iam_member" "pipeline_dead_letter_publisher" {
   member  = google_service_account.component["pipeline"].member
 }
 
+resource "google_pubsub_topic_iam_member" "recommend_served_publisher" {
+  project = var.project
+  topic   = google_pubsub_topic.served.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.component["recommend"].member
+}
+
 resource "google_pubsub_subscription_iam_member" "pipeline" {
   for_each = {
     events_subscriber  = { subscription = google_pubsub_subscription.events_pipeline.name, role = "roles/pubsub.subscriber" }
     events_viewer      = { subscription = google_pubsub_subscription.events_pipeline.name, role = "roles/pubsub.viewer" }
     catalog_subscriber = { subscription = google_pubsub_subscription.catalog_pipeline.name, role = "roles/pubsub.subscriber" }
     catalog_viewer     = { subscription = google_pubsub_subscription.catalog_pipeline.name, role = "roles/pubsub.viewer" }
+    served_subscriber  = { subscription = google_pubsub_subscription.served_pipeline.name, role = "roles/pubsub.subscriber" }
+    served_viewer      = { subscription = google_pubsub_subscription.served_pipeline.name, role = "roles/pubsub.viewer" }
   }
 
   project      = var.project

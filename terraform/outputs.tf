@@ -38,6 +38,16 @@ output "catalog_subscription" {
   value       = google_pubsub_subscription.catalog_pipeline.id
 }
 
+output "served_topic" {
+  description = "Full name of the topic the recommend function publishes served lists to (experiments: scripts/experiments.py)."
+  value       = google_pubsub_topic.served.id
+}
+
+output "served_subscription" {
+  description = "Full name of the streaming pipeline's subscription on the served topic."
+  value       = google_pubsub_subscription.served_pipeline.id
+}
+
 output "buckets" {
   description = "Bucket names by purpose: models, archive (events), staging (Dataflow, templates, builds), function_source, access_logs."
   value = {

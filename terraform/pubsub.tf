@@ -49,6 +49,17 @@ resource "google_pubsub_topic" "catalog" {
   depends_on = [google_project_service.enabled]
 }
 
+resource "google_pubsub_topic" "served" {
+  #checkov:skip=CKV_GCP_83:Served records carry ids and positions only; Google-managed encryption keys are acceptable (see events topic).
+  # One message per list the recommend function answers (schemas/served_record.avsc): the
+  # pipeline joins events carrying its recommendation_id to it (experiments, attribution).
+  project                    = var.project
+  name                       = var.served_topic
+  message_retention_duration = "86400s"
+
+  depends_on = [google_project_service.enabled]
+}
+
 resource "google_pubsub_subscription" "events_pipeline" {
   project                    = var.project
   name                       = var.events_subscription
@@ -78,6 +89,18 @@ resource "google_pubsub_subscription" "catalog_pipeline" {
   project                    = var.project
   name                       = var.catalog_subscription
   topic                      = google_pubsub_topic.catalog.id
+  ack_deadline_seconds       = 60
+  message_retention_duration = local.retention
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+resource "google_pubsub_subscription" "served_pipeline" {
+  project                    = var.project
+  name                       = var.served_subscription
+  topic                      = google_pubsub_topic.served.id
   ack_deadline_seconds       = 60
   message_retention_duration = local.retention
 

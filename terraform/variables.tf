@@ -92,6 +92,18 @@ variable "catalog_subscription" {
   default     = "catalog-updates-pipeline"
 }
 
+variable "served_topic" {
+  type        = string
+  description = "Name of the topic the recommend function publishes served lists to (schemas.names.SERVED_TOPIC)."
+  default     = "recommendations-served"
+}
+
+variable "served_subscription" {
+  type        = string
+  description = "Name of the streaming pipeline's subscription on the served topic (schemas.names.SERVED_SUBSCRIPTION)."
+  default     = "recommendations-served-pipeline"
+}
+
 variable "message_retention_days" {
   type        = number
   description = "Days unacknowledged messages are kept on the subscriptions (lets the pipeline catch up after an outage). Undeliverable events are not retried by Pub/Sub: the pipeline routes them to the dead-letter topic itself."

@@ -336,7 +336,8 @@ def test_resource_names_default_to_schemas_names(module: Module) -> None:
     expected = {"events_topic": names.EVENTS_TOPIC, "events_subscription": names.EVENTS_SUBSCRIPTION,
                 "dead_letter_topic": names.DEAD_LETTER_TOPIC,
                 "dead_letter_subscription": names.DEAD_LETTER_SUBSCRIPTION,
-                "catalog_topic": names.CATALOG_TOPIC, "catalog_subscription": names.CATALOG_SUBSCRIPTION}
+                "catalog_topic": names.CATALOG_TOPIC, "catalog_subscription": names.CATALOG_SUBSCRIPTION,
+                "served_topic": names.SERVED_TOPIC, "served_subscription": names.SERVED_SUBSCRIPTION}
     for var, value in expected.items():
         assert module.variables[var]["default"] == value, var
 
@@ -345,15 +346,16 @@ def test_topics_carry_no_pubsub_schema(module: Module) -> None:
     """One event contract locally and on GCP (docs/events.md): no topic is schema-bound, the
     pipeline validates against schemas/*.avsc (tests/unit/test_event_contract.py compares the
     topics with scripts/local_stack.py)."""
-    for topic in ("events", "catalog", "dead_letter"):
+    for topic in ("events", "catalog", "dead_letter", "served"):
         assert "schema_settings" not in module.resources[f"google_pubsub_topic.{topic}"], topic
     assert module.of_type("google_pubsub_schema") == {}
-    for avsc in ("product_event.avsc", "catalog_item.avsc"):
+    for avsc in ("product_event.avsc", "catalog_item.avsc", "served_record.avsc"):
         fastavro.parse_schema(json.loads((ROOT / "schemas" / avsc).read_text(encoding="utf-8")))
 
 
 def test_pipeline_subscriptions_leave_dead_letters_to_the_pipeline(module: Module) -> None:
-    for sub in ("google_pubsub_subscription.events_pipeline", "google_pubsub_subscription.catalog_pipeline"):
+    for sub in ("google_pubsub_subscription.events_pipeline", "google_pubsub_subscription.catalog_pipeline",
+                "google_pubsub_subscription.served_pipeline"):
         assert dataflow_subscription_problems(module, sub) == []
     events_sub = module.resources["google_pubsub_subscription.events_pipeline"]
     assert events_sub["name"] == "${var.events_subscription}"
@@ -391,8 +393,25 @@ def test_pipeline_parameters_point_at_the_pipeline_subscriptions(module: Module)
     params = module.locals["pipeline_parameters"]
     text = json.dumps(params)
     for target in ("google_pubsub_subscription.events_pipeline",
-                   "google_pubsub_subscription.catalog_pipeline", "google_pubsub_topic.dead_letter"):
+                   "google_pubsub_subscription.catalog_pipeline",
+                   "google_pubsub_subscription.served_pipeline", "google_pubsub_topic.dead_letter"):
         assert target in text
+
+
+def test_recommend_function_publishes_served_lists_and_the_pipeline_reads_them(module: Module) -> None:
+    """Experiments: the function publishes to the served topic (its env names it, its account may),
+    the pipeline subscribes to it as its own account."""
+    assert module.resources["google_pubsub_topic.served"]["name"] == "${var.served_topic}"
+    sub = module.resources["google_pubsub_subscription.served_pipeline"]
+    assert ref_target(sub["topic"]) == "google_pubsub_topic.served"
+    env = json.dumps(module.locals["http_functions"]["recommend"]["environment"])
+    assert "SERVED_TOPIC" in env and "google_pubsub_topic.served" in env
+    publisher = module.resources["google_pubsub_topic_iam_member.recommend_served_publisher"]
+    assert publisher["role"] == "roles/pubsub.publisher"
+    assert ref_target(publisher["topic"]) == "google_pubsub_topic.served"
+    assert ref_instance(publisher["member"]) == 'google_service_account.component["recommend"]'
+    grants = module.resources["google_pubsub_subscription_iam_member.pipeline"]["for_each"]
+    assert "served_pipeline.name" in json.dumps(grants) and "roles/pubsub.subscriber" in json.dumps(grants)
 
 
 def test_each_component_has_its_own_service_account(module: Module) -> None:
