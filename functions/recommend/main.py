@@ -1,7 +1,7 @@
 """Recommend Cloud Function: one HTTP entry point, ``recommend``, routing on the path.
 
-    GET  /recommendations?user_id=U&k=10[&alpha=..&category=..&exclude_seen=..&in_stock_only=..
-         &session_items=a,b]
+    GET  /recommendations?user_id=U&k=10[&session_id=S&alpha=..&category=..&exclude_seen=..
+         &in_stock_only=..&session_items=a,b]
     POST /recommendations   (the same fields as a JSON object)
     GET  /similar-items?item_id=I&k=10
     GET  /healthz
@@ -13,6 +13,10 @@ or ``functions-framework --target recommend --source functions/recommend/main.py
 Deployed, those four packages sit next to this file. Errors answer
 ``{"error": {"code", "message", "parameter"?}}`` (``httpfn/errors.py``).
 The API is documented in ``openapi.yaml`` next to this file.
+
+Online experiments (``experiments/{id}``, :mod:`recommender.experiments`) are followed by the
+background refresh; every answered list gets a ``recommendation_id`` and, with ``SERVED_TOPIC``
+set, a served record on that Pub/Sub topic (:mod:`recommender.served`, never on the request path).
 """
 
 from __future__ import annotations

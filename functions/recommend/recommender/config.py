@@ -47,6 +47,14 @@ class Settings:
     # When the IVF partitions of a freshly loaded snapshot are built: "startup" (cold start, before
     # gunicorn forks, shared by the workers) or "background" (each process, after its first request).
     ivf_build: str = "startup"
+    experiments_collection: str = names.EXPERIMENTS
+    # Served records (recommender/served.py): one per answered list on this topic (a name in
+    # ``project``, or projects/P/topics/T); "" = off. Queued without blocking (at most
+    # served_queue_max, then dropped and counted), published in batches by a background thread.
+    served_topic: str = ""
+    served_queue_max: int = 10_000
+    served_batch_max: int = 500
+    served_publish_timeout_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -76,4 +84,18 @@ class Settings:
             ivf_nprobe=env_int("IVF_NPROBE", 24, 1, 1_000_000),
             ivf_min_items=env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
             ivf_build=env_choice("IVF_BUILD", "startup", ("startup", "background")),
+            experiments_collection=env_str("EXPERIMENTS_COLLECTION", names.EXPERIMENTS),
+            served_topic=env_str("SERVED_TOPIC", "").strip(),
+            served_queue_max=env_int("SERVED_QUEUE_MAX", 10_000, 1, 10_000_000),
+            served_batch_max=env_int("SERVED_BATCH_MAX", 500, 1, 1000),
+            served_publish_timeout_seconds=env_float("SERVED_PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 600.0),
         )
+
+    @property
+    def served_topic_path(self) -> str | None:
+        """``SERVED_TOPIC`` as a full topic path, or None when served records are off."""
+        if not self.served_topic:
+            return None
+        if self.served_topic.startswith("projects/"):
+            return self.served_topic
+        return f"projects/{self.project}/topics/{self.served_topic}"

@@ -5,6 +5,12 @@ at cold start, then (at most every ``refresh_seconds``, in a background thread s
 by a request, so no request waits) follows ``models/current`` to a new version and
 polls ``items`` for documents indexed since, swapping in a new :class:`ItemIndex`.
 Every swap is one reference assignment, so a request reads one consistent index.
+
+The same refresh reads ``experiments/*`` (:mod:`recommender.experiments`) and keeps loaded the
+snapshot of every model version an experiment arm names (``overrides.model_version``): read from
+``models/{version}``, served as that snapshot alone (items added since go to the current version's
+index), retried after :data:`ARM_RETRY_SECONDS` when it cannot be loaded, dropped when no running
+or pending arm names it. Until it is loaded its arm is ranked by the current version.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from schemas.firestore import TrendingDoc
 from scoring.ann import AnnUnavailable
 
 from .config import Settings
+from .experiments import ExperimentParser, ExperimentSet, ExperimentStore
 from .index import ItemIndex, SnapshotLoadError, read_snapshot
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+ARM_RETRY_SECONDS = 60.0  # an arm's model version that failed to load is tried again after this
 
 
 class IndexManager:
@@ -41,6 +50,10 @@ class IndexManager:
         self._refresh_lock = threading.Lock()
         self._defer_ivf = False
         self._ivf_thread: threading.Thread | None = None
+        self._experiments = ExperimentSet()
+        self._parser = ExperimentParser()
+        self._arm_indexes: dict[str, ItemIndex] = {}
+        self._arm_retry_at: dict[str, float] = {}
 
     @property
     def index(self) -> ItemIndex | None:
@@ -51,6 +64,18 @@ class IndexManager:
     def trending(self) -> TrendingDoc | None:
         """The last ``stats/trending`` read (None before the pipeline wrote one)."""
         return self._trending
+
+    @property
+    def experiments(self) -> ExperimentSet:
+        """The experiments last read from ``experiments/*`` (empty before the first read)."""
+        return self._experiments
+
+    def index_for(self, version: str | None) -> ItemIndex | None:
+        """The index of ``version`` if it is loaded (current or an arm's), else the current one."""
+        index = self._index
+        if version is None or (index is not None and version == index.version):
+            return index
+        return self._arm_indexes.get(version, index)
 
     @property
     def ivf_thread(self) -> threading.Thread | None:
@@ -155,7 +180,47 @@ class IndexManager:
                 log.warning("refresh skipped: %s", e)
             except SnapshotLoadError as e:
                 log.error("refresh: %s", e)
+            changed.update(self._refresh_experiments())
         return changed
+
+    def _refresh_experiments(self) -> dict[str, Any]:
+        """Re-read ``experiments/*`` and load the arms' model versions; a failed read keeps the last set."""
+        store = self.store
+        if not isinstance(store, ExperimentStore):
+            return {}
+        try:
+            self._experiments = self._parser.parse(store.list_experiments())
+        except StoreUnavailable as e:
+            log.warning("experiments not re-read, keeping the last %d: %s",
+                        len(self._experiments.experiments), e)
+        return {"experiments": len(self._experiments.experiments),
+                "arm_versions": self._load_arm_versions(store)}
+
+    def _load_arm_versions(self, store: ExperimentStore) -> list[str]:
+        """Load the snapshots of the versions running arms name; drop the ones none names."""
+        current = self._index.version if self._index is not None else None
+        wanted = self._experiments.model_versions(int(self._clock() * 1000)) - {current}
+        keep = {v: ix for v, ix in self._arm_indexes.items() if v in wanted}
+        loaded = []
+        for version in sorted(wanted - keep.keys()):
+            if self._clock() < self._arm_retry_at.get(version, 0.0):
+                continue
+            try:
+                model = store.get_model(version)
+                if model is None:
+                    raise SnapshotLoadError(f"models/{version} does not exist")
+                snap = read_snapshot(model.index_uri)
+                snapshot_version, snap.version = snap.version, version
+                index = self.with_ann_loaded(ItemIndex.from_snapshot(snap), model.index_uri, snapshot_version)
+                keep[version] = self.with_ivf_built(index)
+                loaded.append(version)
+                log.info("loaded arm model %s: %d items", version, keep[version].size)
+            except (StoreUnavailable, SnapshotLoadError) as e:
+                self._arm_retry_at[version] = self._clock() + ARM_RETRY_SECONDS
+                log.error("arm model %s not loaded (its arm is ranked by the current version): %s",
+                          version, e)
+        self._arm_indexes = keep  # one reference swap
+        return loaded
 
     def maybe_refresh(self) -> bool:
         """Start a background refresh if one is due and none is running; never waits."""
@@ -234,5 +299,7 @@ class IndexManager:
             "items_indexed_through": index.updated_through if index is not None else None,
             "trending_items": len(trending.items) if trending is not None else 0,
             "retrieval": index.retrieval if index is not None else None,
+            "experiments": [e.id for e in self._experiments.running(int(now * 1000))],
+            "arm_model_versions": sorted(self._arm_indexes),
         }
         return (200 if index is not None or has_trending else 503), body

@@ -35,6 +35,7 @@ class RecommendParams:
     in_stock_only: bool = True
     session_items: tuple[str, ...] = ()
     diversity: float = 0.0  # MMR λ (scoring.diversity): the request's, else DEFAULT_DIVERSITY
+    session_id: str | None = None  # an anonymous session: the experiment unit when there is no user_id
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
                      ) -> RecommendParams:
     """Validate ``/recommendations`` input: query-string lists (``from_query``) or a JSON object.
 
-    In JSON only ``user_id`` may be null; an explicit null elsewhere is an invalid value.
+    In JSON only ``user_id`` and ``session_id`` may be null; an explicit null elsewhere is an
+    invalid value.
     """
     if from_query:
         present = {n: v for n in _FIELDS[:-2] if (v := _single(values, n)) is not None}
@@ -163,9 +165,10 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
                 present[n] = values[n]
     else:
         present = {n: values[n] for n in _FIELDS if n in values}
-        if present.get("user_id") is None:
-            present.pop("user_id", None)
-    user_id = present.get("user_id")
+        for n in ("user_id", "session_id"):
+            if present.get(n) is None:
+                present.pop(n, None)
+    user_id, session_id = present.get("user_id"), present.get("session_id")
     return RecommendParams(
         user_id=None if user_id is None else check_id("user_id", user_id),
         k=parse_k(present["k"], settings.max_k, from_query) if "k" in present else settings.default_k,
@@ -182,11 +185,12 @@ def recommend_params(values: Mapping[str, Any], settings: Settings, from_query: 
         if "session_items" in present else (),
         diversity=parse_unit("diversity", present["diversity"], from_query) if "diversity" in present
         else settings.default_diversity,
+        session_id=None if session_id is None else check_id("session_id", session_id),
     )
 
 
-_FIELDS = ("user_id", "k", "alpha", "diversity", "exclude_seen", "in_stock_only", "category",
-           "session_items")
+_FIELDS = ("user_id", "session_id", "k", "alpha", "diversity", "exclude_seen", "in_stock_only",
+           "category", "session_items")  # the last two repeat in a query string
 
 
 def similar_params(values: Mapping[str, list[str]], settings: Settings) -> SimilarParams:

@@ -17,7 +17,7 @@ from google.api_core import retry as gretry
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from schemas.firestore import CurrentModelDoc, ItemDoc, TrendingDoc, UserDoc
+from schemas.firestore import CurrentModelDoc, ItemDoc, ModelDoc, TrendingDoc, UserDoc
 
 from .compat.firestore_unary_read import read_document
 from .config import Settings
@@ -44,7 +44,7 @@ _DOC_ERRORS = (KeyError, TypeError, ValueError)
 
 
 class FirestoreStore:
-    """Reads users, models/current, stats/trending and recent items."""
+    """Reads users, models/current (and arms' models/{version}), stats/trending, recent items, experiments."""
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self._settings = settings
@@ -95,6 +95,27 @@ class FirestoreStore:
             return CurrentModelDoc.from_document(doc)
         except _DOC_ERRORS as e:
             raise StoreUnavailable(f"models/current is malformed: {e}") from e
+
+    def get_model(self, version: str) -> ModelDoc | None:
+        """``models/{version}`` (an experiment arm's version), or None when there is none."""
+        doc = self._get(self._settings.models_collection, version)
+        if doc is None:
+            return None
+        try:
+            return ModelDoc.from_document(doc)
+        except _DOC_ERRORS as e:
+            raise StoreUnavailable(f"models/{version} is malformed: {e}") from e
+
+    def list_experiments(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+        """``experiments/*`` as ``(id, document)`` pairs, unparsed (recommender.experiments validates)."""
+        t = self._settings.firestore_timeout_seconds * 5
+        retry = gretry.Retry(initial=0.05, maximum=0.5, timeout=t, predicate=gretry.if_transient_error)
+        try:
+            snaps = (self.client.collection(self._settings.experiments_collection).limit(limit)
+                     .get(retry=retry, timeout=t))
+        except _ERRORS as e:
+            raise StoreUnavailable(f"listing {self._settings.experiments_collection}: {e}") from e
+        return [(s.id, s.to_dict() or {}) for s in snaps]
 
     def get_trending(self) -> TrendingDoc | None:
         """``stats/trending``, or None when the pipeline has not written it yet."""

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from httpfn.errors import NotFound, Unavailable
+from schemas.experiments import ArmOverrides
 from schemas.firestore import TrendingDoc, UserDoc
 from scoring.rank import (
     DEFAULT_ALPHA,
@@ -43,12 +44,16 @@ def _rounded(*columns: np.ndarray) -> list[list[float]]:
 
 
 def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
-             trending: TrendingDoc | None, settings: Settings) -> dict[str, Any]:
+             trending: TrendingDoc | None, settings: Settings, arm: ArmOverrides | None = None
+             ) -> dict[str, Any]:
     """Pick the strategy for this user/session and rank with :func:`scoring.rank.rank_user`.
 
     ``alpha``: the request's, else the model version's measured default for this history length
     (``index.defaults``), else ``DEFAULT_ALPHA``; the pool likewise. ``p.diversity`` > 0: the items
     are MMR picks from the pool (:mod:`scoring.diversity`), each with its own hybrid score.
+    ``arm``: an experiment arm's ``pool`` (at least ``k``) and ``retrieval`` (``exact`` scans every
+    row; ``faiss``/``ivf`` use the index's approximate index when it has one, else scan); its
+    ``alpha``/``diversity`` are already in ``p`` (:func:`recommender.experiments.with_overrides`).
     """
     if index is None:
         return cold_start(None, p, user, trending, degraded=True, default_alpha=settings.default_alpha)
@@ -57,12 +62,15 @@ def rank_for(index: ItemIndex | None, p: RecommendParams, user: UserDoc | None,
     if query is None:
         return cold_start(index, p, user, trending, degraded=False, default_alpha=settings.default_alpha)
     alpha = resolve_alpha(p.alpha, index.defaults, history.size, settings.default_alpha)
+    pool = (max(p.k, arm.pool) if arm is not None and arm.pool is not None
+            else resolve_pool(p.k, index.defaults, settings.min_pool, settings.pool_factor))
     request = RankRequest(
-        k=p.k, alpha=alpha, pool=resolve_pool(p.k, index.defaults, settings.min_pool, settings.pool_factor),
+        k=p.k, alpha=alpha, pool=pool,
         exclude_rows=_excluded_rows(index, p, history, user), in_stock_only=p.in_stock_only,
         categories=index.category_codes_for(p.categories) if p.categories else None,
         diversity=p.diversity)
-    ranked = rank_user(index, retriever_for(index.embeddings, index.ivf), query, request)
+    exact = arm is not None and arm.retrieval == "exact"
+    ranked = rank_user(index, retriever_for(index.embeddings, None if exact else index.ivf), query, request)
     items = [{"item_id": i, "score": s, "cf_score": cf, "cb_score": cb}
              for i, s, cf, cb in zip(index.item_ids[ranked.rows].tolist(),
                                      *_rounded(ranked.score, ranked.cf, ranked.cb))]
