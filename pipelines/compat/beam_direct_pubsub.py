@@ -14,7 +14,10 @@ exception that ends the pipeline) loses every message pulled but not yet written
   a bundle pending (produced, not yet consumed) or a fired timer unprocessed, and (2) none of
   the user timers (a stateful ``DoFn``'s ``TimerSpec``) that were set when the batch's bundles
   had all been processed is still set (the per-user write coalescing holds events until its
-  timer fires). The DirectRunner runs every bundle and the read on one worker thread, so at a
+  timer fires). A timer named with :data:`NON_BARRIER_PREFIX` (:func:`non_barrier_timer`) is
+  not a barrier: it only forgets state (attribution's 30-minute TTL), nothing a message must
+  reach waits for it, and holding acks that long would stall the read at ``max_unacked``.
+  The DirectRunner runs every bundle and the read on one worker thread, so at a
   read every earlier bundle has either finished (its Firestore commits, dead-letter publishes
   and archive appends are synchronous in ``finish_bundle``) or is pending. Windowed state
   (trending's GBK) is not waited for: it is derived, not part of what a message must reach;
@@ -43,6 +46,8 @@ _draining = threading.Event()
 _settings: dict[str, float] = {"max_messages": 5000, "idle_sleep_s": 0.01, "max_unacked": 20000,
                                "lease_after_s": 5.0, "lease_extend_s": 30}
 ACK_CHUNK = 1000
+# User timers whose name starts with this are not durability barriers (see the module docstring).
+NON_BARRIER_PREFIX = "expire_"
 _Evaluator = transform_evaluator._PubSubReadEvaluator
 _original = _Evaluator._read_from_pubsub
 _original_finish = _Evaluator.finish_bundle
@@ -112,14 +117,25 @@ def _user_timer_steps(ctx: Any) -> list[Any]:
     return cached
 
 
+def non_barrier_timer(name: str) -> str:
+    """The ``TimerSpec`` name of a timer that must not hold acks (it only forgets state)."""
+    return name if name.startswith(NON_BARRIER_PREFIX) else NON_BARRIER_PREFIX + name
+
+
+def _is_non_barrier(name: str) -> bool:
+    """The runner keys a user timer as ``user/<TimerSpec.name>``, which is ``ts-<name given>``."""
+    return name.rpartition("/")[2].removeprefix("ts-").startswith(NON_BARRIER_PREFIX)
+
+
 def _user_timers(ctx: Any) -> frozenset:
-    """Every user timer currently set: (step, key, window, name, firing time)."""
+    """Every user timer currently set that is a barrier: (step, key, window, name, firing time)."""
     out = set()
     for applied in _user_timer_steps(ctx):
         for key, state in ctx._transform_keyed_states[applied].items():
             for win, timers in state.timers.items():
                 for (name, _domain, tag), ts in timers.items():
-                    out.add((applied.full_label, key, win, name, tag, ts))
+                    if not _is_non_barrier(name):
+                        out.add((applied.full_label, key, win, name, tag, ts))
     return frozenset(out)
 
 

@@ -1,11 +1,18 @@
-"""Streaming pipeline: product events -> fresh user embeddings, trending items, new items.
+"""Streaming pipeline: product events -> fresh user embeddings, trending items, new items,
+per-arm experiment figures.
 
-Reads the events and catalogue-updates subscriptions (with attributes) and, in Firestore:
+Reads the events, catalogue-updates and served-lists subscriptions (with attributes) and, in
+Firestore:
 
 * ``users/{id}``: deduplicated per-user history (last ``--history-length`` events) and the
   embedding recomputed with the *current* query tower after every accepted event;
 * ``items/{id}``: catalogue updates embedded with the current candidate tower and content encoder;
 * ``stats/trending``: item counts over sliding event-time windows, ranked;
+* ``stats/experiments/{experiment_id}/{arm}`` and ``.../_summary``: accepted events that carry
+  a ``recommendation_id`` joined (keyed state, ``--attribution-ttl-seconds``) with the served
+  record the recommend function published for that list (``--served-subscription``; empty
+  disables it), counted per arm and compared (:mod:`pipelines.streaming.attribution`), written
+  at most once per ``--experiment-write-interval-seconds`` per experiment;
 * invalid messages go to the dead-letter topic (original payload + ``dlq_*`` attributes), and so
   do the events a later stage fails on (seed read, embedding, Firestore commit), with the reason;
 * ``DELETE /users/{id}`` on the ingest function (a ``kind=forget`` message on the events topic)
@@ -20,7 +27,10 @@ Delivery: at least once into the pipeline, effectively once into ``users/{id}``:
 read acks a message only once everything it caused is durable (documents committed, dead letters
 published, archive written; :mod:`pipelines.compat.beam_direct_pubsub`), Dataflow acks after its
 own checkpoint, and a redelivered event is dropped by the per-user dedup (seeded from
-``users/{id}`` after a restart).
+``users/{id}`` after a restart). Experiment counts are effectively once too: the aggregator's
+memory of counted (list, item, kind) is stored with them (``_dedup``) and the join stores what
+it needs across a restart (:mod:`pipelines.streaming.attribution`); its 30-minute TTL timer is
+the one timer that does not hold acks.
 
 Locally (DirectRunner, emulators from ``make stack-start``; SIGTERM/Ctrl-C drains then exits)::
 
@@ -52,9 +62,15 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines import direct_runner
-from pipelines.streaming import trending
+from pipelines.streaming import attribution, trending
 from pipelines.streaming.archive import ArchiveEvents
+from pipelines.streaming.attribution import PERSIST, Attribute, AttributionStore, ParseServed
 from pipelines.streaming.embed import EmbedItems, EmbedUsers, ModelSource, WatchedModel
+from pipelines.streaming.experiment_io import (
+    FirestoreAttributionStore,
+    WriteAttributionDocsFn,
+    WriteExperimentStatsFn,
+)
 from pipelines.streaming.firestore_io import (
     FirestoreSettings,
     FirestoreUserStore,
@@ -84,6 +100,7 @@ class StreamingConfig:
     events_subscription: str
     catalog_subscription: str
     dead_letter_topic: str
+    served_subscription: str | None = None  # None: no attribution
     firestore_database: str = "(default)"
     model_dir: str | None = None
     archive_dir: str | None = None
@@ -96,6 +113,8 @@ class StreamingConfig:
     trending_fanout: int = trending.FANOUT
     allowed_lateness_s: int = trending.ALLOWED_LATENESS_S
     user_write_interval_s: float = WRITE_INTERVAL_S
+    attribution_ttl_s: float = attribution.TTL_S
+    experiment_write_interval_s: float = attribution.WRITE_INTERVAL_S
     model_refresh_s: float = 10.0
     inference: str = "bundle"
     direct_pull_max_messages: int = 5000
@@ -119,6 +138,13 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
                         help="name or projects/.../subscriptions/... path")
     parser.add_argument("--catalog-subscription", default=names.CATALOG_SUBSCRIPTION)
     parser.add_argument("--dead-letter-topic", default=names.DEAD_LETTER_TOPIC)
+    parser.add_argument("--served-subscription", default=names.SERVED_SUBSCRIPTION,
+                        help="served lists (recommendation_id -> arm, items); empty: no attribution")
+    parser.add_argument("--attribution-ttl-seconds", type=float, default=d["attribution_ttl_s"],
+                        help="how long a served list's events are attributed after its id is first seen")
+    parser.add_argument("--experiment-write-interval-seconds", type=float,
+                        default=d["experiment_write_interval_s"],
+                        help="write an experiment's stats documents at most once per this interval")
     parser.add_argument("--firestore-database", default=d["firestore_database"])
     parser.add_argument("--model-dir", default=None,
                         help="artefact dir (or dir of versions) used until models/current exists")
@@ -155,6 +181,8 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
     options.view_as(StandardOptions).streaming = True
     if args.history_length < 1:
         parser.error("--history-length must be >= 1")
+    if args.attribution_ttl_seconds <= 0:
+        parser.error("--attribution-ttl-seconds must be > 0")
     if args.trending_window_seconds % args.trending_period_seconds:
         parser.error("--trending-window-seconds must be a multiple of --trending-period-seconds")
     config = StreamingConfig(
@@ -162,6 +190,10 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
         events_subscription=_path(project, "subscriptions", args.events_subscription),
         catalog_subscription=_path(project, "subscriptions", args.catalog_subscription),
         dead_letter_topic=_path(project, "topics", args.dead_letter_topic),
+        served_subscription=(_path(project, "subscriptions", args.served_subscription)
+                             if args.served_subscription else None),
+        attribution_ttl_s=args.attribution_ttl_seconds,
+        experiment_write_interval_s=args.experiment_write_interval_seconds,
         firestore_database=args.firestore_database, model_dir=args.model_dir,
         archive_dir=args.archive_dir, archive_window_s=args.archive_window_seconds,
         history_length=args.history_length, trending_window_s=args.trending_window_seconds,
@@ -175,20 +207,24 @@ def parse_args(argv: list[str] | None) -> tuple[StreamingConfig, PipelineOptions
 
 
 class RecommenderCore(beam.PTransform):
-    """The I/O-free middle: ``{"events", "catalog"}`` messages -> docs, dead letters, events.
+    """The I/O-free middle: ``{"events", "catalog"[, "served"]}`` messages -> docs, dead letters,
+    events.
 
     Output dict: ``user_docs`` (``UserWrite``: the document and the events it newly holds),
     ``item_docs``, ``trending`` (``TrendingDoc``), ``dead_letters`` (``PubsubMessage``) and
     ``accepted_batches`` (deduplicated ``ProductEvent``\\s, a tuple per bundle) and ``forgets``
     (the ``ForgetRequest``\\s applied: ``users/{id}`` is deleted by the user writes, the archive
-    gets a tombstone).
+    gets a tombstone). With a ``served`` input also ``experiment_stats`` (``ExperimentWrite``)
+    and ``attribution_docs`` (``PendingWrite``, ``ServedRecord``: what the join stores).
     """
 
-    def __init__(self, config: StreamingConfig, models: ModelSource, user_store: UserStore | None) -> None:
+    def __init__(self, config: StreamingConfig, models: ModelSource, user_store: UserStore | None,
+                 attribution_store: AttributionStore | None = None) -> None:
         super().__init__()
         self.config = config
         self.models = models
         self.user_store = user_store
+        self.attribution_store = attribution_store
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         cfg = self.config
@@ -198,14 +234,22 @@ class RecommenderCore(beam.PTransform):
             cfg.history_length, self.user_store, cfg.user_write_interval_s)
         accepted = users[ACCEPTED_BATCHES]
         embedded = users["states"] | "EmbedUsers" >> EmbedUsers(self.models, cfg.inference)
-        dead = (events[DEAD_LETTER], catalog[DEAD_LETTER], users[DEAD_LETTER], embedded[DEAD_LETTER])
+        dead = [events[DEAD_LETTER], catalog[DEAD_LETTER], users[DEAD_LETTER], embedded[DEAD_LETTER]]
+        attributed = {}
+        if "served" in inputs:
+            served = inputs["served"] | "ParseServed" >> ParseServed()
+            joined = {"served": served.valid, "events": accepted} | "Attribute" >> Attribute(
+                self.attribution_store, cfg.attribution_ttl_s, cfg.experiment_write_interval_s)
+            dead += [served[DEAD_LETTER], joined[DEAD_LETTER]]
+            attributed = {"experiment_stats": joined["writes"], "attribution_docs": joined[PERSIST]}
         return {
+            **attributed,
             "user_docs": embedded["docs"],
             "item_docs": catalog.valid | "EmbedItems" >> EmbedItems(self.models),
             "trending": accepted | "Trending" >> ComputeTrending(
                 cfg.trending_window_s, cfg.trending_period_s, cfg.trending_top_k,
                 cfg.trending_early_firing_s, cfg.allowed_lateness_s, cfg.trending_fanout),
-            "dead_letters": dead | "DeadLetters" >> beam.Flatten(),
+            "dead_letters": tuple(dead) | "DeadLetters" >> beam.Flatten(),
             "accepted_batches": accepted,
             "forgets": users[FORGETS],
         }
@@ -221,12 +265,21 @@ def build(p: beam.Pipeline, config: StreamingConfig) -> dict[str, beam.PCollecti
         "catalog": p | "ReadCatalog" >> ReadFromPubSub(subscription=config.catalog_subscription,
                                                        with_attributes=True),
     }
-    out = sources | "Core" >> RecommenderCore(config, models, store)
+    if config.served_subscription:
+        sources["served"] = p | "ReadServed" >> ReadFromPubSub(subscription=config.served_subscription,
+                                                               with_attributes=True)
+    core = RecommenderCore(config, models, store, FirestoreAttributionStore(config.firestore))
+    out = sources | "Core" >> core
     users = out["user_docs"] | "WriteUsers" >> beam.ParDo(WriteUserDocsFn(config.firestore)).with_outputs(
         DEAD_LETTER, main="written")
     items = out["item_docs"] | "WriteItems" >> beam.ParDo(WriteItemDocsFn(config.firestore)).with_outputs(
         DEAD_LETTER, main="written")
     out["trending"] | "WriteTrending" >> beam.ParDo(WriteTrendingFn(config.firestore))
+    if "experiment_stats" in out:
+        stats = WriteExperimentStatsFn(config.firestore)
+        out["experiment_stats"] | "WriteExperimentStats" >> beam.ParDo(stats)
+        docs = WriteAttributionDocsFn(config.firestore, config.attribution_ttl_s)
+        out["attribution_docs"] | "WriteAttributionDocs" >> beam.ParDo(docs)
     dead = [out["dead_letters"], users[DEAD_LETTER], items[DEAD_LETTER]]
     if config.archive_dir:  # per bundle where the local read acks on it, windowed on Dataflow
         per_bundle = direct_runner.is_direct(p.options)

@@ -48,7 +48,7 @@ class Stack:
         self.subscriber = pubsub_v1.SubscriberClient()
         suffix = uuid.uuid4().hex[:8]
         self.paths = {}
-        for kind in ("events", "catalog", "dlq"):
+        for kind in ("events", "catalog", "dlq", "served"):
             topic = self.publisher.topic_path(self.project, f"{kind}-{suffix}")
             sub = self.subscriber.subscription_path(self.project, f"{kind}-sub-{suffix}")
             self.publisher.create_topic(name=topic)
@@ -64,6 +64,7 @@ class Stack:
                 "--events-subscription", self.paths["events"][1],
                 "--catalog-subscription", self.paths["catalog"][1],
                 "--dead-letter-topic", self.paths["dlq"][0],
+                "--served-subscription", self.paths["served"][1],
                 "--history-length", str(HISTORY), "--model-refresh-seconds", "1",
                 "--archive-dir", str(self.archive), "--archive-window-seconds", "3",
                 "--trending-window-seconds", "120", "--trending-period-seconds", "60",

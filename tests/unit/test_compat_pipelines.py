@@ -55,6 +55,14 @@ def test_beam_direct_runner_internals_the_shim_uses_exist():
     assert "self.timers[window][(name, time_domain, dynamic_timer_tag)] = timestamp" in _source(
         InMemoryUnmergedState.set_timer)
     assert issubclass(evaluation_context.DirectUnmergedState, InMemoryUnmergedState)
+    # a user timer is keyed "user/<TimerSpec.name>" and TimerSpec prefixes the given name "ts-"
+    from apache_beam.runners.direct import direct_userstate
+    from apache_beam.transforms.userstate import TimerSpec
+
+    assert "timer_name = 'user/%s' % timer_spec.name" in _source(direct_userstate)
+    from apache_beam.transforms.timeutil import TimeDomain
+
+    assert TimerSpec("x", TimeDomain.REAL_TIME).name == "ts-x"
     # one worker thread runs every bundle and the read: "nothing else runs while we read"
     assert executor._ExecutorServiceParallelExecutor.NUM_WORKERS == 1
     from google.cloud import pubsub_v1
@@ -79,6 +87,26 @@ def test_install_and_uninstall_patch_and_restore_the_runner():
     assert transform_evaluator._PubSubReadEvaluator.finish_bundle is original_finish
     assert executor.TransformExecutor.call is original_call
     assert not beam_direct_pubsub.is_draining()
+
+
+def test_non_barrier_timers_hold_no_acks_and_every_other_user_timer_does():
+    from types import SimpleNamespace
+
+    from apache_beam.transforms.timeutil import TimeDomain
+    from apache_beam.transforms.userstate import TimerSpec
+
+    ttl = TimerSpec(beam_direct_pubsub.non_barrier_timer("ttl"), TimeDomain.REAL_TIME)
+    flush = TimerSpec("flush", TimeDomain.REAL_TIME)
+    assert beam_direct_pubsub.non_barrier_timer(ttl.name.removeprefix("ts-")) == ttl.name.removeprefix("ts-")
+    class Step:  # an applied transform: hashable, with a full_label
+        full_label = "Join"
+
+    step = Step()
+    keyed = {"k": SimpleNamespace(timers={"w": {(f"user/{ttl.name}", "REAL_TIME", ""): 9.0,
+                                               (f"user/{flush.name}", "REAL_TIME", ""): 1.0}})}
+    ctx = SimpleNamespace(_ack_timer_steps=[step], _transform_keyed_states={step: keyed})
+    barrier = ("Join", "k", "w", f"user/{flush.name}", "", 1.0)
+    assert beam_direct_pubsub._user_timers(ctx) == frozenset({barrier})
 
 
 def test_firestore_is_the_version_the_write_shim_builds_for():
