@@ -12,5 +12,7 @@ the function because only figures from one run on the shared machine compare.
 Writes ``reports/bench/serving.json`` and prints a table. Modules: ``config`` (settings), ``data``
 (catalogue, users, Firestore), ``compute`` (in process), ``server`` and ``load`` (serving, wrk),
 ``report`` (combine, targets, table), ``runner`` (command line), ``baselines`` (the baseline
-handlers), ``catalogue`` (the trained model), ``ivf_recall`` (the IVF grid on another artefact).
+handlers), ``catalogue`` (the trained model), ``ivf_recall`` (the IVF grid on another artefact),
+``experiment`` (the ``recommend_experiment`` row: two arms running, served records published to a
+Pub/Sub emulator topic, interleaved with ``recommend``).
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench import measure
 from bench.serving.config import BenchConfig
+from bench.serving.experiment import served_counts
 from bench.serving.server import retrieval_seen, serve
 
 LUA = """
@@ -95,6 +96,8 @@ def load_test(name: str, target: str, source: Path, path_template: str, health_p
                     server.port, path_template, user_ids, cfg, cfg.low_duration_s, work_dir, c).items()
                          if k in ("rps", "p50_ms", "p99_ms", "errors")}
                 for c in cfg.low_connections}
+        if env.get("SERVED_TOPIC"):  # over the server's life: warm-up, load and low-concurrency runs
+            result["served_records"] = served_counts(server.port)
         return result
     finally:
         server.stop()

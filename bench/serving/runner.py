@@ -31,6 +31,7 @@ from bench.serving.config import (
     report_path,
 )
 from bench.serving.data import make_snapshot, make_users, seed_firestore, trained_catalogue
+from bench.serving.experiment import setup_experiment
 from bench.serving.load import load_test
 from bench.serving.report import combine, print_table, targets
 from bench.serving.server import server_env
@@ -55,7 +56,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--firestore-port", type=int,
                    default=int(os.environ.get("BENCH_FIRESTORE_PORT", d.firestore_port)))
     p.add_argument("--pairs", type=int, default=d.pairs,
-                   help="interleaved bare_read / recommend / recommend (exact) rounds")
+                   help="interleaved bare_read / recommend / recommend (exact) / recommend "
+                        "(experiment) rounds")
     p.add_argument("--configs", default=None,
                    help="serving configs to try, e.g. '1x8,2x2:blas' "
                         "(WORKERSxTHREADS, ':blas' = one BLAS thread)")
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.users:,} users in {time.perf_counter() - t:.1f} s; seeding Firestore ...", flush=True)
         client = firestore.Client(project=stack_cfg.project)
         seed = seed_firestore(client, cfg, snap, index_uri, users)
+        experiment_env = setup_experiment(client, stack_cfg)
         print(f"seeded in {seed['seed_users_s'] + seed['seed_vectors_s']:.1f} s; measuring compute ...",
               flush=True)
         compute = measure_compute(cfg, snap, users, index_uri)
@@ -137,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         emulator = state.pids["firestore"]
 
         def run(name: str, w: int, th: int, blas: bool, low: bool = False) -> dict:
-            if name in ("recommend", "recommend_exact"):
-                extra = {"RETRIEVAL": "exact"} if name == "recommend_exact" else {}
+            if name in ("recommend", "recommend_exact", "recommend_experiment"):
+                extra = {"recommend_exact": {"RETRIEVAL": "exact"},
+                         "recommend_experiment": experiment_env}.get(name, {})
                 return load_test(name, "recommend", FUNCTION_DIR / "main.py", rec_path, "/healthz",
                                  server_env(stack_cfg, w, th, blas, extra), user_ids, cfg, work, emulator,
                                  low_concurrency=low)
@@ -158,14 +162,18 @@ def main(argv: list[str] | None = None) -> int:
         chosen = max((c for c in configs if c["p99_ms"] <= 1.25 * best_p99), key=lambda c: c["rps"])
         w, th, blas = chosen["workers"], chosen["threads"], chosen["one_blas"]
         kind = compute["index"]["type"]
-        print(f"head to head with WORKERS={w} THREADS={th}: bare_read, recommend ({kind}) "
-              f"and recommend (exact) interleaved {cfg.pairs}x ...", flush=True)
-        bare_runs, rec_runs, exact_runs = [], [], []
+        print(f"head to head with WORKERS={w} THREADS={th}: bare_read, recommend ({kind}), "
+              f"recommend (exact) and recommend (experiment, served records) interleaved "
+              f"{cfg.pairs}x ...", flush=True)
+        bare_runs, rec_runs, exact_runs, exp_runs = [], [], [], []
         for _ in range(cfg.pairs):
             bare_runs.append(run("bare_read", w, th, blas, low=True))
             rec_runs.append(run("recommend", w, th, blas, low=True))
             exact_runs.append(run("recommend_exact", w, th, blas, low=True))
+            exp_runs.append(run("recommend_experiment", w, th, blas, low=True))
         bare, recommend, recommend_exact = combine(bare_runs), combine(rec_runs), combine(exact_runs)
+        recommend_experiment = {**combine(exp_runs), "setup": dict(experiment_env),
+                                "served_records": [r["served_records"] for r in exp_runs]}
         fn = load_test("find_nearest", "find_nearest", BASELINES, "/?user_id=%s&k=10",
                        f"/?user_id={user_ids[0]}&k=1", server_env(stack_cfg, w, th, blas,
                                                                  {"FIND_NEAREST_COLLECTION": VECTORS}),
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "index": compute.pop("index"),
             "backends": backends,
             "recommend": recommend, "recommend_exact": recommend_exact,
+            "recommend_experiment": recommend_experiment,
             "bare_read": bare, "find_nearest": fn,
             **compute, "approximate_index": ivf, "faiss_grid": faiss_grid,
             "cold_start_s": float(np.median([c["cold_start_s"] for c in configs + rec_runs])),

@@ -22,6 +22,8 @@ import functions_framework
 import pytest
 
 from schemas.experiments import Experiment, assign, parse_served
+from schemas.firestore import ModelDoc
+from schemas.index_snapshot import INDEX_FILE
 from scripts import experiments as cli
 from tests.conftest import pull_all
 from tests.integration import recommend_data as rd
@@ -133,6 +135,36 @@ def test_the_arms_alpha_is_in_the_response_and_changes_the_ranking(world, make_c
     for u in control:  # the control arm keeps the request's alpha
         body = get(client, f"/recommendations?user_id={u}&k=3&alpha=1")
         assert (body["arm"], body["alpha"], ids(body)) == ("control", 1.0, pure_cf)
+
+
+def test_an_arms_model_version_ranks_once_loaded_and_the_response_says_so(world, make_client, tmp_path):
+    extra = {"z1": ("books", [0.0, 0.0, 0.0, 5.0], [1, 0, 0], True, 1.0)}
+    snap = rd.make_snapshot(version=rd.V2, extra=extra)
+    uri = tmp_path / "v2" / INDEX_FILE
+    uri.parent.mkdir()
+    snap.save(uri)
+    world.collection("models").document(rd.V2).set(ModelDoc(
+        version=rd.V2, status="ready", created_at=rd.CREATED_AT, artifact_uri=str(uri.parent),
+        index_uri=str(uri), dim=4, item_count=len(snap.item_ids)).to_document())
+    arms = [{"name": "control", "share": 0.5},
+            {"name": "v2", "share": 0.5, "overrides": {"model_version": rd.V2}}]
+    exp = Experiment.from_document("versions", {"arms": arms, "start_ms": 0})
+    in_v2 = [u for u in (f"user{i}" for i in range(500)) if assign(exp, u).name == "v2"][:1]
+    in_control = [u for u in (f"user{i}" for i in range(500)) if assign(exp, u).name == "control"][:1]
+    for u in in_v2 + in_control:
+        rd.write_user(world, u, ["b1"], [1.0, 0.0, 0.0, 0.0])
+    client, _ = make_client()
+    cli.create_experiment(world, exp)
+    body = wait_for(lambda: get(client, f"/recommendations?user_id={in_v2[0]}&k=1&alpha=1"),
+                    lambda b: b["model_version"] == rd.V2)
+    # her embedding is of v1: under v2 the query is the mean of her history (b1)
+    assert body["arm"] == "v2" and body["query"] == "history_mean"
+    assert get(client, "/healthz")["arm_model_versions"] == [rd.V2]
+    ctl = get(client, f"/recommendations?user_id={in_control[0]}&k=1&alpha=1")
+    assert (ctl["arm"], ctl["model_version"], ctl["query"]) == ("control", rd.V1, "user_embedding")
+    cli.stop_experiment(world, "versions")
+    wait_for(lambda: get(client, "/healthz"), lambda b: b["arm_model_versions"] == [])
+    assert get(client, f"/recommendations?user_id={in_v2[0]}&k=1")["model_version"] == rd.V1
 
 
 def test_the_cli_refuses_overwrites_rejects_bad_input_and_shows_figures(world, capsys):

@@ -57,6 +57,17 @@ def test_a_full_queue_drops_and_counts_without_blocking_then_drains_in_batches()
     assert (h["published"], h["batches"], h["failed"], h["queued"]) == (6, 3, 0, 0)
 
 
+def test_a_batch_waits_its_latency_for_more_records():
+    sink = GatedSink()
+    sink.gate.set()
+    pub = ServedPublisher(TOPIC, batch_max=100, sink_factory=lambda: sink, linger_s=0.5)
+    for n in range(5):
+        pub.submit(record(n))
+        time.sleep(0.02)
+    assert pub.wait_idle(5)
+    assert sink.batches == [["r0", "r1", "r2", "r3", "r4"]]  # one Publish call, not five
+
+
 def test_a_failing_publish_is_counted_and_the_thread_lives_on():
     sink = GatedSink(fail=True)
     sink.gate.set()
