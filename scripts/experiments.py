@@ -162,7 +162,11 @@ def list_experiments(client: Any) -> list[tuple[str, Experiment | None, str | No
 
 
 def read_results(client: Any, experiment_id: str) -> dict[str, Any]:
-    """The pipeline's figures: ``{"arms": {arm: document}, "summary": document or None}``."""
+    """The pipeline's figures: ``{"arms": {arm: document}, "summary": document or None}``.
+
+    Documents whose id starts with ``_`` other than ``_summary`` (the pipeline's ``_dedup``) are
+    bookkeeping, not arms (an arm name never starts with ``_``).
+    """
     col = (client.collection(names.STATS).document(names.EXPERIMENT_STATS_DOC)
            .collection(experiment_id))
     arms: dict[str, Any] = {}
@@ -170,7 +174,7 @@ def read_results(client: Any, experiment_id: str) -> dict[str, Any]:
     for snap in col.stream():
         if snap.id == SUMMARY_DOC:
             summary = snap.to_dict() or {}
-        else:
+        elif not snap.id.startswith("_"):
             arms[snap.id] = snap.to_dict() or {}
     return {"arms": arms, "summary": summary}
 

@@ -183,7 +183,9 @@ def test_the_cli_refuses_overwrites_rejects_bad_input_and_shows_figures(world, c
     for arm, c in counts.items():
         stats.document(arm).set(arm_figures(c))
     stats.document("_summary").set(compare_arms(list(counts.items())))
+    stats.document("_dedup").set({"keys": []})  # the pipeline's bookkeeping: not an arm
     results = cli.read_results(world, EXPERIMENT)
+    assert set(results["arms"]) == {"a", "b"}
     assert results["arms"]["b"]["clicks"] == 12 and results["summary"]["control"] == "a"
     assert cli.main(["show", "--id", EXPERIMENT]) == 0
     out = capsys.readouterr().out
