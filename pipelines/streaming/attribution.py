@@ -4,8 +4,11 @@ Two keyed steps (keyed state and timers only: no side inputs, which the DirectRu
 here):
 
 1. **Join**, keyed by ``recommendation_id``: the served record (``recommendations-served``) and
-   the *accepted* events that carry its id (deduplicated per user by the state step, so a
-   redelivered event is dropped there). State: the served record, the events that arrived
+   the valid events that carry its id, taken before the per-user dedup: counts are once per
+   (list, item, kind) here and the aggregator's memory drops a recount, so the join needs no
+   event-id dedup, and must not depend on it: ``users/{id}`` may be committed before the counts,
+   and after a crash between the two the per-user dedup would drop the redelivered event
+   uncounted (measured with SIGKILL). State: the served record, the events that arrived
    before it (``pending``), and the (item, kind) pairs already counted. It emits a
    :class:`Contribution` per count: the first copy of a served record in an experiment counts
    ``served`` +1 and ``shown`` +len(items); a view of an item in the list ``clicks`` +1 and
@@ -18,7 +21,8 @@ here):
    served records of experiments (``attribution_served/{id}``, read when an event of a list not
    seen since start arrives within ``ttl_s`` of the start) and the events that wait for their
    served record (``attribution_pending/{id}``, read when a served record answered before the
-   start arrives; deleted once matched or expired).
+   start arrives; deleted when the state expires, not when matched: the counts of a match are
+   committed later, and a crash in between must find the events again).
 2. **Aggregate**, keyed by experiment id: per-arm :class:`ArmCounts`, seeded from the stored
    ``stats/experiments/{id}/*`` documents the first time the experiment is seen since start,
    plus a memory of the contributions counted in the last ``DEDUP_RETENTION_S`` (the TTL; at
@@ -100,6 +104,7 @@ class JoinState:
     pending: tuple[Item, ...] = ()
     counted: frozenset[Item] = frozenset()
     served_seen: bool = False  # False while ``served`` is only what a previous run persisted
+    stored_pending: bool = False  # attribution_pending/{id} exists (deleted when the state expires)
 
 
 def served_contribution(record: ServedRecord) -> Contribution | None:
@@ -156,7 +161,8 @@ def join(state: JoinState, served: ServedRecord | None = None,
         if c is not None:
             out.append(c)
     seen = state.served_seen or served is not None
-    return JoinState(record, tuple(pending), frozenset(counted), seen), out, tuple(waiting)
+    stored = state.stored_pending or bool(waiting)
+    return JoinState(record, tuple(pending), frozenset(counted), seen, stored), out, tuple(waiting)
 
 
 class AttributionStore(Protocol):
@@ -220,12 +226,10 @@ class JoinServedFn(beam.DoFn):
                     letter = served_dead_letter(value, "attribution_seed", e)
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
                     return
-            had_pending = bool(current.pending or stored)
             current, out, _ = join(current, served=value, events=stored)
+            current = replace(current, stored_pending=current.stored_pending or bool(stored))
             if value.experiment is not None:
                 yield beam.pvalue.TaggedOutput(PERSIST, value)
-            if had_pending:
-                yield beam.pvalue.TaggedOutput(PERSIST, PendingWrite(rid, delete=True))
         else:
             current, out, waiting = join(current, events=(value,))
             if waiting:
@@ -254,11 +258,14 @@ class JoinServedFn(beam.DoFn):
     @on_timer(EXPIRE)
     def expire_state(self, key: str = beam.DoFn.KeyParam,
                      state: beam.DoFn.StateParam = beam.DoFn.StateParam(STATE)) -> Iterator[Any]:
-        """The list's TTL is over: forget it (and its persisted waiting events)."""
+        """The list's TTL is over: forget it, and delete its stored waiting events (kept until now
+        even once matched: a served record redelivered after a crash re-reads them, and the
+        aggregator's memory drops what was already counted)."""
         current = state.read()
         state.clear()
         if current is not None and current.pending:
             self.expired.inc(len(current.pending))
+        if current is not None and current.stored_pending:
             yield beam.pvalue.TaggedOutput(PERSIST, PendingWrite(key, delete=True))
 
 
@@ -424,7 +431,7 @@ def attributed_events(batch: Sequence[ProductEvent] | ProductEvent) -> Iterator[
 
 
 class Attribute(beam.PTransform):
-    """``{"served": ServedRecord, "events": accepted batches}`` -> ``writes``
+    """``{"served": ServedRecord, "events": events or batches of them}`` -> ``writes``
     (:class:`ExperimentWrite`), ``persist`` (:class:`PendingWrite`, ``ServedRecord``), ``dead_letter``."""
 
     def __init__(self, store: AttributionStore | None, ttl_s: float = TTL_S,

@@ -6,7 +6,8 @@
   (:func:`pipelines.streaming.attribution.pack_counted`, bounded by ``DEDUP_RETENTION_S`` and
   ``MAX_COUNTED``). One experiment's documents are one batch: counts, summary and memory agree.
 * ``attribution_pending/{recommendation_id}``: ``events`` (``{"item_id", "event_type"}`` maps)
-  waiting for their served record, ``updated_at``; deleted once matched or expired.
+  waiting for their served record, ``updated_at`` and ``expire_at`` (for a Firestore TTL
+  policy); deleted when the join state expires.
 * ``attribution_served/{recommendation_id}``: a served record of an experiment (its JSON fields)
   and ``expire_at`` (served time + TTL, for a Firestore TTL policy; readers ignore it after).
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -199,6 +200,7 @@ class WriteAttributionDocsFn(beam.DoFn):
         from google.cloud import firestore
 
         now = int(time.time() * 1000)
+        expire = _utc(now / 1000 + self.ttl_s)
         pending = self._client.collection(PENDING_COLLECTION)
         served = self._client.collection(SERVED_COLLECTION)
         ops: list[tuple[str, Any, Any]] = [("set", served.document(rid), self._served_doc(r))
@@ -209,7 +211,7 @@ class WriteAttributionDocsFn(beam.DoFn):
             else:
                 values = [{"item_id": i, "event_type": k} for i, k in events]
                 ops.append(("merge", pending.document(rid), {"events": firestore.ArrayUnion(values),
-                                                             "updated_at": now}))
+                                                             "updated_at": now, "expire_at": expire}))
         self._served, self._pending = {}, {}
 
         def build(chunk: list[tuple[str, Any, Any]]) -> Any:
@@ -227,7 +229,8 @@ class WriteAttributionDocsFn(beam.DoFn):
                 self.written.inc(len(chunk))
 
     def _served_doc(self, record: ServedRecord) -> dict[str, Any]:
-        from datetime import datetime
+        return {**record.to_dict(), "expire_at": _utc(record.timestamp / 1000 + self.ttl_s)}
 
-        expire = datetime.fromtimestamp(record.timestamp / 1000 + self.ttl_s, tz=UTC)
-        return {**record.to_dict(), "expire_at": expire}
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)

@@ -8,8 +8,8 @@ Firestore:
   embedding recomputed with the *current* query tower after every accepted event;
 * ``items/{id}``: catalogue updates embedded with the current candidate tower and content encoder;
 * ``stats/trending``: item counts over sliding event-time windows, ranked;
-* ``stats/experiments/{experiment_id}/{arm}`` and ``.../_summary``: accepted events that carry
-  a ``recommendation_id`` joined (keyed state, ``--attribution-ttl-seconds``) with the served
+* ``stats/experiments/{experiment_id}/{arm}`` and ``.../_summary``: events that carry a
+  ``recommendation_id`` joined (keyed state, ``--attribution-ttl-seconds``) with the served
   record the recommend function published for that list (``--served-subscription``; empty
   disables it), counted per arm and compared (:mod:`pipelines.streaming.attribution`), written
   at most once per ``--experiment-write-interval-seconds`` per experiment;
@@ -27,10 +27,11 @@ Delivery: at least once into the pipeline, effectively once into ``users/{id}``:
 read acks a message only once everything it caused is durable (documents committed, dead letters
 published, archive written; :mod:`pipelines.compat.beam_direct_pubsub`), Dataflow acks after its
 own checkpoint, and a redelivered event is dropped by the per-user dedup (seeded from
-``users/{id}`` after a restart). Experiment counts are effectively once too: the aggregator's
-memory of counted (list, item, kind) is stored with them (``_dedup``) and the join stores what
-it needs across a restart (:mod:`pipelines.streaming.attribution`); its 30-minute TTL timer is
-the one timer that does not hold acks.
+``users/{id}`` after a restart). Experiment counts are effectively once too, by their own
+dedup (not the per-user one, which a crash can put ahead of them): the aggregator's memory of
+counted (list, item, kind) is stored with them (``_dedup``) and the join stores what it needs
+across a restart (:mod:`pipelines.streaming.attribution`); its 30-minute TTL timer is the one
+timer that does not hold acks.
 
 Locally (DirectRunner, emulators from ``make stack-start``; SIGTERM/Ctrl-C drains then exits)::
 
@@ -238,7 +239,7 @@ class RecommenderCore(beam.PTransform):
         attributed = {}
         if "served" in inputs:
             served = inputs["served"] | "ParseServed" >> ParseServed()
-            joined = {"served": served.valid, "events": accepted} | "Attribute" >> Attribute(
+            joined = {"served": served.valid, "events": events.valid} | "Attribute" >> Attribute(
                 self.attribution_store, cfg.attribution_ttl_s, cfg.experiment_write_interval_s)
             dead += [served[DEAD_LETTER], joined[DEAD_LETTER]]
             attributed = {"experiment_stats": joined["writes"], "attribution_docs": joined[PERSIST]}

@@ -175,16 +175,20 @@ def test_the_join_state_expires_after_the_ttl_and_its_waiting_events_are_deleted
     assert timer.at == 2_800.0 + 1800
 
 
-def test_served_record_matches_waiting_events_and_deletes_their_document():
+def test_served_record_matches_waiting_events_whose_document_stays_until_the_ttl():
     fn = JoinServedFn(None, clock=Clock())
     fn.setup()
     state, timer = FakeState(), FakeTimer()
     list(fn.process(("r1", (EVENT, ("b", "view"))), state, timer))
     main, tagged = split(fn.process(("r1", (SERVED, served())), state, timer))
     assert totals(main) == ArmCounts(served=1, shown=3, clicks=1, click_positions=(0, 1))
-    assert tagged[PERSIST] == [served(), PendingWrite("r1", delete=True)]  # stored, and no longer waiting
+    # the served record is stored; the waiting events' document stays (a crash before the counts
+    # are committed redelivers the served record, which must find them again)
+    assert tagged[PERSIST] == [served()] and state.value.stored_pending
     main, tagged = split(fn.process(("r1", (SERVED, served())), state, timer))
     assert main == [] and tagged == {}
+    _, tagged = split(fn.expire_state("r1", state))
+    assert tagged[PERSIST] == [PendingWrite("r1", delete=True)]
 
 
 def test_a_served_record_from_before_start_reads_the_events_persisted_by_the_previous_run():
@@ -194,7 +198,7 @@ def test_a_served_record_from_before_start_reads_the_events_persisted_by_the_pre
     fn.setup()
     main, tagged = split(fn.process(("old", (SERVED, served("old", ts=T0))), FakeState(), FakeTimer()))
     assert totals(main) == ArmCounts(served=1, shown=3, clicks=1, purchases=1, click_positions=(1,))
-    assert tagged[PERSIST] == [served("old", ts=T0), PendingWrite("old", delete=True)]
+    assert tagged[PERSIST] == [served("old", ts=T0)]
     # a list answered after start cannot have events from before it: no read
     main, _ = split(fn.process(("new", (SERVED, served("new", ts=int(clock.now * 1000) + 120_000))),
                                FakeState(), FakeTimer()))
@@ -362,7 +366,7 @@ def test_attribute_transform_joins_served_records_and_events_in_any_order():
         assert_that(out["writes"], newest_counts,
                     label="counts")
         assert_that(out[PERSIST],
-                    equal_to([PendingWrite("r1", (("b", "view"),)), PendingWrite("r1", delete=True),
+                    equal_to([PendingWrite("r1", (("b", "view"),)),
                               served("r1"), served("r2", arm="new")]),
                     label="pending")
 
