@@ -36,6 +36,7 @@ here):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -68,7 +69,9 @@ WRITE_INTERVAL_S = 1.0  # Firestore's sustained limit: one write per second per 
 # (it trails its first delivery by the ack deadline, 60 s, plus a restart) and a count recomputed
 # after a restart (the join state is in memory) are dropped within the TTL...
 DEDUP_RETENTION_S = TTL_S
-MAX_COUNTED = 5000  # ...unless the experiment counted more than this since (~50 bytes each in _dedup)
+MAX_COUNTED = 5000  # ...unless the experiment counted more than this since
+COUNT_ID_CHARS = 24  # a remembered count is 96 bits of SHA-256 (ids may be 256 characters each):
+# at most ~40 bytes an entry, ~200 KB per _dedup document, well within Firestore's 1 MiB
 # A served record answered up to this long after start may have had events in the previous run.
 START_SKEW_MS = 60_000
 SEED_RETRY_S = 1.0
@@ -277,7 +280,7 @@ class StoredExperiment:
     """What is stored of an experiment: per-arm counts, the dedup memory, the arm order."""
 
     arms: dict[str, ArmCounts]
-    counted: tuple[tuple[float, CountKey], ...] = ()  # (counted at, s; key), oldest first
+    counted: tuple[tuple[float, str], ...] = ()  # (counted at, s; count_id(key)), oldest first
     order: tuple[str, ...] | None = None  # experiments/{id}'s arms, control first
 
 
@@ -287,7 +290,7 @@ class ExperimentWrite:
 
     experiment_id: str
     arms: tuple[tuple[str, ArmCounts], ...]  # control first
-    counted: tuple[tuple[float, CountKey], ...]
+    counted: tuple[tuple[float, str], ...]
     seq: int
     updated_at: int
 
@@ -298,16 +301,20 @@ def arm_order(arms: Iterable[str], order: Sequence[str] | None) -> list[str]:
     return known + sorted(set(arms) - set(known))
 
 
-def pack_counted(counted: Sequence[tuple[float, CountKey]]) -> str:
+def count_id(key: CountKey) -> str:
+    """What the memory keeps of a contribution's key: a fixed-size digest."""
+    return hashlib.sha256("\x1f".join(key).encode("utf-8")).hexdigest()[:COUNT_ID_CHARS]
+
+
+def pack_counted(counted: Sequence[tuple[float, str]]) -> str:
     """The dedup memory as one compact JSON string (``_dedup.counted``)."""
-    return json.dumps([[round(at, 3), *key] for at, key in counted], separators=(",", ":"),
-                      ensure_ascii=False)
+    return json.dumps([[round(at, 3), key] for at, key in counted], separators=(",", ":"))
 
 
-def unpack_counted(value: str | None) -> tuple[tuple[float, CountKey], ...]:
+def unpack_counted(value: str | None) -> tuple[tuple[float, str], ...]:
     if not value:
         return ()
-    return tuple((float(at), (str(r), str(i), str(k))) for at, r, i, k in json.loads(value))
+    return tuple((float(at), str(key)) for at, key in json.loads(value))
 
 
 def apply_contributions(stored: StoredExperiment, contributions: Iterable[Contribution], now_s: float,
@@ -320,11 +327,12 @@ def apply_contributions(stored: StoredExperiment, contributions: Iterable[Contri
     seen = {key for _, key in counted}
     dropped = 0
     for c in contributions:
-        if c.key in seen:
+        key = count_id(c.key)
+        if key in seen:
             dropped += 1
             continue
-        seen.add(c.key)
-        counted.append((now_s, c.key))
+        seen.add(key)
+        counted.append((now_s, key))
         arms[c.arm] = arms.get(c.arm, ArmCounts()).plus(c.counts)
     return replace(stored, arms=arms, counted=tuple(counted[-max_counted:])), dropped
 

@@ -28,6 +28,7 @@ from pipelines.streaming.attribution import (
     StoredExperiment,
     apply_contributions,
     arm_order,
+    count_id,
     join,
     pack_counted,
     unpack_counted,
@@ -279,14 +280,14 @@ def test_aggregate_writes_at_once_then_coalesces_until_the_interval_is_over():
 
 def test_aggregate_seeds_from_the_stored_documents_and_drops_what_was_counted_before_a_crash():
     stored = StoredExperiment(arms={"b": ArmCounts(served=5, shown=15)},
-                              counted=((95.0, ("r1", "", "")),), order=("b", "a"))
+                              counted=((95.0, count_id(("r1", "", ""))),), order=("b", "a"))
     fn = AggregateArmsFn(ExperimentStore(stored), write_interval_s=0.0, clock=Clock(100.0))
     stats, buffer, timer = FakeState(), FakeState(), FakeTimer()
     again = contribution("r1", arm="b", served=1, shown=3)  # counted before the crash
     assert list(fn.process(("exp", again), stats, buffer, timer)) == []
     [write] = fn.process(("exp", contribution("r2", arm="a", served=1, shown=3)), stats, buffer, timer)
     assert write.arms == (("b", ArmCounts(served=5, shown=15)), ("a", ArmCounts(served=1, shown=3)))
-    assert [k for _, k in write.counted] == [("r1", "", ""), ("r2", "", "")]
+    assert [k for _, k in write.counted] == [count_id(("r1", "", "")), count_id(("r2", "", ""))]
 
 
 def test_aggregate_retries_a_failed_seed_read_and_keeps_the_contributions():
@@ -302,13 +303,15 @@ def test_aggregate_retries_a_failed_seed_read_and_keeps_the_contributions():
 
 
 def test_the_dedup_memory_is_bounded_by_age_and_count():
-    stored = StoredExperiment(arms={}, counted=((0.0, ("old", "", "")), (50.0, ("kept", "", ""))))
+    stored = StoredExperiment(arms={}, counted=((0.0, count_id(("old", "", ""))),
+                                                (50.0, count_id(("kept", "", "")))))
     now = 50.0 + DEDUP_RETENTION_S - 1
     state, dropped = apply_contributions(stored, [contribution(f"r{i}", served=1) for i in range(5)]
                                          + [contribution("old", served=1), contribution("kept", served=1)],
                                          now, max_counted=4)
     assert dropped == 1  # "kept" is remembered; "old" was forgotten (so counts again)
-    assert [k[0] for _, k in state.counted] == ["r2", "r3", "r4", "old"]
+    assert [k for _, k in state.counted] == [count_id((r, "", "")) for r in ("r2", "r3", "r4", "old")]
+    assert len(pack_counted(state.counted)) < 4 * 40
     assert state.arms["ctl"].served == 6
     assert unpack_counted(pack_counted(state.counted)) == state.counted
 
@@ -323,7 +326,7 @@ def test_stats_documents_hold_figures_summary_with_the_control_first_and_the_mem
 
     write = ExperimentWrite("exp", (("ctl", ArmCounts(served=10, shown=100, clicks=5)),
                                     ("new", ArmCounts(served=10, shown=100, clicks=15))),
-                            ((1.0, ("r1", "", "")),), 3, T0)
+                            ((1.0, count_id(("r1", "", ""))),), 3, T0)
     docs = stats_documents(write)
     assert docs["ctl"] == {**arm_figures(ArmCounts(served=10, shown=100, clicks=5)), "updated_at": T0}
     assert docs[SUMMARY_DOC]["control"] == "ctl" and docs[SUMMARY_DOC]["arms"] == ["ctl", "new"]
@@ -403,3 +406,73 @@ def test_simulated_click_rates_per_arm_are_recovered_within_their_intervals():
     assert comparison["control"] == "control"
     assert comparison["comparisons"][0]["ctr_p_value"] < 1e-10
     assert abs(comparison["comparisons"][0]["ctr_diff"] - 0.10) < 0.02
+
+
+# ----------------------------------------------------------------------------- edges
+
+
+def test_invalid_served_records_go_to_the_dead_letters_with_the_reason():
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    from pipelines.streaming.attribution import ParseServed
+
+    good = served("ok")
+    messages = [PubsubMessage(good.to_pubsub_data(), good.pubsub_attributes()),
+                PubsubMessage(b"{not json", {"k": "v"}),
+                PubsubMessage(b'{"recommendation_id": "r", "timestamp": 1, "items": [], "experiment": "e"}',
+                              {})]
+    with TestPipeline() as p:
+        out = p | beam.Create(messages) | ParseServed()
+        assert_that(out.valid | beam.Map(lambda r: r.recommendation_id), equal_to(["ok"]), label="valid")
+        why = out[DEAD_LETTER] | beam.Map(lambda m: (m.attributes["dlq_source"], m.attributes["dlq_field"],
+                                                     m.attributes.get("k")))
+        assert_that(why,
+                    equal_to([("served", "payload", "v"), ("served", "arm", None)]), label="dead")
+
+
+def test_served_subscription_flag_defaults_to_the_contract_and_empty_disables_attribution():
+    from pipelines.streaming.pipeline import parse_args
+    from schemas import names
+
+    config, _ = parse_args(["--project", "p"])
+    assert config.served_subscription == f"projects/p/subscriptions/{names.SERVED_SUBSCRIPTION}"
+    assert config.attribution_ttl_s == 1800 and config.experiment_write_interval_s == 1.0
+    config, _ = parse_args(["--project", "p", "--served-subscription", "", "--attribution-ttl-seconds", "60"])
+    assert config.served_subscription is None and config.attribution_ttl_s == 60
+
+
+def test_a_failed_stats_commit_is_retried_then_counted_never_raised(monkeypatch):
+    from pipelines.streaming import experiment_io
+    from pipelines.streaming.attribution import ExperimentWrite
+
+    monkeypatch.setattr(experiment_io, "RETRY_BACKOFF_S", 0.0)
+
+    class Batch:
+        def __init__(self, client):
+            self.client = client
+
+        def set(self, ref, data, merge=False):
+            pass
+
+        def commit(self):
+            self.client.commits += 1
+            raise exceptions.ServiceUnavailable("firestore down")
+
+    class Client:
+        commits = 0
+
+        def batch(self):
+            return Batch(self)
+
+        def collection(self, name):
+            return self
+
+        def document(self, name):
+            return self
+
+    fn = experiment_io.WriteExperimentStatsFn(None)
+    fn._client = Client()
+    fn.start_bundle()
+    fn.process(ExperimentWrite("exp", (("ctl", ArmCounts(served=1, shown=3)),), (), 1, T0))
+    fn.finish_bundle()  # does not raise: the state still holds the counts, the next write carries them
+    assert fn._client.commits == experiment_io.WRITE_ATTEMPTS
