@@ -150,7 +150,9 @@ def join(state: JoinState, served: ServedRecord | None = None,
     counted = set(state.counted)
     record = state.served
     if served is not None and not state.served_seen:
-        record = record or served
+        # a list outside any experiment counts nothing: its state keeps only that it was served
+        record = record or (served if served.experiment is not None
+                            else ServedRecord(served.recommendation_id, served.timestamp, ()))
         c = served_contribution(record)
         if c is not None:
             out.append(c)
