@@ -59,3 +59,25 @@ resource "google_firestore_field" "unindexed" {
 
   index_config {}
 }
+
+# Attribution's restart state (pipelines/streaming/experiment_io.py): served records of experiments
+# and events waiting for theirs, each with expire_at = served time + the join's TTL. Firestore's
+# TTL policy deletes them after that (within about a day), so nothing sweeps them by hand.
+locals {
+  ttl_collections = {
+    attribution_served  = "attribution_served"
+    attribution_pending = "attribution_pending"
+  }
+}
+
+resource "google_firestore_field" "expire_at" {
+  for_each = local.ttl_collections
+
+  project    = var.project
+  database   = google_firestore_database.main.name
+  collection = each.value
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+}

@@ -1105,7 +1105,7 @@ def test_unindexed_fields_are_real_document_fields_with_indexing_disabled(module
     for entry in exempt.values():
         codec = documents[entry["collection"]]
         assert entry["field"] in {f.name for f in dataclasses.fields(codec)}, entry
-    (field_resource,) = module.of_type("google_firestore_field").values()
+    field_resource = module.resources["google_firestore_field.unindexed"]
     assert field_resource["for_each"] == "${local.unindexed_fields}"
     assert field_resource["index_config"] in ([{}], {}), "an empty index_config disables the indexes"
 
@@ -1115,3 +1115,14 @@ def test_budget_is_created_only_with_a_billing_account(module: Module) -> None:
     assert budget["count"] == '${var.billing_account == "" ? 0 : 1}'
     assert module.variables["billing_account"]["default"] == ""
     assert "billingbudgets.googleapis.com" in module.locals["services"]
+
+
+def test_attribution_restart_state_expires_by_firestore_ttl(module: Module) -> None:
+    """The pipeline's attribution_served / attribution_pending documents carry expire_at; a TTL
+    policy on exactly those collections deletes them."""
+    from pipelines.streaming import experiment_io
+
+    ttl = module.resources["google_firestore_field.expire_at"]
+    assert first(ttl["ttl_config"]) == {} and ttl["field"] == "expire_at"
+    assert set(module.locals["ttl_collections"].values()) == {
+        experiment_io.SERVED_COLLECTION, experiment_io.PENDING_COLLECTION}
