@@ -19,7 +19,9 @@ Steps (each prints progress; Ctrl-C stops everything it started):
  7. fine-tune (warm start) on the events the pipeline archived; show the pipeline and the
     function switching to the new version without a restart; forget a user through the
     ingest function (``DELETE /users/{id}``) and check it stays forgotten across a restart;
- 8. stop everything; write reports/demo/summary.json and reports/<timestamp>/report.md.
+ 8. an online experiment with two arms: simulated users click by taste, the pipeline attributes
+    the clicks to the served lists, per-arm CTR with intervals is read back live;
+ 9. stop everything; write reports/demo/summary.json and reports/<timestamp>/report.md.
 
 Reading order: ``__main__`` (command line, exit codes, outputs) -> ``run`` (the steps in
 order) -> ``steps/`` (one module per step). Around them: ``config`` (what the demo can be

@@ -31,6 +31,7 @@ class DemoConfig:
     load_seconds: float = 8.0
     load_concurrency: int = 8
     showcase_users: int = 3
+    experiment_users: int = 400  # users served (once each) in the online experiment
     pubsub_port: int = 8095
     firestore_port: int = 8096
     recommend_port: int = 8091
@@ -44,7 +45,7 @@ class DemoConfig:
     def shortened(self) -> DemoConfig:
         return DemoConfig(**{**asdict(self), "users": 300, "items": 200, "live_events": 300,
                              "rate": 60.0, "epochs": 2, "probes": 8, "load_seconds": 3.0,
-                             "showcase_users": 2, "short": True})
+                             "showcase_users": 2, "experiment_users": 150, "short": True})
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class DemoData:
     items: list[CatalogItem]
     history: list[ProductEvent]
     live: list[ProductEvent]
+    tastes: dict[str, dict[str, list[str]]] | None = None  # synthetic: each user's planted tastes
 
 
 def build_data(cfg: DemoConfig) -> DemoData:
@@ -46,7 +47,8 @@ def build_data(cfg: DemoConfig) -> DemoData:
     with open(data_dir / "items.jsonl", "w", encoding="utf-8") as f:
         for item in ds.items:
             f.write(json.dumps(item.to_dict()) + "\n")
-    return DemoData(data_dir=data_dir, items=list(ds.items), history=history, live=live)
+    return DemoData(data_dir=data_dir, items=list(ds.items), history=history, live=live,
+                    tastes=(ds.metadata or {}).get("user_tastes"))
 
 
 def restamp(event: ProductEvent, ts: int, suffix: str = "") -> ProductEvent:

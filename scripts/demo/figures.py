@@ -29,3 +29,4 @@ class Figures:
     hot_reload: dict[str, Any] = field(default_factory=dict)
     forget_user: dict[str, Any] = field(default_factory=dict)  # see scripts.demo.steps.forget_user
     console: dict[str, Any] = field(default_factory=dict)  # URL, screenshot, load time
+    experiment: dict[str, Any] = field(default_factory=dict)  # see scripts.demo.steps.experiment

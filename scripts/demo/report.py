@@ -50,6 +50,43 @@ def plot_quality(models: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_experiment(arms: list[dict[str, Any]], path: Path) -> None:
+    """Per-arm click-through with its 95 % interval, as the pipeline wrote it."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ctr = [a["ctr"] for a in arms]
+    err = [[a["ctr"] - a["ctr_ci95"][0] for a in arms], [a["ctr_ci95"][1] - a["ctr"] for a in arms]]
+    ax.bar(range(len(arms)), ctr, yerr=err, capsize=8, color=["#4c72b0", "#dd8452"][:len(arms)] or None)
+    ax.set_xticks(range(len(arms)), [f"{a['name']} (alpha {_f(a.get('alpha'), 2)})" for a in arms])
+    ax.set_ylabel("clicks per shown item")
+    ax.set_title("Online experiment: CTR per arm, 95 % Wilson interval (live, from the stream)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def experiment_section(x: dict[str, Any], out: Path) -> list[str]:
+    """The experiment's per-arm table and plot (empty when the step did not run)."""
+    if not x.get("arms"):
+        return []
+    plot_experiment(x["arms"], out / "experiment.png")
+    lat = x.get("click_to_stats_s") or {}
+    lines = ["", "## Online experiment", "",
+             f"Experiment `{x['id']}`: simulated users were served lists (each user in one arm, by a "
+             f"hash of the experiment and user ids) and clicked items of their tastes; their events "
+             f"carried the list's `recommendation_id`, and the pipeline joined them to the served "
+             f"lists. A click reached `stats/experiments/{x['id']}` in p50 {_f(lat.get('p50'), 2)} s, "
+             f"p95 {_f(lat.get('p95'), 2)} s ({lat.get('probes')} probes).", "",
+             "| arm | α | lists | shown | clicks | CTR | 95 % interval | purchases |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in x["arms"]:
+        lo, hi = a["ctr_ci95"]
+        lines.append(f"| {a['name']} | {_f(a.get('alpha'), 2)} | {a['served']} | {a['shown']} "
+                     f"| {a['clicks']} | {_f(a['ctr'])} | [{_f(lo)}, {_f(hi)}] | {a['purchases']} |")
+    lines += ["", f"CTR difference {_f(x.get('ctr_diff'))}, two-proportion test "
+                  f"p = {_f(x.get('p_value'), 4)}.", "", "![experiment](experiment.png)"]
+    return lines
+
+
 def _f(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
@@ -151,6 +188,7 @@ def write_report(summary: dict[str, Any], details: dict[str, Any], reports_dir: 
         lines.append(f"- hot reload: the function switched in {hr['function_switch_s']} s; the "
                      f"pipeline embedded events with `{hr['user_doc_model_version']}` "
                      f"{hr['pipeline_switch_s']} s after the switch, without a restart.")
+    lines += experiment_section(details.get("experiment") or {}, out)
     lines += console_section(details.get("console") or {}, out)
     lines += cost_section(Path(__file__).resolve().parents[2])
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

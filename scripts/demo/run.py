@@ -15,6 +15,7 @@ from scripts.demo.figures import Figures
 from scripts.demo.steps.console_shot import console_screenshot
 from scripts.demo.steps.emulators import start_emulators
 from scripts.demo.steps.evaluate import evaluate
+from scripts.demo.steps.experiment import run_experiment
 from scripts.demo.steps.forget_user import forget_user
 from scripts.demo.steps.live_stream import replay_live_stream
 from scripts.demo.steps.load_test import load_test
@@ -41,10 +42,12 @@ def run(cfg: DemoConfig) -> Figures:
         new_item(ctx, data, services)
         load_test(ctx, services.recommend, sorted({e.user_id for e in data.history})[:500])
         warm_start(ctx, data, services, first)              # 7
+        run_experiment(ctx, data, services,                 # 8
+                       sorted({e.user_id for e in data.history})[:ctx.cfg.experiment_users])
         console_screenshot(ctx, services, ctx.fig.showcase[0]["user_id"] if ctx.fig.showcase
                            else sorted({e.user_id for e in data.history})[0])
         forget_user(ctx, data, services)
-        step(8, "Stop everything, write the summary and the report")
+        step(9, "Stop everything, write the summary and the report")
     finally:
         ctx.exits.close()  # the functions and the pipeline, then the emulators
     ctx.fig.timings_s["total"] = round(time.monotonic() - t_start, 1)

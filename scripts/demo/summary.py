@@ -33,6 +33,8 @@ def summary(fig: Figures) -> dict[str, Any]:
         "new_item": {k: v for k, v in fig.new_item.items() if k != "ranks"},
         "hot_reload": fig.hot_reload,
         "forget_user": fig.forget_user,
+        "experiment": {k: fig.experiment.get(k) for k in ("id", "arms", "p_value", "ctr_diff",
+                                                          "click_to_stats_s")} if fig.experiment else {},
         "timings_s": fig.timings_s,
     }
 
@@ -67,3 +69,10 @@ def print_summary(s: dict[str, Any]) -> None:
     if ni:
         say(f"  new item              recommended to {ni['recommended_to']} of "
             f"{ni['matching_users']} matching users, indexed in {ni['indexed_s']} s")
+    x = s.get("experiment") or {}
+    for a in x.get("arms", []):
+        say(f"  experiment {a['name']:<11} CTR {fmt(a['ctr'])} {[round(v, 3) for v in a['ctr_ci95']]} "
+            f"over {a['shown']} shown items")
+    if x:
+        say(f"  experiment p-value    {fmt(x.get('p_value'))}; click to stats p95 "
+            f"{fmt((x.get('click_to_stats_s') or {}).get('p95'))} s")

@@ -83,10 +83,26 @@ def test_serving_and_quality_figures_present(demo_run):
     assert {"two_tower", "popularity"} <= set(s["quality"])
 
 
+def test_experiment_counts_every_served_list_and_click_live(demo_run):
+    """The live experiment: both arms served, the stream's counts equal what the simulated users did
+    (the step waits for that), intervals around each CTR, a p-value, clicks counted within 2 s p95."""
+    x = demo_run[0]["experiment"]
+    details = json.loads((demo_run[1] / "out" / "summary.json").read_text())["details"]["experiment"]
+    assert [a["name"] for a in x["arms"]] == ["control", "cf_only"]
+    assert sum(a["served"] for a in x["arms"]) >= details["users"] - details["served_outside"]
+    assert details["served_outside"] < details["users"] / 10
+    for a in x["arms"]:
+        assert a["served"] > 0 and a["clicks"] > 0
+        assert a["ctr"] == a["clicks"] / a["shown"]
+        assert a["ctr_ci95"][0] < a["ctr"] < a["ctr_ci95"][1]
+    assert 0.0 <= x["p_value"] <= 1.0
+    assert x["click_to_stats_s"]["p95"] < 2.0
+
+
 def test_report_written_with_plots(demo_run):
     reports = list((demo_run[1] / "reports").glob("*/report.md"))
     assert len(reports) == 1
     folder = reports[0].parent
-    for png in ("freshness.png", "latency.png", "quality.png"):
+    for png in ("freshness.png", "latency.png", "quality.png", "experiment.png"):
         assert (folder / png).stat().st_size > 1000
     assert "Freshness" in reports[0].read_text()

@@ -39,7 +39,8 @@ def start_services(ctx: Context) -> Services:
     serving = read_env_file(SERVING_ENV)
     recommend = ManagedProcess("recommend", functions_framework(
         "recommend", "functions/recommend/main.py", cfg.recommend_port),
-        ctx.logs / "recommend.log", env={**ctx.env, **serving, "REFRESH_SECONDS": "1"})
+        ctx.logs / "recommend.log",
+        env={**ctx.env, **serving, "REFRESH_SECONDS": "1", "SERVED_TOPIC": names.SERVED_TOPIC})
     ingest = ManagedProcess("ingest", functions_framework(
         "ingest", "functions/ingest/main.py", cfg.ingest_port),
         ctx.logs / "ingest.log", env={**ctx.env, "EVENTS_TOPIC": names.EVENTS_TOPIC})
