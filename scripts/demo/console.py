@@ -12,7 +12,7 @@ from typing import Any
 
 from scripts.demo.errors import DemoError
 
-TOTAL_STEPS = 8
+TOTAL_STEPS = 9
 
 
 def say(text: str = "") -> None:
@@ -34,7 +34,7 @@ def end_status_line() -> None:
 
 
 def step(n: int, title: str) -> None:
-    """A bold ``[n/8] title`` header for the start of a step."""
+    """A bold ``[n/TOTAL_STEPS] title`` header for the start of a step."""
     say(f"\n\033[1m[{n}/{TOTAL_STEPS}] {title}\033[0m")
 
 

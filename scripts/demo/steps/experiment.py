@@ -49,6 +49,7 @@ def run_experiment(ctx: Context, data: DemoData, services: Services, users: Sequ
     create_experiment(client, experiment, replace=True)
     rec = services.recommend
     expected: dict[str, Counter] = {a.name: Counter() for a in experiment.arms}
+    alphas: dict[str, float | None] = {}  # the alpha each arm's lists were ranked with
 
     def serve(user: str) -> dict[str, Any]:
         """One list; an experiment's list is counted in ``expected`` as the pipeline will count it."""
@@ -56,6 +57,7 @@ def run_experiment(ctx: Context, data: DemoData, services: Services, users: Sequ
         if body.get("experiment") == EXPERIMENT_ID:
             expected[body["arm"]]["served"] += 1
             expected[body["arm"]]["shown"] += len(body["items"])
+            alphas[body["arm"]] = body.get("alpha")
         return body
 
     wait_until("the function to pick up the experiment",
@@ -96,8 +98,10 @@ def run_experiment(ctx: Context, data: DemoData, services: Services, users: Sequ
         ok = all(arms.get(a, {}).get(k) == n for a, c in expected.items() for k, n in c.items())
         return arms if ok else None
 
+    say(f"  served {sum(c['served'] for c in expected.values())} lists in the experiment "
+        f"({outside} outside it) in {served_s:.1f} s; waiting for the stream's counts")
     arms = wait_until("the pipeline's per-arm figures to count every list and click", caught_up,
-                      cfg.timeout_s)
+                      cfg.timeout_s, status=lambda: f"expected {dict(expected)}, stored {_read_arms(client)}")
     settled_s = time.monotonic() - t0 - served_s
     latencies = _click_latencies(services, client, rec, users, rng)
     stop_experiment(client, EXPERIMENT_ID)
@@ -105,7 +109,7 @@ def run_experiment(ctx: Context, data: DemoData, services: Services, users: Sequ
     comparison = (summary.get("comparisons") or [{}])[0]
     fig.experiment = {
         "id": EXPERIMENT_ID,
-        "arms": [{"name": a.name, "alpha": a.overrides.alpha, **{k: arms[a.name].get(k) for k in (
+        "arms": [{"name": a.name, "alpha": alphas.get(a.name), **{k: arms[a.name].get(k) for k in (
             "served", "shown", "clicks", "carts", "purchases", "ctr", "ctr_ci95", "conversion",
             "conversion_ci95", "mean_click_position")}} for a in experiment.arms],
         "p_value": comparison.get("ctr_p_value"),
@@ -169,11 +173,15 @@ def _click_latency(services: Services, client: Any, rec: Any, user: str) -> floa
         return _arm_doc(client, arm)
 
     served_before = {a: d.get("served", 0) for a, d in _read_arms(client).items()}
-    body = rec.recommend(user, k=10)
+    # A worker idle since the experiment started answers its first request with the experiments
+    # it knew (its refresh runs in the background, started by that request): ask again.
+    body = wait_until("a probe list in the experiment", lambda: (b := rec.recommend(user, k=10))["arm"] and b,
+                      10, interval_s=0.2)
     arm = body["arm"]
     served = served_before.get(arm, 0)
     before = wait_until("the probe's list to be counted",
-                        lambda: (d := arm_doc()).get("served", 0) > served and d, 60, interval_s=0.02)
+                        lambda: (d := arm_doc()).get("served", 0) > served and d, 60, interval_s=0.02,
+                        status=lambda: f"arm {arm}: {served} lists before, now {arm_doc().get('served')}")
     t0 = time.monotonic()
     services.publisher.publish_event(
         _event(user, body["items"][0]["item_id"], "view", body["recommendation_id"])).result(60)
