@@ -8,6 +8,15 @@ by hand; content vectors (C=3) are the category one-hot, except ``b4`` which is 
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +120,41 @@ def write_item(client, item_id: str, category: str, embedding: list[float] | Non
         item=item, embedding=tuple(embedding) if embedding is not None else None,
         content_vector=tuple(content) if content is not None else None,
         model_version=model_version, indexed_at=indexed_at).to_document())
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def gunicorn_function(env: Mapping[str, str], log_dir: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """The recommend function under functions-framework's gunicorn, up (``/healthz`` 200); stopped after.
+
+    ``env`` is the whole environment (emulators, WORKERS, ...); yields the server and its port.
+    """
+    port = closed_port()
+    log_path = log_dir / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", "recommend",
+                                   "--source", str(MAIN), "--host", "127.0.0.1", "--port", str(port)],
+                                  env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log_path.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the function did not come up"
+            time.sleep(0.1)
+        yield server, port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

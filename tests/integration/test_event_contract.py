@@ -40,9 +40,9 @@ ITEM = {"item_id": "i1", "title": "Red shoe", "category": "shoes", "brand": "acm
 EVENTS = {
     "minimal": (BASE, None),
     "plain optional fields": ({**BASE, "session_id": "s1", "context": {"page": "home"}}, None),
-    "explicit nulls": ({**BASE, "session_id": None, "context": None}, None),
+    "explicit nulls": ({**BASE, "session_id": None, "context": None, "recommendation_id": None}, None),
     "Avro JSON (wrapped unions)": ({**BASE, "session_id": {"string": "s1"},
-                                    "context": {"map": {"page": "home"}}}, None),
+                                    "context": {"map": {"page": "home"}}, "recommendation_id": None}, None),
     "extra field": ({**BASE, "referrer": "x"}, "referrer"),
     "unknown event_type": ({**BASE, "event_type": "click"}, "event_type"),
     "missing user_id": ({k: v for k, v in BASE.items() if k != "user_id"}, "user_id"),

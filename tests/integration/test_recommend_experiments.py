@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 
 import functions_framework
@@ -221,16 +216,11 @@ def test_served_records_arrive_on_the_topic_with_the_responses_ids(world, make_c
     assert health["topic"] == topic and health["published"] == 3 and health["failed"] == 0
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_unreachable_pubsub_never_fails_a_request_and_every_loss_is_counted(world, make_client):
     client, module = make_client(SERVED_TOPIC="recommendations-served", SERVED_QUEUE_MAX="5",
                                  SERVED_PUBLISH_TIMEOUT_SECONDS="0.5", REFRESH_SECONDS="3600",
-                                 PUBSUB_EMULATOR_HOST=f"127.0.0.1:{_closed_port()}")
+                                 PUBSUB_EMULATOR_HOST=f"127.0.0.1:{rd.closed_port()}")
     n = 40
     started = time.monotonic()
     for i in range(n):
@@ -245,25 +235,9 @@ def test_unreachable_pubsub_never_fails_a_request_and_every_loss_is_counted(worl
 def test_served_records_from_forked_gunicorn_workers(world, emulators, pubsub_topic, tmp_path):
     """Two workers (forked after the cold start) each start their own publisher thread."""
     topic, sub = pubsub_topic
-    port = _closed_port()
-    env = {**os.environ, **emulators.client_env(), "WORKERS": "2", "THREADS": "2", "SERVED_TOPIC": topic,
-           "REFRESH_SECONDS": "3600", "PYTHONPATH": str(rd.ROOT)}
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", "recommend",
-                               "--source", str(rd.MAIN), "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the function did not come up"
-            time.sleep(0.1)
+    env = {**emulators.client_env(), "WORKERS": "2", "THREADS": "2", "SERVED_TOPIC": topic,
+           "REFRESH_SECONDS": "3600"}
+    with rd.gunicorn_function(env, tmp_path) as (_, port):
         conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(8)]
         served = []
         for _ in range(3):
@@ -277,6 +251,3 @@ def test_served_records_from_forked_gunicorn_workers(world, emulators, pubsub_to
             c.close()
         got = [parse_served(m.data).recommendation_id for m in pull_all(sub, expected=len(served))]
         assert sorted(got) == sorted(served)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

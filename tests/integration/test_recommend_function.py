@@ -10,12 +10,9 @@ from __future__ import annotations
 import http.client
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import functions_framework
@@ -269,11 +266,6 @@ def test_refresh_on_new_items(world, make_client):
 # ---------------------------------------------------------------- degradation
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_firestore_down_after_start_degrades_to_in_memory_trending(world, make_client, emulators,
                                                                     monkeypatch):
@@ -285,7 +277,7 @@ def test_firestore_down_after_start_degrades_to_in_memory_trending(world, make_c
     from recommender.store import FirestoreStore
 
     with monkeypatch.context() as m:  # the client reads the emulator address when created
-        m.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")
+        m.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{rd.closed_port()}")
         dead = firestore.Client(project=emulators.project)
     module.SERVICE.store = FirestoreStore(Settings(firestore_timeout_seconds=0.3), client=dead)
     started = time.monotonic()
@@ -299,7 +291,7 @@ def test_firestore_down_at_cold_start_uses_index_uri_and_popularity(firestore_cl
                                                                      tmp_path):
     uri = tmp_path / "item_index.npz"
     rd.make_snapshot().save(uri)
-    client, _ = make_client(FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{_closed_port()}",
+    client, _ = make_client(FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{rd.closed_port()}",
                             FIRESTORE_TIMEOUT_SECONDS="0.3", INDEX_URI=str(uri))
     assert get(client, "/healthz")["model_version"] == rd.V1
     body = get(client, "/recommendations?user_id=alice&k=2&category=music")
@@ -405,25 +397,9 @@ def test_every_gunicorn_worker_gets_connections_from_a_burst(world, emulators, t
     With one shared listening socket, the worker waiting in epoll could take all of a burst
     and keep them: measured in 2 of 4 load runs, one worker idle (recommender/workers.py).
     """
-    port = _closed_port()
-    env = {**os.environ, **emulators.client_env(), "WORKERS": "2", "THREADS": "2",
-           "REFRESH_SECONDS": "3600", "PYTHONPATH": str(rd.ROOT)}
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", "recommend",
-                               "--source", str(rd.MAIN), "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    env = {**emulators.client_env(), "WORKERS": "2", "THREADS": "2", "REFRESH_SECONDS": "3600"}
+    with rd.gunicorn_function(env, tmp_path) as (server, port):
         deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the function did not come up"
-            time.sleep(0.1)
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
         while len(workers := [int(p) for p in children.read_text().split()]) < 2:
             assert time.monotonic() < deadline, f"gunicorn started {workers} workers, not 2"
@@ -451,6 +427,3 @@ def test_every_gunicorn_worker_gets_connections_from_a_burst(world, emulators, t
         assert all(est > 0 for _, est in per_worker.values()), per_worker
         for c in conns:
             c.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
