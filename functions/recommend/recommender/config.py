@@ -54,7 +54,7 @@ class Settings:
     served_topic: str = ""
     served_queue_max: int = 10_000
     served_batch_max: int = 500
-    served_batch_latency_seconds: float = 0.05  # how long a batch waits for more records
+    served_batch_latency_seconds: float = 0.25  # how long a batch waits for more records
     served_publish_timeout_seconds: float = 5.0
 
     @classmethod
@@ -89,7 +89,7 @@ class Settings:
             served_topic=env_str("SERVED_TOPIC", "").strip(),
             served_queue_max=env_int("SERVED_QUEUE_MAX", 10_000, 1, 10_000_000),
             served_batch_max=env_int("SERVED_BATCH_MAX", 500, 1, 1000),
-            served_batch_latency_seconds=env_float("SERVED_BATCH_LATENCY_SECONDS", 0.05, 0.0, 10.0),
+            served_batch_latency_seconds=env_float("SERVED_BATCH_LATENCY_SECONDS", 0.25, 0.0, 10.0),
             served_publish_timeout_seconds=env_float("SERVED_PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 600.0),
         )
 
