@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import names
 from schemas._avro import decode_json_payload, load_schema, unwrap_unions, validate_record
 from schemas.errors import InvalidRecord
 from schemas.ids import check_id
@@ -145,6 +146,11 @@ class Experiment:
         if not isinstance(description, str):
             raise InvalidRecord("description", "expected a string")
         return cls(experiment_id, tuple(arms), start, stop, description)
+
+
+def stats_path(experiment_id: str) -> str:
+    """``stats/experiments/{experiment_id}``: the collection of its arm and ``_summary`` documents."""
+    return f"{names.STATS}/{names.EXPERIMENT_STATS_DOC}/{experiment_id}"
 
 
 def bucket(experiment_id: str, unit_id: str) -> float:

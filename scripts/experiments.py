@@ -33,7 +33,7 @@ from typing import Any
 from schemas import names
 from schemas.clock import now_ms
 from schemas.errors import InvalidRecord
-from schemas.experiments import SUMMARY_DOC, Experiment
+from schemas.experiments import SUMMARY_DOC, Experiment, stats_path
 
 EXIT_BAD_INPUT, EXIT_CONFLICT = 2, 1
 _FLOAT_KEYS, _INT_KEYS, _STR_KEYS = ("alpha", "diversity"), ("pool",), ("retrieval", "model_version")
@@ -167,8 +167,7 @@ def read_results(client: Any, experiment_id: str) -> dict[str, Any]:
     Documents whose id starts with ``_`` other than ``_summary`` (the pipeline's ``_dedup``) are
     bookkeeping, not arms (an arm name never starts with ``_``).
     """
-    col = (client.collection(names.STATS).document(names.EXPERIMENT_STATS_DOC)
-           .collection(experiment_id))
+    col = client.collection(stats_path(experiment_id))
     arms: dict[str, Any] = {}
     summary = None
     for snap in col.stream():

@@ -57,7 +57,7 @@ from pipelines.compat.beam_direct_pubsub import non_barrier_timer
 from pipelines.streaming.parse import DEAD_LETTER, METRICS_NAMESPACE, ParseFn, dead_letter
 from pipelines.streaming.user_state import seed_errors
 from schemas.errors import InvalidRecord
-from schemas.events import ProductEvent
+from schemas.events import ForgetRequest, ProductEvent
 from schemas.experiments import ArmCounts, ServedRecord, parse_served
 
 LOG = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ class JoinServedFn(beam.DoFn):
         self.store = store
         self.ttl_s = ttl_s
         self.clock = clock
+        self.started_ms = 0  # set by setup: when this worker started
         self.duplicates = Metrics.counter(METRICS_NAMESPACE, "served_duplicate")
         self.waited = Metrics.counter(METRICS_NAMESPACE, "attribution_events_waited")
         self.expired = Metrics.counter(METRICS_NAMESPACE, "attribution_pending_expired")
@@ -227,7 +228,7 @@ class JoinServedFn(beam.DoFn):
                 self.duplicates.inc()
                 return
             stored: tuple[Item, ...] = ()
-            if self.store is not None and value.timestamp < getattr(self, "started_ms", 0) + START_SKEW_MS:
+            if self.store is not None and value.timestamp < self.started_ms + START_SKEW_MS:
                 try:
                     stored = self.store.pending(rid)
                 except seed_errors() as e:  # republishable: nothing of it was counted
@@ -252,7 +253,7 @@ class JoinServedFn(beam.DoFn):
         """An event of a list not seen in this run, in the first TTL after start: the served record
         a previous run stored (its count is not repeated; it already counted)."""
         now = self.clock()
-        if self.store is None or now * 1000 - getattr(self, "started_ms", 0) > self.ttl_s * 1000:
+        if self.store is None or now * 1000 - self.started_ms > self.ttl_s * 1000:
             return None
         try:
             record = self.store.served(rid)
@@ -437,16 +438,16 @@ class ParseServed(beam.PTransform):
         return messages | "Parse" >> beam.ParDo(fn).with_outputs(DEAD_LETTER, main="valid")
 
 
-def attributed_events(batch: Sequence[ProductEvent] | ProductEvent) -> Iterator[tuple[str, tuple[str, Item]]]:
-    """Events carrying a ``recommendation_id`` -> ``(id, (EVENT, (item, kind)))``."""
-    for event in batch if isinstance(batch, (tuple, list)) else (batch,):
-        rid = getattr(event, "recommendation_id", None)
-        if rid is not None:
-            yield rid, (EVENT, (event.item_id, event.event_type))
+def attributed_events(event: ProductEvent | ForgetRequest) -> Iterator[tuple[str, tuple[str, Item]]]:
+    """An event carrying a ``recommendation_id`` -> ``(id, (EVENT, (item, kind)))``; others (and
+    forget requests, which share the events' parse) -> nothing."""
+    rid = getattr(event, "recommendation_id", None)
+    if rid is not None:
+        yield rid, (EVENT, (event.item_id, event.event_type))
 
 
 class Attribute(beam.PTransform):
-    """``{"served": ServedRecord, "events": events or batches of them}`` -> ``writes``
+    """``{"served": ServedRecord, "events": ProductEvent (or ForgetRequest)}`` -> ``writes``
     (:class:`ExperimentWrite`), ``persist`` (:class:`PendingWrite`, ``ServedRecord``), ``dead_letter``."""
 
     def __init__(self, store: AttributionStore | None, ttl_s: float = TTL_S,

@@ -47,6 +47,7 @@ from schemas.experiments import (
     ServedRecord,
     arm_figures,
     compare_arms,
+    stats_path,
     validate_served,
 )
 
@@ -60,8 +61,7 @@ RETRY_BACKOFF_S = 0.2
 
 def experiment_stats(client: Any, experiment_id: str) -> Any:
     """The ``stats/experiments/{experiment_id}`` collection."""
-    return (client.collection(names.STATS).document(names.EXPERIMENT_STATS_DOC)
-            .collection(experiment_id))
+    return client.collection(stats_path(experiment_id))
 
 
 def stats_documents(write: ExperimentWrite) -> dict[str, dict[str, Any]]:

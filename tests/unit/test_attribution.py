@@ -343,13 +343,13 @@ def test_attribute_transform_joins_served_records_and_events_in_any_order():
         return ProductEvent(eid, kind, "u1", item, T0, recommendation_id=rid)
 
     stream = (TestStream()
-              .add_elements([TimestampedValue(("events", (ev("e1", "b", "view", "r1"),)), T0 / 1000)])
+              .add_elements([TimestampedValue(("events", ev("e1", "b", "view", "r1")), T0 / 1000)])
               .add_elements([TimestampedValue(("served", served("r1")), T0 / 1000),
                              TimestampedValue(("served", served("r2", arm="new")), T0 / 1000),
                              TimestampedValue(("served", served("r1")), T0 / 1000)])
-              .add_elements([TimestampedValue(("events", (
+              .add_elements([TimestampedValue(("events", e), T0 / 1000) for e in (
                   ev("e2", "a", "view", "r2"), ev("e3", "a", "view", "r2"), ev("e4", "q", "view", "r2"),
-                  ev("e5", "a", "purchase", None))), T0 / 1000)])
+                  ev("e5", "a", "purchase", None))])
               .advance_processing_time(5)
               .advance_watermark_to_infinity())
     options = PipelineOptions()

@@ -48,7 +48,6 @@ DEFAULT_SAMPLE, MAX_SAMPLE = 50, 200  # user documents ranked for "recommended t
 NEWEST_USERS = 5  # user documents listed under freshness
 TRENDING_SHOWN = 10
 MAX_EXPERIMENT_DOCS = 20
-EXPERIMENTS = "experiments"  # experiments/{id}; per-arm figures in stats/experiments[/{sub}/{id}]
 
 # The page's files, in the console folder; served as one HTML document (see page_document).
 PAGE, SCRIPT, STYLE = "index.html", "console.js", "console.css"
@@ -269,7 +268,7 @@ class ConsoleApi:
     def _experiments(self) -> dict[str, Any]:
         """``experiments/*`` and ``stats/experiments`` (and its subcollections), as stored; else none."""
         client = self._db()
-        col = client.collection(EXPERIMENTS)
+        col = client.collection(self.settings.experiments_collection)
         docs = self._read("experiments", lambda: col.limit(MAX_EXPERIMENT_DOCS).get(timeout=self._timeout))
         experiments = [{"id": s.id, **json_safe(s.to_dict() or {})} for s in docs]
         stats_ref = client.collection(self.settings.stats_collection).document("experiments")

@@ -209,10 +209,7 @@ class IndexManager:
                 model = store.get_model(version)
                 if model is None:
                     raise SnapshotLoadError(f"models/{version} does not exist")
-                snap = read_snapshot(model.index_uri)
-                snapshot_version, snap.version = snap.version, version
-                index = self.with_ann_loaded(ItemIndex.from_snapshot(snap), model.index_uri, snapshot_version)
-                keep[version] = self.with_ivf_built(index)
+                keep[version] = self.with_ivf_built(self.load_version(model.index_uri, version))
                 loaded.append(version)
                 log.info("loaded arm model %s: %d items", version, keep[version].size)
             except (StoreUnavailable, SnapshotLoadError) as e:
@@ -236,18 +233,25 @@ class IndexManager:
         current = self.store.get_current_model()
         if current is None or (self._index is not None and current.version == self._index.version):
             return None
-        snap = read_snapshot(current.index_uri)
-        snapshot_version = snap.version
-        if snap.version != current.version:
-            log.warning("snapshot %s says version %s; serving it as %s", current.index_uri,
-                        snap.version, current.version)
-            snap.version = current.version
         # The publish step rewrites every item of the version (indexed_at = publish time) before it
         # switches models/current; those are in the snapshot already, so polling starts at the switch.
-        index = ItemIndex.from_snapshot(snap, items_from=current.switched_at)
-        self.install(self.with_ann_loaded(index, current.index_uri, snapshot_version))
-        log.info("loaded model %s: %d items", current.version, snap.item_ids.shape[0])
+        index = self.load_version(current.index_uri, current.version, items_from=current.switched_at)
+        self.install(index)
+        log.info("loaded model %s: %d items", current.version, index.size)
         return current.version
+
+    def load_version(self, index_uri: str, version: str, items_from: int | None = None) -> ItemIndex:
+        """The snapshot at ``index_uri`` as ``version``'s index, with its ANN index loaded.
+
+        Why: ``models/current`` and an experiment arm's ``models/{version}`` load alike.
+        """
+        snap = read_snapshot(index_uri)
+        snapshot_version = snap.version
+        if snap.version != version:
+            log.warning("snapshot %s says version %s; serving it as %s", index_uri, snap.version, version)
+            snap.version = version
+        return self.with_ann_loaded(ItemIndex.from_snapshot(snap, items_from=items_from), index_uri,
+                                    snapshot_version)
 
     def _apply_new_items(self) -> int:
         index = self._index

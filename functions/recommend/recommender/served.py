@@ -72,8 +72,7 @@ class ServedPublisher:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._reset()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._forked)
+        os.register_at_fork(after_in_child=self._forked)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServedPublisher:
@@ -119,8 +118,6 @@ class ServedPublisher:
         with self._lock:
             if self._pid == os.getpid():
                 return
-            if self._pid is not None:  # forked without register_at_fork: start afresh
-                self._reset()
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._drain, name="served-records", daemon=True)
             self._thread.start()

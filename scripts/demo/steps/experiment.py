@@ -16,10 +16,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from schemas import names
 from schemas.clock import now_ms
 from schemas.events import ProductEvent
-from schemas.experiments import Experiment
+from schemas.experiments import Experiment, stats_path
 from scripts.demo.console import fmt, say, step, wait_until
 from scripts.demo.context import Context
 from scripts.demo.data import DemoData
@@ -151,8 +150,7 @@ def _read_arms(client: Any) -> dict[str, dict[str, Any]]:
 
 def _arm_doc(client: Any, arm: str) -> dict[str, Any]:
     """One arm's document (the probes poll it, not the whole collection with its ``_dedup``)."""
-    snap = (client.collection(names.STATS).document(names.EXPERIMENT_STATS_DOC)
-            .collection(EXPERIMENT_ID).document(arm).get())
+    snap = client.collection(stats_path(EXPERIMENT_ID)).document(arm).get()
     return (snap.to_dict() or {}) if snap.exists else {}
 
 
