@@ -34,6 +34,7 @@ from google.cloud import firestore
 
 from httpfn.errors import InvalidParameter, NotFound, Unavailable
 from httpfn.responses import json_response
+from schemas.experiments import SUMMARY_DOC
 from schemas.firestore import ModelDoc, UserDoc
 
 from .config import Settings
@@ -281,6 +282,8 @@ class ConsoleApi:
                             **json_safe(snap.to_dict() or {})})
             for sub in stats_ref.collections(timeout=self._timeout):
                 for s in sub.limit(MAX_EXPERIMENT_DOCS).get(timeout=self._timeout):
+                    if s.id.startswith("_") and s.id != SUMMARY_DOC:  # the pipeline's _dedup memory
+                        continue
                     out.append({"path": f"{self.settings.stats_collection}/experiments/{sub.id}/{s.id}",
                                 **json_safe(s.to_dict() or {})})
             return out[:MAX_EXPERIMENT_DOCS]
