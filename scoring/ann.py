@@ -2,13 +2,20 @@
 
 The training job (``pipelines.training.artifact``) writes it next to ``item_index.npz``::
 
-    item_ann.faiss   faiss.write_index of an IVF-PQ fast-scan index (``IVF<nlist>,PQ<D/2>x4fs``,
-                     inner product) over the snapshot's rows (id = row)
-    item_ann.json    backend, faiss version, model version, rows, dim, nlist, nprobe, build time
+    item_ann.faiss   faiss.write_index of an IVF-PQ fast-scan index (``IVF<nlist>,PQ<D/2>x4fs``)
+                     over the snapshot's rows (id = row)
+    item_ann.json    backend, metric, faiss version, model version, rows, dim, nlist, nprobe, build time
 
 and the recommend function loads it with the snapshot (:func:`read_index`): it is never built at
 cold start. It is versioned with the model (``version`` and ``rows`` must match the snapshot, or
 the function serves the exact scan and logs why).
+
+Metric: unit-norm embeddings (the towers' default) are indexed by L2 distance, whose order on unit
+vectors is the inner product's; faiss then assigns rows to and probes partitions by distance to
+their centroids, where the inner-product coarse quantizer favours long centroids (tight clusters).
+On the 1M bench catalogue, where 90 % of the items are content-only and cluster tightly, that cost
+the trained items' partitions (``docs/benchmarks.md``). Other embeddings keep the inner product.
+``nprobe``: :func:`default_nprobe` of the index's partitions, written by the training job.
 
 Search (:meth:`FaissIvf.candidates`): faiss probes the ``nprobe`` partitions with the best centroid
 scores and returns the best ``depth`` rows among them by their 4-bit PQ codes (SIMD fast-scan: 16
@@ -65,6 +72,18 @@ def _serving_faiss() -> Any:
     return faiss
 
 
+def default_nprobe(nlist: int) -> int:
+    """Partitions probed: 24, or 2 % of them for larger indexes (recall@10 >= 0.95 at 1M, bench-serving)."""
+    return max(DEFAULT_NPROBE, int(round(nlist / 50)))
+
+
+def unit_norm(embeddings: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """Every non-zero row has length 1 (within ``tolerance``): L2 order = inner-product order."""
+    sq = np.einsum("ij,ij->i", embeddings, embeddings)
+    live = sq[sq > 0]
+    return bool(live.size) and bool(np.all(np.abs(np.sqrt(live) - 1.0) <= tolerance))
+
+
 def default_nlist(n: int) -> int:
     """Partitions for ``n`` rows: about sqrt(n) up to 100k, 2 sqrt(n) beyond (bench-serving)."""
     root = float(np.sqrt(max(n, 1)))
@@ -86,7 +105,12 @@ class FaissIvf:
 
     @property
     def nlist(self) -> int:
-        return int(_ivf(self.index).nlist)
+        return self.nlist_of(self.index)
+
+    @staticmethod
+    def nlist_of(index: Any) -> int:
+        """Partitions of a faiss IVF index."""
+        return int(_ivf(index).nlist)
 
     @classmethod
     def from_index(cls, index: Any, embeddings: np.ndarray, norms: np.ndarray, nprobe: int,
@@ -142,12 +166,13 @@ MIN_INDEX_ROWS = 1000
 
 
 def build_index(embeddings: np.ndarray, nlist: int = 0, seed: int = 0) -> Any:
-    """A trained and filled faiss IVF index (inner product) over the non-zero rows, ids = rows."""
+    """A trained and filled faiss IVF index over the non-zero rows, ids = rows (L2 on unit vectors)."""
     faiss = _faiss()
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     live = np.flatnonzero(np.einsum("ij,ij->i", emb, emb) > 0)
     nlist = max(1, min(nlist or default_nlist(emb.shape[0]), max(1, live.size)))
-    index = faiss.index_factory(emb.shape[1], factory_string(emb.shape[1], nlist), faiss.METRIC_INNER_PRODUCT)
+    metric = faiss.METRIC_L2 if unit_norm(emb) else faiss.METRIC_INNER_PRODUCT
+    index = faiss.index_factory(emb.shape[1], factory_string(emb.shape[1], nlist), metric)
     _ivf(index).cp.seed = seed
     if live.size:
         index.train(emb[live])
@@ -156,17 +181,19 @@ def build_index(embeddings: np.ndarray, nlist: int = 0, seed: int = 0) -> Any:
 
 
 def write_index(out_dir: str | Path, embeddings: np.ndarray, version: str, nlist: int = 0,
-                nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> Path:
+                nprobe: int = 0, seed: int = 0) -> Path:
     """Build the index of a snapshot's embeddings and write it next to ``item_index.npz``."""
     faiss = _faiss()
     t = time.perf_counter()
     index = build_index(embeddings, nlist, seed)
     out = Path(out_dir)
     faiss.write_index(index, str(out / ANN_FILE))
-    meta = {"backend": BACKEND, "type": factory_string(embeddings.shape[1], _ivf(index).nlist),
-            "metric": "inner_product", "faiss_version": faiss.__version__, "version": version,
+    nlist = int(_ivf(index).nlist)
+    meta = {"backend": BACKEND, "type": factory_string(embeddings.shape[1], nlist),
+            "metric": "l2" if index.metric_type == faiss.METRIC_L2 else "inner_product",
+            "faiss_version": faiss.__version__, "version": version,
             "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
-            "nlist": int(_ivf(index).nlist), "nprobe": int(nprobe),
+            "nlist": nlist, "nprobe": int(nprobe or default_nprobe(nlist)),
             "build_s": round(time.perf_counter() - t, 3)}
     (out / ANN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
     return out / ANN_FILE

@@ -198,7 +198,7 @@ class RetrievalConfig:
 
     backend: str = "faiss"
     nlist: int = 0  # 0: about sqrt(N)
-    nprobe: int = 24
+    nprobe: int = 0  # 0: the index's own (scoring.ann.default_nprobe of its partitions)
     min_items: int = 20_000  # smaller catalogues are always scanned exactly
     min_pool: int = DEFAULT_MIN_POOL
     pool_factor: int = DEFAULT_POOL_FACTOR
@@ -216,7 +216,8 @@ class RetrievalConfig:
 
 def build_ivf(embeddings: np.ndarray, norms: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> IvfIndex:
     """The IVF partitions the function builds when an index version loads (``ItemIndex.with_ivf``)."""
-    return IvfIndex.build(embeddings, norms, nlist or default_nlist(embeddings.shape[0]), nprobe, seed=seed)
+    nlist = nlist or default_nlist(embeddings.shape[0])
+    return IvfIndex.build(embeddings, norms, nlist, nprobe or ann.default_nprobe(nlist), seed=seed)
 
 
 def build_retriever(items: Items, config: RetrievalConfig, prebuilt: ann.FaissIvf | None = None) -> Retriever:
@@ -228,7 +229,8 @@ def build_retriever(items: Items, config: RetrievalConfig, prebuilt: ann.FaissIv
     if config.backend == "faiss" and items.size >= config.min_items:
         if prebuilt is None:
             built = ann.build_index(items.embeddings, config.nlist)
-            prebuilt = ann.FaissIvf.from_index(built, items.embeddings, items.norms, config.nprobe)
+            nprobe = config.nprobe or ann.default_nprobe(ann.FaissIvf.nlist_of(built))
+            prebuilt = ann.FaissIvf.from_index(built, items.embeddings, items.norms, nprobe)
         return FaissRetriever(items.embeddings, prebuilt)
     if config.backend == "ivf" and items.size >= config.min_items:
         return IvfRetriever(items.embeddings, build_ivf(items.embeddings, items.norms, config.nlist,

@@ -126,3 +126,29 @@ def test_build_retriever_and_dispatch(emb: np.ndarray) -> None:
     assert isinstance(r, FaissRetriever) and r.index.nlist == 50 and r.index.nprobe == 10
     assert isinstance(retriever_for(emb, r.index), FaissRetriever)
     assert build_retriever(items, RetrievalConfig(backend="faiss", min_items=N + 1)).name == "exact"
+
+
+def test_unit_vectors_are_indexed_by_l2_others_by_inner_product(written, emb: np.ndarray, tmp_path) -> None:
+    faiss = pytest.importorskip("faiss")
+    assert json.loads((written / ann.ANN_META_FILE).read_text())["metric"] == "l2"
+    assert ann.build_index(emb, nlist=20).metric_type == faiss.METRIC_L2
+    scaled = emb * np.linspace(0.5, 2.0, len(emb), dtype=np.float32)[:, None]  # lengths carry score
+    assert not ann.unit_norm(scaled) and ann.unit_norm(emb) and not ann.unit_norm(np.zeros((3, 4)))
+    ann.write_index(tmp_path, scaled, "v1", nlist=60)
+    meta = json.loads((tmp_path / ann.ANN_META_FILE).read_text())
+    assert meta["metric"] == "inner_product" and meta["nprobe"] == ann.default_nprobe(60) == 24
+    index = ann.read_index(tmp_path, scaled, row_norms(scaled), "v1")
+    hits = 0
+    for q in emb[:50]:
+        rows, scores = index.candidates(q, 200)
+        exact = np.argsort(-(scaled @ q))[:10]
+        hits += len(set(rows[np.argsort(-scores)[:10]].tolist()) & set(exact.tolist()))
+    assert hits / 500 >= 0.9  # maximum inner product, not nearest direction
+
+
+def test_default_probes_grow_with_the_partitions() -> None:
+    assert [ann.default_nprobe(n) for n in (60, 316, 1200, 2000, 4000)] == [24, 24, 24, 40, 80]
+    items = ItemArrays.build(clustered(3000), np.eye(3000, 8, dtype=np.float32), np.array(["a"] * 3000),
+                             np.ones(3000, bool))
+    r = build_retriever(items, RetrievalConfig(backend="faiss", nlist=40, min_items=1000))
+    assert r.index.nprobe == 24  # RetrievalConfig.nprobe 0: the index's own default

@@ -37,9 +37,9 @@ def _artefact(tmp_path, with_ann: bool = True):
     return tmp_path / "item_index.npz", emb
 
 
-def _service(path) -> Recommender:
-    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0),
-                          EmptyStore())
+def _service(path, **settings) -> Recommender:
+    service = Recommender(Settings(index_uri=str(path), ivf_min_items=1000, refresh_seconds=3600.0,
+                                   **settings), EmptyStore())
     service.start()
     return service
 
@@ -48,7 +48,8 @@ def test_cold_start_loads_the_training_jobs_index(tmp_path):
     path, _ = _artefact(tmp_path)
     service = _service(path)
     assert isinstance(service.index.ivf, ann.FaissIvf) and service.index.ivf.nlist == 30
-    assert service.index.ivf.nprobe == 24  # IVF_NPROBE from the settings, not the file's default
+    assert service.index.ivf.nprobe == 8  # IVF_NPROBE=0 (default): the training job's choice, in the file
+    assert _service(path, ivf_nprobe=24).index.ivf.nprobe == 24  # an explicit IVF_NPROBE wins
     assert service.health()[1]["retrieval"] == "faiss"
     body = service.recommend(RecommendParams(user_id=None, k=5, alpha=1.0, session_items=("i1", "i2")))
     assert body["strategy"] == "session" and len(body["items"]) == 5

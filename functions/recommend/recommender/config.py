@@ -39,10 +39,11 @@ class Settings:
     # Retrieval: "faiss" (the training job's compiled IVF index, loaded with the snapshot), "ivf"
     # (numpy partitions built at index load) or "exact" (full scan). Either approximate index applies
     # only to catalogues of at least ivf_min_items; ivf_nlist 0 = about sqrt(N) (numpy IVF only);
-    # ivf_nprobe: partitions probed per request (both).
+    # ivf_nprobe: partitions probed per request (both); 0 = the index's own (faiss: chosen by the
+    # training job for its size, scoring.ann.default_nprobe; numpy IVF: the same rule).
     retrieval: str = "faiss"
     ivf_nlist: int = 0
-    ivf_nprobe: int = 24
+    ivf_nprobe: int = 0
     ivf_min_items: int = 20_000
     # When the IVF partitions of a freshly loaded snapshot are built: "startup" (cold start, before
     # gunicorn forks, shared by the workers) or "background" (each process, after its first request).
@@ -82,7 +83,7 @@ class Settings:
             items_poll_limit=env_int("ITEMS_POLL_LIMIT", 500, 1, 10_000),
             retrieval=env_choice("RETRIEVAL", "faiss", ("faiss", "ivf", "exact")),
             ivf_nlist=env_int("IVF_NLIST", 0, 0, 1_000_000),
-            ivf_nprobe=env_int("IVF_NPROBE", 24, 1, 1_000_000),
+            ivf_nprobe=env_int("IVF_NPROBE", 0, 0, 1_000_000),
             ivf_min_items=env_int("IVF_MIN_ITEMS", 20_000, 1, 1_000_000_000),
             ivf_build=env_choice("IVF_BUILD", "startup", ("startup", "background")),
             experiments_collection=env_str("EXPERIMENTS_COLLECTION", names.EXPERIMENTS),

@@ -121,7 +121,7 @@ class IndexManager:
             return index
         t = time.perf_counter()
         try:
-            index = index.with_ann(index_uri, snapshot_version, s.ivf_nprobe)
+            index = index.with_ann(index_uri, snapshot_version, s.ivf_nprobe or None)
         except AnnUnavailable as e:
             log.error("serving the exact scan: %s", e)
             return index
