@@ -100,9 +100,12 @@ class QueryServing(tf.Module):
 class CandidateServing(tf.Module):
     """String-keyed candidate tower: item attributes -> ``embedding [B, D]``."""
 
-    def __init__(self, tower: tf.keras.Model, space: FeatureSpace) -> None:
+    def __init__(self, tower: tf.keras.Model, space: FeatureSpace,
+                 neighbor_means: np.ndarray | None = None) -> None:
         super().__init__(name="candidate_serving")
         self.tower = tower
+        # the item graph term's input per item row, frozen at training (a new item: the OOV row, 0)
+        self.neighbor_means = None if neighbor_means is None else tf.constant(neighbor_means, tf.float32)
         self.items = _lookup_table(space.items, "items")
         self.categories = _lookup_table(space.encoder.categories, "categories")
         self.brands = _lookup_table(space.encoder.brands, "brands")
@@ -118,11 +121,12 @@ class CandidateServing(tf.Module):
     def serve(self, item_id: tf.Tensor, category: tf.Tensor, brand: tf.Tensor, price: tf.Tensor,
               tags: tf.Tensor) -> dict[str, tf.Tensor]:
         price_bucket = tf.cast(tf.raw_ops.Bucketize(input=price, boundaries=self.price_edges), tf.int32)
-        emb = self.tower({"item": _lookup(self.items, item_id),
-                          "category": _lookup(self.categories, category),
-                          "brand": _lookup(self.brands, brand), "price": price_bucket,
-                          "tags": _lookup(self.tags, tags[:, :self.max_tags])}, training=False)
-        return {"embedding": emb}
+        features = {"item": _lookup(self.items, item_id), "category": _lookup(self.categories, category),
+                    "brand": _lookup(self.brands, brand), "price": price_bucket,
+                    "tags": _lookup(self.tags, tags[:, :self.max_tags])}
+        if self.neighbor_means is not None:
+            features["neighbor_mean"] = tf.gather(self.neighbor_means, features["item"])
+        return {"embedding": self.tower(features, training=False)}
 
 
 def save_tower(module: tf.Module, path: Path) -> None:
@@ -154,6 +158,7 @@ class ArtifactContents:
     parent_version: str | None = None
     extra_metadata: dict[str, Any] | None = None
     serving_defaults: dict[str, Any] | None = None  # scoring.rank.ScoringDefaults.to_dict()
+    neighbor_means: np.ndarray | None = None  # [item rows, D] with ModelConfig.item_graph
 
 
 def write_artifact(model_dir: str | Path, query_tower: tf.keras.Model, candidate_tower: tf.keras.Model,
@@ -186,7 +191,7 @@ def _write_contents(out: Path, version: str, query_tower: tf.keras.Model,
                     history_length: int) -> None:
     space = contents.space
     created_at = now_ms()
-    candidate = CandidateServing(candidate_tower, space)
+    candidate = CandidateServing(candidate_tower, space, contents.neighbor_means)
     save_tower(QueryServing(query_tower, space.users, space.items, history_length), out / QUERY_DIR)
     save_tower(candidate, out / CANDIDATE_DIR)
     (out / VOCAB_DIR).mkdir()

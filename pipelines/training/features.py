@@ -132,6 +132,29 @@ class Sequences:
         """Each user's most recent ``length`` items, left-padded (serving-time history)."""
         return self.histories(users, self.lengths[users], length)
 
+    def inverted(self, n_item_rows: int) -> Sequences:
+        """Every item's users (model indices) in the same layout: the item graph's adjacency."""
+        users = np.repeat(np.arange(len(self.lengths), dtype=np.int32), self.lengths)
+        return Sequences.build(self.flat.astype(np.int64), users, np.zeros(len(users), np.int64), n_item_rows)
+
+    def row_means(self, table: np.ndarray) -> np.ndarray:
+        """Per row, the mean of ``table`` over its sequence (0 for empty rows): the item graph's input."""
+        sums = np.zeros((len(self.lengths), table.shape[1]), np.float64)
+        has = np.nonzero(self.lengths)[0]
+        if len(has):
+            sums[has] = np.add.reduceat(table[self.flat].astype(np.float64), self.offsets[has])
+        return (sums / np.maximum(self.lengths, 1)[:, None]).astype(np.float32)
+
+    def sample(self, rows: np.ndarray, k: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``k`` entries of each row's sequence drawn with replacement, ``exclude[j]`` and empty rows as 0."""
+        lengths = self.lengths[rows]
+        pos = (rng.random((len(rows), k)) * lengths[:, None]).astype(np.int64)
+        if len(self.flat) == 0:
+            return np.zeros((len(rows), k), np.int32)
+        picked = self.flat[np.minimum(self.offsets[rows][:, None] + pos, len(self.flat) - 1)]
+        keep = (lengths[:, None] > 0) & (picked != exclude[:, None])
+        return np.where(keep, picked, PAD_INDEX).astype(np.int32)
+
 
 @dataclass
 class Examples:
@@ -175,6 +198,8 @@ class BatchMaker:
     n_item_rows: int = 0
     uniform_negatives: int = 0  # > 0: add items sampled uniformly, shared by the batch (softmax)
     history_sample: bool = False  # "others": users with more than N items get a random N each time
+    item_users: Sequences | None = None  # with graph_neighbors: each item row's users
+    graph_neighbors: int = 0  # > 0: "neighbors" [B, K], users of the target item other than the example's
 
     def __post_init__(self) -> None:
         if self.history_mode not in HISTORY_MODES:
@@ -196,6 +221,8 @@ class BatchMaker:
                "item_key": items, "sampling_probability": self._mixture_probability(items, len(rows))}
         for key, table in self.content.items():
             out[key] = table[items]
+        if self.graph_neighbors and self.item_users is not None:
+            out["neighbors"] = self.item_users.sample(items, self.graph_neighbors, users, rng)
         if n_uniform:
             mix = rng.integers(RESERVED, self.n_item_rows, size=n_uniform).astype(np.int32)
             out["mix_item"] = mix

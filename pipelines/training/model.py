@@ -12,6 +12,10 @@ encoder's quantile edges (``np.searchsorted(edges, price, side="right")``).
 * Candidate tower: ``item_emb(item) + Dense([category, brand, price bucket, mean(tags)])``; an item
   outside the vocabulary maps to the OOV row, so its embedding comes from its content. Training drops
   item ids to the OOV row with probability ``item_id_dropout`` so the content path learns to stand alone.
+  With ``item_graph`` > 0 it adds a one-hop graph term, ``G · mean(user_emb(users of the item))``
+  (the user table shared with the query tower, as one LightGCN layer on the item side): training
+  samples ``item_graph`` of the item's users per example, never the example's own user; serving
+  uses the exact mean over all its training users (``neighbor_mean`` input, zero for a new item).
 * Losses: ``softmax`` (TFRS in-batch sampled softmax, optional popularity log-Q correction,
   temperature) or ``bpr`` (pairwise with uniformly sampled negatives).
 
@@ -34,7 +38,7 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 from pipelines.training.features import OOV_INDEX, PAD_INDEX, RESERVED  # noqa: E402
 
 __all__ = ["OOV_INDEX", "PAD_INDEX", "RESERVED", "ModelConfig", "TowerSizes", "TwoTowerModel",
-           "build_model", "build_towers", "bpr_loss"]
+           "build_model", "build_towers", "bpr_loss", "candidate_vectors", "user_table"]
 
 LOSSES = ("softmax", "bpr")
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
@@ -64,6 +68,7 @@ class ModelConfig:
     history_pooling: str = "mean"
     recency_decay: float = 0.9
     share_item_embeddings: bool = True
+    item_graph: int = 0  # users sampled per item for the candidate tower's graph term (0: off)
     batch_size: int = 1024
     epochs: int = 10
     seed: int = 0
@@ -78,6 +83,10 @@ class ModelConfig:
         if self.history_pooling not in HISTORY_POOLING:
             raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, "
                              f"got {self.history_pooling!r}")
+        if self.item_graph < 0:
+            raise ValueError(f"item_graph must be >= 0, got {self.item_graph}")
+        if self.item_graph and (self.loss != "softmax" or self.uniform_negatives):
+            raise ValueError("item_graph needs loss 'softmax' without uniform_negatives")
         if self.uniform_negatives < 0:
             raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
         for name in ("dim", "history_length", "max_tags", "batch_size", "bpr_negatives"):
@@ -204,7 +213,7 @@ def build_query_tower(sizes: TowerSizes, config: ModelConfig,
     history = tf.keras.Input(shape=(None,), dtype=tf.int32, name="history")
     if item_embedding is None:
         item_embedding = _embedding(sizes.items, config.dim, "history_item_embedding")
-    user_vec = _embedding(sizes.users, config.dim, "user_embedding")(user)
+    user_vec = _embedding(sizes.users, config.dim, USER_EMBEDDING)(user)
     pooled = HistoryPooling(config.history_pooling, config.recency_decay,
                             name="history_pooling")(history, item_embedding(history))
     hist_vec = tf.keras.layers.Dense(config.dim, use_bias=False, name="history_projection",
@@ -223,6 +232,7 @@ def build_candidate_tower(sizes: TowerSizes, config: ModelConfig,
     brand = tf.keras.Input(shape=(), dtype=tf.int32, name="brand")
     price = tf.keras.Input(shape=(), dtype=tf.int32, name="price")
     tags = tf.keras.Input(shape=(None,), dtype=tf.int32, name="tags")
+    inputs = {"item": item, "category": category, "brand": brand, "price": price, "tags": tags}
     if item_embedding is None:
         item_embedding = build_item_embedding(sizes, config)
     content = tf.keras.layers.Concatenate(name="content_concat")([
@@ -233,10 +243,14 @@ def build_candidate_tower(sizes: TowerSizes, config: ModelConfig,
             tags, _embedding(sizes.tags, config.dim, "tag_embedding")(tags)),
     ])
     content_vec = tf.keras.layers.Dense(config.dim, name="content_projection")(content)
-    out = tf.keras.layers.Add(name="candidate_sum")([item_embedding(item), content_vec])
+    parts = [item_embedding(item), content_vec]
+    if config.item_graph:
+        inputs["neighbor_mean"] = tf.keras.Input(shape=(config.dim,), dtype=tf.float32, name="neighbor_mean")
+        parts.append(tf.keras.layers.Dense(config.dim, use_bias=False, name="graph_projection",
+                                           kernel_initializer="identity")(inputs["neighbor_mean"]))
+    out = tf.keras.layers.Add(name="candidate_sum")(parts)
     if config.normalize:
         out = tf.keras.layers.UnitNormalization(name="candidate_norm")(out)
-    inputs = {"item": item, "category": category, "brand": brand, "price": price, "tags": tags}
     return tf.keras.Model(inputs=inputs, outputs=out, name="candidate_tower")
 
 
@@ -272,6 +286,20 @@ class BPRTask(tf.keras.layers.Layer):
 
 
 CANDIDATE_KEYS = ("item", "category", "brand", "price", "tags")
+USER_EMBEDDING = "user_embedding"  # the query tower's user table (the item graph term pools it)
+
+
+def candidate_vectors(tower: tf.keras.Model, features: dict[str, np.ndarray],
+                      neighbor_means: np.ndarray | None) -> np.ndarray:
+    """The candidate tower's output; with the item graph, each row's neighbour mean by its item index."""
+    if neighbor_means is not None:
+        features = {**features, "neighbor_mean": neighbor_means[features["item"]]}
+    return tower(features, training=False).numpy()
+
+
+def user_table(query_tower: tf.keras.Model) -> np.ndarray:
+    """The query tower's user-id embedding table ``[user rows, D]``."""
+    return query_tower.get_layer(USER_EMBEDDING).embeddings.numpy()
 
 
 class TwoTowerModel(tfrs.Model):
@@ -290,6 +318,7 @@ class TwoTowerModel(tfrs.Model):
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.config = config
+        self.neighbor_pooling = HistoryPooling("mean", name="neighbor_pooling")
         if config.loss == "softmax":
             self.task = tfrs.tasks.Retrieval(
                 temperature=config.temperature if config.normalize else None,
@@ -299,7 +328,12 @@ class TwoTowerModel(tfrs.Model):
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         query = self.query_tower({"user": features["user"], "history": features["history"]})
-        candidate = self.candidate_tower({k: features[k] for k in CANDIDATE_KEYS})
+        candidate_in = {k: features[k] for k in CANDIDATE_KEYS}
+        if self.config.item_graph:
+            users = self.query_tower.get_layer(USER_EMBEDDING)
+            neighbors = features["neighbors"]
+            candidate_in["neighbor_mean"] = self.neighbor_pooling(neighbors, users(neighbors))
+        candidate = self.candidate_tower(candidate_in)
         if self.config.loss == "bpr":
             return self.task(query, candidate, self._embed_negatives(features))
         probability, ids = features["sampling_probability"], features["item_key"]

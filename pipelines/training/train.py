@@ -15,14 +15,12 @@ training data (``metadata.data_max_timestamp``, or ``--since``) become training 
 events in ``--data`` still serve as the users' histories. Unless given, epochs default to 2 and the
 learning rate to 0.2x the parent's.
 
-Serving defaults (``--tune-defaults``, on unless warm starting): a validation slice is held out of
-the training events (each user's newest 10% of items, or a random 10% with
-``--validation-holdout random`` for data without real times), a model with the same settings is
-trained on the rest, and the recommend function's ranking (:mod:`scoring.rank`) is swept over alpha
-and the candidate pool on that slice (:func:`pipelines.evaluation.served.choose_defaults`). The
-choice goes into ``metadata.json``, the index snapshot and, on ``--publish``, ``models/{version}``
-and ``models/current``; the function uses it when a request gives no ``alpha``. A warm-started
-version keeps its parent's defaults.
+Serving defaults (``--tune-defaults``, on unless warm starting): a model with the same settings is
+trained without a validation slice (each user's newest 10% of items, ``--validation-holdout random``:
+a random 10%) and the function's ranking (:mod:`scoring.rank`) is swept over alpha and the pool on
+it (:func:`pipelines.evaluation.served.choose_defaults`); the choice goes into ``metadata.json``,
+the snapshot and ``models/{version}``, used when a request gives no ``alpha``. A warm-started version
+keeps its parent's defaults.
 """
 
 from __future__ import annotations
@@ -64,7 +62,9 @@ from pipelines.training.model import (  # noqa: E402
     TwoTowerModel,
     assign_weights,
     build_model,
+    candidate_vectors,
     epoch_learning_rate,
+    user_table,
 )
 from schemas.catalog import CatalogItem  # noqa: E402
 from schemas.content import ContentEncoder  # noqa: E402
@@ -131,16 +131,22 @@ class TrainedModel:
                                       training=False).numpy() for s in range(0, len(users), chunk)]
         return np.concatenate(out) if out else np.zeros((0, self.config.dim), np.float32)
 
+    def neighbor_means(self) -> np.ndarray | None:
+        """Per item row, the mean embedding of its training users (``item_graph``; else None)."""
+        adjacency = self.seqs.inverted(len(self.space.items) + RESERVED) if self.config.item_graph else None
+        return None if adjacency is None else adjacency.row_means(user_table(self.model.query_tower))
+
     def item_embeddings(self, chunk: int = 16384) -> np.ndarray:
         """Candidate embeddings of every row of the item table (rows 0, 1 are padding and OOV)."""
         table = item_content_table(self.space, {i.item_id: i for i in self.catalogue})
         rows = len(self.space.items) + RESERVED
         items = np.arange(rows, dtype=np.int32)
+        means = self.neighbor_means()
         out = []
         for s in range(0, rows, chunk):
             feats = {k: v[s:s + chunk] for k, v in table.items()}
             feats["item"] = items[s:s + chunk]
-            out.append(self.model.candidate_tower(feats, training=False).numpy())
+            out.append(candidate_vectors(self.model.candidate_tower, feats, means))
         return np.concatenate(out)
 
     def candidate_embeddings(self, item_ids: Sequence[str], chunk: int = 16384) -> np.ndarray:
@@ -148,12 +154,13 @@ class TrainedModel:
         catalogue = {i.item_id: i for i in self.catalogue}
         empty = CatalogItem(item_id="", title="", category="", brand="", price=0.0, tags=(),
                             in_stock=True, updated_at=0)
+        means = self.neighbor_means()
         out = []
         for s in range(0, len(item_ids), chunk):
             ids = list(item_ids[s:s + chunk])
             feats = self.space.encode_content([catalogue.get(i, empty) for i in ids])
             feats["item"] = self.space.encode_items(ids)
-            out.append(self.model.candidate_tower(feats, training=False).numpy())
+            out.append(candidate_vectors(self.model.candidate_tower, feats, means))
         return np.concatenate(out) if out else np.zeros((0, self.config.dim), np.float32)
 
     def params(self) -> dict[str, Any]:
@@ -231,7 +238,8 @@ def _batch_maker(space: FeatureSpace, cfg: ModelConfig, seqs: Sequences, items: 
         history_mode=history_mode, item_id_dropout=cfg.item_id_dropout if has_content else 0.0,
         user_id_dropout=cfg.user_id_dropout, negatives=cfg.bpr_negatives if cfg.loss == "bpr" else 0,
         n_item_rows=rows, uniform_negatives=cfg.uniform_negatives if cfg.loss == "softmax" else 0,
-        history_sample=cfg.history_sample)
+        history_sample=cfg.history_sample, graph_neighbors=cfg.item_graph,
+        item_users=seqs.inverted(rows) if cfg.item_graph else None)
 
 
 def _popularity(ids: np.ndarray) -> dict[str, float]:
@@ -342,7 +350,7 @@ def save(trained: TrainedModel, model_dir: str | Path, metrics: dict[str, Any] |
         data_fingerprint=trained.data_fingerprint, params=trained.params(), metrics=all_metrics,
         parent_version=trained.parent_version,
         extra_metadata={"data_max_timestamp": trained.data_max_timestamp},
-        serving_defaults=serving_defaults)
+        serving_defaults=serving_defaults, neighbor_means=trained.neighbor_means())
     return artifact.write_artifact(model_dir, trained.model.query_tower, trained.model.candidate_tower,
                                    contents, trained.config.history_length)
 

@@ -263,3 +263,27 @@ def test_warm_start_keeps_the_parents_attributes_of_items_known_only_from_events
     merged = {i.item_id: i for i in merge_catalogue(path, [bare, renamed])}
     assert merged[first.item_id] == first  # the parent's attributes, not the event-only placeholder
     assert merged["brand-new"] == renamed and set(parent) <= set(merged)
+
+
+def test_item_graph_model_serves_the_exact_neighbor_mean(data, tmp_path):
+    trained = train(data, ModelConfig(dim=16, history_length=5, epochs=1, batch_size=128, item_graph=4))
+    means = trained.neighbor_means()
+    users = trained.space.encode_users(data.user_ids.tolist())
+    items = trained.space.encode_items(data.item_ids.tolist())
+    table = trained.model.query_tower.get_layer("user_embedding").embeddings.numpy()
+    for row in np.unique(items):  # every view counts (a repeated view weighs its user more)
+        np.testing.assert_allclose(means[row], table[users[items == row]].mean(0), rtol=1e-5, atol=1e-6)
+    assert not means[OOV_INDEX].any() and means.shape == (len(trained.space.items) + 2, 16)
+    path = save(trained, tmp_path / "models")
+    towers = artifact.load_towers(str(path))
+    catalogue = trained.catalogue[:9]
+    rows = trained.space.encode_items([i.item_id for i in catalogue])
+    np.testing.assert_allclose(towers.embed_items(catalogue), trained.item_embeddings()[rows],
+                               rtol=1e-5, atol=1e-6)
+    new = CatalogItem(item_id="never-seen", title="", category=catalogue[0].category,
+                      brand=catalogue[0].brand, price=catalogue[0].price, tags=catalogue[0].tags,
+                      in_stock=True, updated_at=0)
+    feats = {**trained.space.encode_content([new]), "item": np.array([OOV_INDEX], np.int32),
+             "neighbor_mean": np.zeros((1, 16), np.float32)}  # a new item: content, no graph term
+    np.testing.assert_allclose(towers.embed_items([new]), trained.model.candidate_tower(feats).numpy(),
+                               rtol=1e-5, atol=1e-6)

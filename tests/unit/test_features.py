@@ -64,3 +64,27 @@ def test_mixed_negatives_probability_is_the_mixture():
 def test_unknown_history_mode_is_rejected():
     with pytest.raises(ValueError, match="history_mode"):
         _maker(_seqs(), history_length=3, history_mode="future")
+
+
+def test_item_users_are_the_inverted_sequences():
+    adjacency = _seqs().inverted(30)
+    users_of = {i: sorted(adjacency.flat[adjacency.offsets[i]:adjacency.offsets[i] + adjacency.lengths[i]])
+                for i in range(30) if adjacency.lengths[i]}
+    assert users_of == {10: [2, 3], **{i: [2] for i in range(11, 18)}, 20: [3], 21: [3]}
+
+
+def test_graph_neighbors_are_the_items_other_users_never_the_examples_own():
+    seqs = _seqs()
+    ex = build_examples(seqs)
+    maker = _maker(seqs, history_length=3, history_mode="others", graph_neighbors=6,
+                   item_users=seqs.inverted(30))
+    rng = np.random.default_rng(2)
+    drawn: dict[tuple[int, int], set[int]] = {}
+    for _ in range(10):
+        batch = maker.batch(ex, np.arange(len(ex)), rng)
+        assert batch["neighbors"].shape == (len(ex), 6) and batch["neighbors"].dtype == np.int32
+        for u, item, row in zip(ex.user, batch["item_key"], batch["neighbors"]):
+            drawn.setdefault((int(u), int(item)), set()).update(row.tolist())
+    assert drawn[(2, 10)] == {0, 3} and drawn[(3, 10)] == {0, 2}  # item 10: users 2, 3 (own one -> 0)
+    assert drawn[(2, 11)] == {0} and drawn[(3, 20)] == {0}  # only the example's own user: all padding
+    assert "neighbors" not in _maker(seqs, history_length=3).batch(ex, np.arange(3), rng)

@@ -19,6 +19,7 @@ from pipelines.training.model import (  # noqa: E402
     bpr_loss,
     build_model,
     build_towers,
+    user_table,
 )
 from pipelines.training.train import TrainingInput, train  # noqa: E402
 
@@ -232,3 +233,26 @@ def test_softmax_loss_with_mixed_negatives_matches_hand_computation():
                    for r in range(2))
     assert ids[3] == ids[0]
     assert float(model.compute_loss(feats)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_item_graph_term_adds_the_projected_neighbor_mean():
+    config = ModelConfig(dim=8, item_graph=4)
+    with pytest.raises(ValueError, match="item_graph"):
+        ModelConfig(dim=8, item_graph=4, loss="bpr")
+    with pytest.raises(ValueError, match="item_graph"):
+        ModelConfig(dim=8, item_graph=-1)
+    model = build_model(SIZES, config)
+    feats = _candidates([5, 5], [2, 2])
+    means = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    feats["neighbor_mean"] = np.stack([np.zeros(8, np.float32), means[1]])
+    out = model.candidate_tower(feats).numpy()
+    projection = model.candidate_tower.get_layer("graph_projection").kernel.numpy()
+    np.testing.assert_allclose(projection, np.eye(8), atol=1e-7)  # starts as plain addition
+    feats["neighbor_mean"] = np.zeros((2, 8), np.float32)
+    plain = model.candidate_tower(feats).numpy()
+    np.testing.assert_allclose(out[0], plain[0], atol=1e-6)
+    assert not np.allclose(out[1], plain[1], atol=1e-3)
+    # the loss pools the shared user table over the sampled neighbours (padding ignored)
+    users = model.query_tower.get_layer("user_embedding")
+    pooled = model.neighbor_pooling(np.array([[3, 4, 0]], np.int32), users(np.array([[3, 4, 0]])))
+    np.testing.assert_allclose(pooled.numpy()[0], user_table(model.query_tower)[[3, 4]].mean(0), atol=1e-6)
