@@ -16,11 +16,11 @@ events in ``--data`` still serve as the users' histories. Unless given, epochs d
 learning rate to 0.2x the parent's.
 
 Serving defaults (``--tune-defaults``, on unless warm starting): a model with the same settings is
-trained without a validation slice (each user's newest 10% of items, ``--validation-holdout random``:
-a random 10%) and the function's ranking (:mod:`scoring.rank`) is swept over alpha and the pool on
-it (:func:`pipelines.evaluation.served.choose_defaults`); the choice goes into ``metadata.json``,
-the snapshot and ``models/{version}``, used when a request gives no ``alpha``. A warm-started version
-keeps its parent's defaults.
+trained on the events minus a validation slice (each user's newest 10% of items; a random 10% with
+``--validation-holdout random``), and the function's ranking (:mod:`scoring.rank`) is swept over
+alpha and the pool on that slice (:func:`pipelines.evaluation.served.choose_defaults`); the choice
+goes into ``metadata.json``, the snapshot and ``models/{version}``, used when a request gives no
+``alpha``. A warm-started version keeps its parent's defaults.
 """
 
 from __future__ import annotations
