@@ -148,6 +148,15 @@ class Experiment:
         return cls(experiment_id, tuple(arms), start, stop, description)
 
 
+def is_arm_doc(doc_id: str) -> bool:
+    """Whether a ``stats/experiments/{id}`` document holds an arm's figures, not bookkeeping.
+
+    Why: arm names never start with ``_`` (:data:`ARM_NAME`); ``_summary`` and the pipeline's
+    ``_dedup`` memory do, so every reader tells them apart by this one rule.
+    """
+    return not doc_id.startswith("_")
+
+
 def stats_path(experiment_id: str) -> str:
     """``stats/experiments/{experiment_id}``: the collection of its arm and ``_summary`` documents."""
     return f"{names.STATS}/{names.EXPERIMENT_STATS_DOC}/{experiment_id}"

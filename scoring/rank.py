@@ -229,7 +229,7 @@ def build_retriever(items: Items, config: RetrievalConfig, prebuilt: ann.FaissIv
     if config.backend == "faiss" and items.size >= config.min_items:
         if prebuilt is None:
             built = ann.build_index(items.embeddings, config.nlist)
-            nprobe = config.nprobe or ann.default_nprobe(ann.FaissIvf.nlist_of(built))
+            nprobe = config.nprobe or ann.default_nprobe(ann.nlist_of(built))
             prebuilt = ann.FaissIvf.from_index(built, items.embeddings, items.norms, nprobe)
         return FaissRetriever(items.embeddings, prebuilt)
     if config.backend == "ivf" and items.size >= config.min_items:

@@ -33,7 +33,7 @@ from typing import Any
 from schemas import names
 from schemas.clock import now_ms
 from schemas.errors import InvalidRecord
-from schemas.experiments import SUMMARY_DOC, Experiment, stats_path
+from schemas.experiments import SUMMARY_DOC, Experiment, is_arm_doc, stats_path
 
 EXIT_BAD_INPUT, EXIT_CONFLICT = 2, 1
 _FLOAT_KEYS, _INT_KEYS, _STR_KEYS = ("alpha", "diversity"), ("pool",), ("retrieval", "model_version")
@@ -164,8 +164,7 @@ def list_experiments(client: Any) -> list[tuple[str, Experiment | None, str | No
 def read_results(client: Any, experiment_id: str) -> dict[str, Any]:
     """The pipeline's figures: ``{"arms": {arm: document}, "summary": document or None}``.
 
-    Documents whose id starts with ``_`` other than ``_summary`` (the pipeline's ``_dedup``) are
-    bookkeeping, not arms (an arm name never starts with ``_``).
+    Other documents (the pipeline's ``_dedup``) are bookkeeping (:func:`schemas.experiments.is_arm_doc`).
     """
     col = client.collection(stats_path(experiment_id))
     arms: dict[str, Any] = {}
@@ -173,7 +172,7 @@ def read_results(client: Any, experiment_id: str) -> dict[str, Any]:
     for snap in col.stream():
         if snap.id == SUMMARY_DOC:
             summary = snap.to_dict() or {}
-        elif not snap.id.startswith("_"):
+        elif is_arm_doc(snap.id):
             arms[snap.id] = snap.to_dict() or {}
     return {"arms": arms, "summary": summary}
 

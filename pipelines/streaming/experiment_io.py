@@ -47,6 +47,7 @@ from schemas.experiments import (
     ServedRecord,
     arm_figures,
     compare_arms,
+    is_arm_doc,
     stats_path,
     validate_served,
 )
@@ -104,7 +105,7 @@ class FirestoreAttributionStore:
         for snap in experiment_stats(client, experiment_id).stream():
             if snap.id == DEDUP_DOC:
                 counted = unpack_counted(snap.to_dict().get("counted"))
-            elif not snap.id.startswith("_"):
+            elif is_arm_doc(snap.id):
                 arms[snap.id] = ArmCounts.from_dict(snap.to_dict())
         return StoredExperiment(arms, counted, self._order(client, experiment_id))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -198,12 +198,14 @@ class BatchMaker:
     n_item_rows: int = 0
     uniform_negatives: int = 0  # > 0: add items sampled uniformly, shared by the batch (softmax)
     history_sample: bool = False  # "others": users with more than N items get a random N each time
-    item_users: Sequences | None = None  # with graph_neighbors: each item row's users
     graph_neighbors: int = 0  # > 0: "neighbors" [B, K], users of the target item other than the example's
+    item_users: Sequences | None = field(init=False, default=None)  # each item row's users (graph_neighbors)
 
     def __post_init__(self) -> None:
         if self.history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {self.history_mode!r}")
+        if self.graph_neighbors:
+            self.item_users = self.seqs.inverted(self.n_item_rows)
 
     def batch(self, ex: Examples, rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         users, pos, items = ex.user[rows], ex.position[rows], ex.item[rows]
@@ -221,7 +223,7 @@ class BatchMaker:
                "item_key": items, "sampling_probability": self._mixture_probability(items, len(rows))}
         for key, table in self.content.items():
             out[key] = table[items]
-        if self.graph_neighbors and self.item_users is not None:
+        if self.item_users is not None:
             out["neighbors"] = self.item_users.sample(items, self.graph_neighbors, users, rng)
         if n_uniform:
             mix = rng.integers(RESERVED, self.n_item_rows, size=n_uniform).astype(np.int32)

@@ -238,8 +238,7 @@ def _batch_maker(space: FeatureSpace, cfg: ModelConfig, seqs: Sequences, items: 
         history_mode=history_mode, item_id_dropout=cfg.item_id_dropout if has_content else 0.0,
         user_id_dropout=cfg.user_id_dropout, negatives=cfg.bpr_negatives if cfg.loss == "bpr" else 0,
         n_item_rows=rows, uniform_negatives=cfg.uniform_negatives if cfg.loss == "softmax" else 0,
-        history_sample=cfg.history_sample, graph_neighbors=cfg.item_graph,
-        item_users=seqs.inverted(rows) if cfg.item_graph else None)
+        history_sample=cfg.history_sample, graph_neighbors=cfg.item_graph)
 
 
 def _popularity(ids: np.ndarray) -> dict[str, float]:

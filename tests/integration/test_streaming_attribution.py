@@ -21,7 +21,7 @@ import pytest
 from pipelines.streaming.experiment_io import PENDING_COLLECTION
 from schemas import names
 from schemas.events import ProductEvent
-from schemas.experiments import SUMMARY_DOC, Arm, ArmCounts, Experiment, ServedRecord
+from schemas.experiments import SUMMARY_DOC, Arm, ArmCounts, Experiment, ServedRecord, is_arm_doc
 from testing.artifacts import tiny_artifact
 from tests.integration.test_streaming_pipeline import Stack, wait_until
 
@@ -60,7 +60,7 @@ def publish_served(stack: Stack, records: list[ServedRecord]) -> None:
 
 
 def served_total(db, experiment_id: str) -> int:
-    return sum(d.get("served", 0) for k, d in arm_docs(db, experiment_id).items() if not k.startswith("_"))
+    return sum(d.get("served", 0) for k, d in arm_docs(db, experiment_id).items() if is_arm_doc(k))
 
 
 def test_a_click_shows_in_its_arm_figures_within_two_seconds_p95(emulators, firestore_client, tmp_path):
@@ -213,7 +213,7 @@ class StreamPublisher(threading.Thread):
 
 def stored_counts(db, experiment_id: str) -> dict[str, ArmCounts]:
     docs = arm_docs(db, experiment_id)
-    return {k: ArmCounts.from_dict(v) for k, v in docs.items() if not k.startswith("_")}
+    return {k: ArmCounts.from_dict(v) for k, v in docs.items() if is_arm_doc(k)}
 
 
 @pytest.mark.parametrize("stop", ["graceful", "kill_9"])

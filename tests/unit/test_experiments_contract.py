@@ -20,6 +20,7 @@ from schemas.experiments import (
     arm_figures,
     assign,
     compare_arms,
+    is_arm_doc,
     parse_served,
     two_proportion_p_value,
     wilson_interval,
@@ -141,3 +142,12 @@ def test_figures_and_comparison():
     assert cmp["comparisons"][0]["arm"] == "alpha1"
     assert cmp["comparisons"][0]["ctr_diff"] == pytest.approx(0.04)
     assert cmp["comparisons"][0]["ctr_p_value"] < 0.01
+
+
+def test_stats_documents_tell_arms_from_bookkeeping():
+    experiment = Experiment.from_document("e1", doc())
+    assert all(is_arm_doc(a.name) for a in experiment.arms)
+    assert not is_arm_doc("_summary") and not is_arm_doc("_dedup")
+    with pytest.raises(InvalidRecord, match="name"):  # so no arm can be mistaken for bookkeeping
+        Experiment.from_document("e1", doc(arms=[{"name": "_dedup", "share": 0.5},
+                                                  {"name": "b", "share": 0.5}]))

@@ -76,8 +76,7 @@ def test_item_users_are_the_inverted_sequences():
 def test_graph_neighbors_are_the_items_other_users_never_the_examples_own():
     seqs = _seqs()
     ex = build_examples(seqs)
-    maker = _maker(seqs, history_length=3, history_mode="others", graph_neighbors=6,
-                   item_users=seqs.inverted(30))
+    maker = _maker(seqs, history_length=3, history_mode="others", graph_neighbors=6)
     rng = np.random.default_rng(2)
     drawn: dict[tuple[int, int], set[int]] = {}
     for _ in range(10):

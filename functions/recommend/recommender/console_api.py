@@ -34,7 +34,7 @@ from google.cloud import firestore
 
 from httpfn.errors import InvalidParameter, NotFound, Unavailable
 from httpfn.responses import json_response
-from schemas.experiments import SUMMARY_DOC
+from schemas.experiments import SUMMARY_DOC, is_arm_doc
 from schemas.firestore import ModelDoc, UserDoc
 
 from .config import Settings
@@ -282,7 +282,7 @@ class ConsoleApi:
                             **json_safe(snap.to_dict() or {})})
             for sub in stats_ref.collections(timeout=self._timeout):
                 for s in sub.limit(MAX_EXPERIMENT_DOCS).get(timeout=self._timeout):
-                    if s.id.startswith("_") and s.id != SUMMARY_DOC:  # the pipeline's _dedup memory
+                    if not is_arm_doc(s.id) and s.id != SUMMARY_DOC:  # the pipeline's _dedup memory
                         continue
                     out.append({"path": f"{self.settings.stats_collection}/experiments/{sub.id}/{s.id}",
                                 **json_safe(s.to_dict() or {})})
