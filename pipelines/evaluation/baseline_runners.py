@@ -22,8 +22,7 @@ DEFAULTS: dict[str, dict[str, float | int]] = {
     # alpha {1, 5, 20}; EASE lambda {20, 100, 300, 500, 1000}; item-kNN k {20, 50, 100, 200}.
     "*": {"item_knn.k": 100, "ease.lambda": 500.0, "ease.max_items": 20_000, "als.factors": 64,
           "als.regularization": 10.0, "als.alpha": 1.0, "als.iterations": 15},
-    # Gowalla ALS (128 factors): alpha 1 -> R@20 0.103, 5 -> 0.147, 20 -> 0.161, 50 -> 0.162 (reg 1);
-    # reg 0.01/1/10 change little.
+    # Gowalla ALS (128 factors): alpha swept {1, 5, 20, 50}, reg {0.01, 1, 10} (docs/benchmarks.md).
     "gowalla": {"ease.lambda": 100.0, "ease.max_items": 16_000, "als.factors": 128,
                 "als.regularization": 1.0, "als.alpha": 20.0, "als.iterations": 15},
 }

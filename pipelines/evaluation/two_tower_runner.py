@@ -51,23 +51,17 @@ from pipelines.evaluation.resources import ResourceMonitor
 from pipelines.evaluation.splits import Split
 from pipelines.training.model import ModelConfig
 
-# Per data set settings picked on the bench's own splits (see the commit messages for the runs).
+# Per data set settings picked on the bench's own splits: the runs behind each are in
+# docs/benchmarks.md ("Two-tower variants").
 DEFAULTS: dict[str, dict[str, Any]] = {
     "*": {"history_mode": "before", "optimizer": "lazy_adam", "epochs": 10, "warm_start": 1,
           "warm_fraction": 0.05, "warm_epochs": 2, "warm_lr_scale": 0.2, "new_items": 1, "served": 1,
           "served_http_users": 200},
-    # synthetic: 3 epochs beat 5 and 10 (R@20 0.235 / 0.223 / 0.208): it overfits the small generator data.
-    # Then (NDCG@10 / R@20, one run each): 2 epochs 0.1433 / 0.2498; item-id dropout 0.3 0.1432 / 0.2454;
-    # 2 epochs + dropout 0.3 / 0.5 / 0.7: 0.1501 / 0.2559, 0.1505 / 0.2609, 0.1487 / 0.2590 (3 epochs +
-    # 0.7: 0.1471); temperature 0.05 0.1356, recency pooling 0.1300, dim 128 0.1328. Item-id dropout
-    # makes the candidate tower lean on content, which carries taste in this generator.
-    "synthetic": {"epochs": 2, "item_id_dropout": 0.5},
-    # gowalla: dim 128 reached R@20 0.1751 in 863 s vs 0.1698 in 823 s at dim 64 (one run each).
-    # Tried from there (dim 128, one run each, machine shared, so train times are inflated):
-    # 14 epochs 0.1731; 1,024 mixed uniform negatives 0.1726; temperature 0.07 0.1658, 0.15 0.1565;
-    # a history of 100 items instead of 50: 0.1763 in 1,081 s. Gowalla's files list each user's
-    # items in id order, so "the last 50" is an arbitrary half for the 11% of users with more
-    # (41% of the interactions); 100 covers all but 1,025 users.
+    # The generator's small data overfits past two epochs; item-id dropout leans the candidate tower
+    # on content, which carries taste there.
+    "synthetic": {"epochs": 2, "item_id_dropout": 0.5, "learning_rate": 1e-2, "history_mode": "others"},
+    # Gowalla's files list each user's items in id order, so the history covers (nearly) all of
+    # them rather than an arbitrary last half.
     "gowalla": {"history_mode": "others", "dim": 128, "epochs": 12, "history_length": 100,
                 "lr_schedule": "cosine", "warm_start": 0, "new_items": 0},
 }
