@@ -196,7 +196,7 @@ class BatchMaker:
     user_id_dropout: float = 0.0
     negatives: int = 0  # > 0: add uniformly sampled BPR negatives
     n_item_rows: int = 0
-    uniform_negatives: int = 0  # > 0: add items sampled uniformly, shared by the batch (softmax)
+    uniform_negatives: int = 0  # > 0: add items sampled uniformly, shared by the batch (softmax, ccl)
     history_sample: bool = False  # "others": users with more than N items get a random N each time
     graph_neighbors: int = 0  # > 0: "neighbors" [B, K], users of the target item other than the example's
     item_users: Sequences | None = field(init=False, default=None)  # each item row's users (graph_neighbors)

@@ -17,7 +17,8 @@ encoder's quantile edges (``np.searchsorted(edges, price, side="right")``).
   samples ``item_graph`` of the item's users per example, never the example's own user; serving
   uses the exact mean over all its training users (``neighbor_mean`` input, zero for a new item).
 * Losses: ``softmax`` (TFRS in-batch sampled softmax, optional popularity log-Q correction,
-  temperature) or ``bpr`` (pairwise with uniformly sampled negatives).
+  temperature), ``bpr`` (pairwise with uniformly sampled negatives) or ``ccl`` (SimpleX's cosine
+  contrastive loss over the batch's shared uniform negatives).
 
 Run ``python -m pipelines.training --help`` to train one.
 """
@@ -40,7 +41,7 @@ from pipelines.training.features import OOV_INDEX, PAD_INDEX, RESERVED  # noqa: 
 __all__ = ["OOV_INDEX", "PAD_INDEX", "RESERVED", "ModelConfig", "TowerSizes", "TwoTowerModel",
            "build_model", "build_towers", "bpr_loss", "candidate_vectors", "user_table"]
 
-LOSSES = ("softmax", "bpr")
+LOSSES = ("softmax", "bpr", "ccl")
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 HISTORY_POOLING = ("mean", "recency")
 LR_SCHEDULES = ("constant", "cosine")
@@ -61,6 +62,8 @@ class ModelConfig:
     normalize: bool = True
     logq: bool = True
     bpr_negatives: int = 16
+    ccl_margin: float = 0.9  # cosine above which a negative is penalised (loss "ccl")
+    ccl_negative_weight: float = 150.0  # weight of the mean negative term (loss "ccl")
     uniform_negatives: int = 0
     history_sample: bool = False
     item_id_dropout: float = 0.1
@@ -89,6 +92,10 @@ class ModelConfig:
             raise ValueError("item_graph needs loss 'softmax' without uniform_negatives")
         if self.uniform_negatives < 0:
             raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
+        if self.loss == "ccl" and not (self.normalize and self.uniform_negatives):
+            raise ValueError("loss 'ccl' needs normalize and uniform_negatives >= 1")
+        if not -1.0 < self.ccl_margin < 1.0 or self.ccl_negative_weight < 0:
+            raise ValueError("ccl_margin must be in (-1, 1) and ccl_negative_weight >= 0")
         for name in ("dim", "history_length", "max_tags", "batch_size", "bpr_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -285,6 +292,20 @@ class BPRTask(tf.keras.layers.Layer):
         return bpr_loss(pos, neg)
 
 
+def ccl_loss(positive: tf.Tensor, negative: tf.Tensor, mask: tf.Tensor, margin: float,
+             negative_weight: float) -> tf.Tensor:
+    """Cosine contrastive loss (SimpleX): ``relu(1 - s+) + w * mean relu(s- - margin)``, batch mean.
+
+    Args:
+      positive: ``[B]`` cosine of each example with its item.
+      negative: ``[B, M]`` cosines with the negatives.
+      mask: ``[B, M]`` 1 for a real negative, 0 for an accidental hit (the example's own item).
+    """
+    hinge = tf.nn.relu(negative - margin) * mask
+    mean_negative = tf.math.divide_no_nan(tf.reduce_sum(hinge, axis=1), tf.reduce_sum(mask, axis=1))
+    return tf.reduce_mean(tf.nn.relu(1.0 - positive) + negative_weight * mean_negative)
+
+
 CANDIDATE_KEYS = ("item", "category", "brand", "price", "tags")
 USER_EMBEDDING = "user_embedding"  # the query tower's user table (the item graph term pools it)
 
@@ -319,7 +340,9 @@ class TwoTowerModel(tfrs.Model):
         self.candidate_tower = candidate_tower
         self.config = config
         self.neighbor_pooling = HistoryPooling("mean", name="neighbor_pooling")
-        if config.loss == "softmax":
+        if config.loss == "ccl":
+            self.task = None  # compute_loss applies ccl_loss directly
+        elif config.loss == "softmax":
             self.task = tfrs.tasks.Retrieval(
                 temperature=config.temperature if config.normalize else None,
                 remove_accidental_hits=True)
@@ -336,6 +359,14 @@ class TwoTowerModel(tfrs.Model):
         candidate = self.candidate_tower(candidate_in)
         if self.config.loss == "bpr":
             return self.task(query, candidate, self._embed_negatives(features))
+        if self.config.loss == "ccl":  # negatives: the batch's other items and the uniform ones
+            extra = self.candidate_tower({k: features[f"mix_{k}"] for k in CANDIDATE_KEYS})
+            negatives = tf.concat([candidate, extra], axis=0)
+            ids = tf.concat([features["item_key"], features["mix_item"]], axis=0)
+            hits = tf.equal(features["item_key"][:, tf.newaxis], ids[tf.newaxis, :])
+            return ccl_loss(tf.reduce_sum(query * candidate, axis=1),
+                            tf.matmul(query, negatives, transpose_b=True), 1.0 - tf.cast(hits, tf.float32),
+                            self.config.ccl_margin, self.config.ccl_negative_weight)
         probability, ids = features["sampling_probability"], features["item_key"]
         if self.config.uniform_negatives:
             extra = self.candidate_tower({k: features[f"mix_{k}"] for k in CANDIDATE_KEYS})

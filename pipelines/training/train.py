@@ -237,7 +237,7 @@ def _batch_maker(space: FeatureSpace, cfg: ModelConfig, seqs: Sequences, items: 
         item_probability=_item_probability(items, rows), history_length=cfg.history_length,
         history_mode=history_mode, item_id_dropout=cfg.item_id_dropout if has_content else 0.0,
         user_id_dropout=cfg.user_id_dropout, negatives=cfg.bpr_negatives if cfg.loss == "bpr" else 0,
-        n_item_rows=rows, uniform_negatives=cfg.uniform_negatives if cfg.loss == "softmax" else 0,
+        n_item_rows=rows, uniform_negatives=cfg.uniform_negatives if cfg.loss != "bpr" else 0,
         history_sample=cfg.history_sample, graph_neighbors=cfg.item_graph)
 
 

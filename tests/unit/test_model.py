@@ -235,6 +235,41 @@ def test_softmax_loss_with_mixed_negatives_matches_hand_computation():
     assert float(model.compute_loss(feats)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_ccl_loss_matches_hand_computation():
+    with pytest.raises(ValueError, match="ccl"):
+        ModelConfig(dim=4, loss="ccl")  # needs uniform negatives
+    with pytest.raises(ValueError, match="ccl_margin"):
+        ModelConfig(dim=4, loss="ccl", uniform_negatives=2, ccl_margin=1.0)
+    model = build_model(SIZES, ModelConfig(dim=4, loss="ccl", uniform_negatives=3, ccl_margin=-0.5,
+                                           ccl_negative_weight=2.0))
+    feats = {"user": tf.constant([2, 3], tf.int32), "history": tf.constant([[0, 4], [5, 6]], tf.int32),
+             **_candidates([3, 4], [2, 3]), "item_key": tf.constant([3, 4], tf.int32),
+             "sampling_probability": tf.constant([0.2, 0.1]),
+             "mix_item": tf.constant([5, 3, 7], tf.int32), "mix_category": tf.constant([2, 2, 3], tf.int32),
+             "mix_brand": tf.constant([2, 2, 2], tf.int32), "mix_price": tf.constant([1, 1, 1], tf.int32),
+             "mix_tags": tf.constant([[2, 3]] * 3, tf.int32), "mix_probability": tf.constant([0.1] * 3)}
+    q = model.query_tower({"user": feats["user"], "history": feats["history"]}).numpy()
+    c = model.candidate_tower({k: feats[k] for k in ("item", "category", "brand", "price", "tags")}).numpy()
+    m = model.candidate_tower({k: feats[f"mix_{k}"] for k in ("item", "category", "brand", "price",
+                                                              "tags")}).numpy()
+    cos = q @ np.concatenate([c, m]).T  # negatives: the batch's items (3, 4) and the uniform (5, 3, 7)
+    ids = np.array([3, 4, 5, 3, 7])
+    expected = 0.0
+    for r, own in enumerate((3, 4)):
+        negatives = cos[r][ids != own]  # the example's own item is no negative, wherever it appears
+        expected += max(0.0, 1.0 - cos[r, r]) + 2.0 * np.mean(np.maximum(0.0, negatives + 0.5))
+    assert float(model.compute_loss(feats)) == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_training_with_ccl_draws_uniform_negatives_and_lowers_the_loss():
+    ds = generate_synthetic(n_users=60, n_items=40, mean_events_per_user=10, seed=1, new_item_fraction=0.0)
+    cfg = ModelConfig(dim=8, loss="ccl", uniform_negatives=16, ccl_margin=0.3, ccl_negative_weight=5.0,
+                      epochs=3, batch_size=64, learning_rate=1e-2)
+    trained = train(TrainingInput.from_dataset(ds), cfg)
+    assert all(math.isfinite(x) for x in trained.losses)
+    assert trained.losses[-1] < trained.losses[0]
+
+
 def test_item_graph_term_adds_the_projected_neighbor_mean():
     config = ModelConfig(dim=8, item_graph=4)
     with pytest.raises(ValueError, match="item_graph"):
