@@ -18,7 +18,7 @@ encoder's quantile edges (``np.searchsorted(edges, price, side="right")``).
   uses the exact mean over all its training users (``neighbor_mean`` input, zero for a new item).
 * Losses: ``softmax`` (TFRS in-batch sampled softmax, optional popularity log-Q correction,
   temperature), ``bpr`` (pairwise with uniformly sampled negatives) or ``ccl`` (SimpleX's cosine
-  contrastive loss over the batch's shared uniform negatives).
+  contrastive loss; negatives: the batch's other items and its shared uniform ones).
 
 Run ``python -m pipelines.training --help`` to train one.
 """

@@ -210,20 +210,28 @@ def test_lazy_adam_updates_only_rows_in_the_batch_by_adam_first_step():
     np.testing.assert_allclose(after[1], before[1] - 0.1 * np.sign([2.0, -1.0, 1.5]), rtol=1e-5)
 
 
+def _mixed_negative_features() -> dict:
+    """Two examples (items 3, 4) and three uniform negatives (5, 3, 7): item 3 is an accidental hit."""
+    return {"user": tf.constant([2, 3], tf.int32), "history": tf.constant([[0, 4], [5, 6]], tf.int32),
+            **_candidates([3, 4], [2, 3]), "item_key": tf.constant([3, 4], tf.int32),
+            "sampling_probability": tf.constant([0.2, 0.1]),
+            "mix_item": tf.constant([5, 3, 7], tf.int32), "mix_category": tf.constant([2, 2, 3], tf.int32),
+            "mix_brand": tf.constant([2, 2, 2], tf.int32), "mix_price": tf.constant([1, 1, 1], tf.int32),
+            "mix_tags": tf.constant([[2, 3]] * 3, tf.int32), "mix_probability": tf.constant([0.05, 0.2, 0.3])}
+
+
+def _tower_outputs(model, feats: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Query, positive-candidate and uniform-negative embeddings of ``feats``."""
+    keys = ("item", "category", "brand", "price", "tags")
+    return (model.query_tower({"user": feats["user"], "history": feats["history"]}).numpy(),
+            model.candidate_tower({k: feats[k] for k in keys}).numpy(),
+            model.candidate_tower({k: feats[f"mix_{k}"] for k in keys}).numpy())
+
+
 def test_softmax_loss_with_mixed_negatives_matches_hand_computation():
-    cfg = ModelConfig(dim=4, temperature=0.5, uniform_negatives=3)
-    model = build_model(SIZES, cfg)
-    feats = {"user": tf.constant([2, 3], tf.int32), "history": tf.constant([[0, 4], [5, 6]], tf.int32),
-             **_candidates([3, 4], [2, 3]), "item_key": tf.constant([3, 4], tf.int32),
-             "sampling_probability": tf.constant([0.2, 0.1]),
-             "mix_item": tf.constant([5, 3, 7], tf.int32), "mix_category": tf.constant([2, 2, 3], tf.int32),
-             "mix_brand": tf.constant([2, 2, 2], tf.int32), "mix_price": tf.constant([1, 1, 1], tf.int32),
-             "mix_tags": tf.constant([[2, 3]] * 3, tf.int32),
-             "mix_probability": tf.constant([0.05, 0.2, 0.3])}
-    q = model.query_tower({"user": feats["user"], "history": feats["history"]}).numpy()
-    c = model.candidate_tower({k: feats[k] for k in ("item", "category", "brand", "price", "tags")}).numpy()
-    m = model.candidate_tower({k: feats[f"mix_{k}"] for k in ("item", "category", "brand", "price",
-                                                              "tags")}).numpy()
+    model = build_model(SIZES, ModelConfig(dim=4, temperature=0.5, uniform_negatives=3))
+    feats = _mixed_negative_features()
+    q, c, m = _tower_outputs(model, feats)
     cands = np.concatenate([c, m])
     logits = q @ cands.T / 0.5 - np.log([0.2, 0.1, 0.05, 0.2, 0.3])[None, :]
     ids = np.array([3, 4, 5, 3, 7])
@@ -242,16 +250,8 @@ def test_ccl_loss_matches_hand_computation():
         ModelConfig(dim=4, loss="ccl", uniform_negatives=2, ccl_margin=1.0)
     model = build_model(SIZES, ModelConfig(dim=4, loss="ccl", uniform_negatives=3, ccl_margin=-0.5,
                                            ccl_negative_weight=2.0))
-    feats = {"user": tf.constant([2, 3], tf.int32), "history": tf.constant([[0, 4], [5, 6]], tf.int32),
-             **_candidates([3, 4], [2, 3]), "item_key": tf.constant([3, 4], tf.int32),
-             "sampling_probability": tf.constant([0.2, 0.1]),
-             "mix_item": tf.constant([5, 3, 7], tf.int32), "mix_category": tf.constant([2, 2, 3], tf.int32),
-             "mix_brand": tf.constant([2, 2, 2], tf.int32), "mix_price": tf.constant([1, 1, 1], tf.int32),
-             "mix_tags": tf.constant([[2, 3]] * 3, tf.int32), "mix_probability": tf.constant([0.1] * 3)}
-    q = model.query_tower({"user": feats["user"], "history": feats["history"]}).numpy()
-    c = model.candidate_tower({k: feats[k] for k in ("item", "category", "brand", "price", "tags")}).numpy()
-    m = model.candidate_tower({k: feats[f"mix_{k}"] for k in ("item", "category", "brand", "price",
-                                                              "tags")}).numpy()
+    feats = _mixed_negative_features()
+    q, c, m = _tower_outputs(model, feats)
     cos = q @ np.concatenate([c, m]).T  # negatives: the batch's items (3, 4) and the uniform (5, 3, 7)
     ids = np.array([3, 4, 5, 3, 7])
     expected = 0.0
