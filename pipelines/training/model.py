@@ -359,21 +359,19 @@ class TwoTowerModel(tfrs.Model):
         candidate = self.candidate_tower(candidate_in)
         if self.config.loss == "bpr":
             return self.task(query, candidate, self._embed_negatives(features))
-        if self.config.loss == "ccl":  # negatives: the batch's other items and the uniform ones
-            extra = self.candidate_tower({k: features[f"mix_{k}"] for k in CANDIDATE_KEYS})
-            negatives = tf.concat([candidate, extra], axis=0)
-            ids = tf.concat([features["item_key"], features["mix_item"]], axis=0)
-            hits = tf.equal(features["item_key"][:, tf.newaxis], ids[tf.newaxis, :])
-            return ccl_loss(tf.reduce_sum(query * candidate, axis=1),
-                            tf.matmul(query, negatives, transpose_b=True), 1.0 - tf.cast(hits, tf.float32),
-                            self.config.ccl_margin, self.config.ccl_negative_weight)
-        probability, ids = features["sampling_probability"], features["item_key"]
+        # columns: the batch's items, then the uniform negatives it shares (softmax, ccl)
+        columns, probability, ids = candidate, features["sampling_probability"], features["item_key"]
         if self.config.uniform_negatives:
             extra = self.candidate_tower({k: features[f"mix_{k}"] for k in CANDIDATE_KEYS})
-            candidate = tf.concat([candidate, extra], axis=0)
+            columns = tf.concat([candidate, extra], axis=0)
             probability = tf.concat([probability, features["mix_probability"]], axis=0)
             ids = tf.concat([ids, features["mix_item"]], axis=0)
-        return self.task(query, candidate,
+        if self.config.loss == "ccl":
+            hits = tf.equal(features["item_key"][:, tf.newaxis], ids[tf.newaxis, :])
+            return ccl_loss(tf.reduce_sum(query * candidate, axis=1),
+                            tf.matmul(query, columns, transpose_b=True), 1.0 - tf.cast(hits, tf.float32),
+                            self.config.ccl_margin, self.config.ccl_negative_weight)
+        return self.task(query, columns,
                          candidate_sampling_probability=probability if self.config.logq else None,
                          candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
 

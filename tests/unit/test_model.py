@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 from pipelines.data import generate_synthetic  # noqa: E402
 from pipelines.training.features import OOV_INDEX, PAD_INDEX, Sequences, build_examples  # noqa: E402
 from pipelines.training.model import (  # noqa: E402
+    CANDIDATE_KEYS,
     BPRTask,
     ModelConfig,
     TowerSizes,
@@ -222,10 +223,9 @@ def _mixed_negative_features() -> dict:
 
 def _tower_outputs(model, feats: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Query, positive-candidate and uniform-negative embeddings of ``feats``."""
-    keys = ("item", "category", "brand", "price", "tags")
     return (model.query_tower({"user": feats["user"], "history": feats["history"]}).numpy(),
-            model.candidate_tower({k: feats[k] for k in keys}).numpy(),
-            model.candidate_tower({k: feats[f"mix_{k}"] for k in keys}).numpy())
+            model.candidate_tower({k: feats[k] for k in CANDIDATE_KEYS}).numpy(),
+            model.candidate_tower({k: feats[f"mix_{k}"] for k in CANDIDATE_KEYS}).numpy())
 
 
 def test_softmax_loss_with_mixed_negatives_matches_hand_computation():
